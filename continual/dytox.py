@@ -1,0 +1,261 @@
+"""DyTox: a shared ConViT encoder, a shared task-attention decoder, one token and one head per task.
+
+    images -> patch embedding + position -> SABs (encoder)
+           -> TAB(task token t, patches) for every task t (decoder) -> task embeddings e_t
+           -> heads -> logits of all seen classes, in task order
+
+The model grows with :meth:`DyTox.expand` and chooses what trains with
+:meth:`DyTox.freeze`; ``forward`` has no side effects. Module and parameter
+names follow the published code so that its state dicts load unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from timm.layers import trunc_normal_
+from torch import Tensor, nn
+
+from continual.layers import PatchEmbed, SelfAttentionBlock, TaskAttentionBlock, init_linear_and_norm
+
+HEAD_MODES = ("1-1", "1-n", "n-1", "n-n", "")
+PHASES = ("train", "finetune")
+
+
+@dataclass(frozen=True)
+class DyToxConfig:
+    """Architecture of a DyTox model (the published CIFAR-100 values are in options/model/cifar_dytox.yaml)."""
+
+    embed_dim: int = 384
+    depth: int = 6
+    num_heads: int = 12
+    patch_size: int = 4
+    input_size: int = 32
+    in_chans: int = 3
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = False
+    local_up_to_layer: int = 5
+    locality_strength: float = 1.0
+    drop: float = 0.0
+    attn_drop: float = 0.0
+    drop_path: float = 0.0
+    ind_clf: str = "1-1"
+    head_div: bool = False
+    head_div_mode: tuple[str, ...] = ("tr", "ft")
+    joint_tokens: bool = False
+    fused_attention: bool = True
+    # "published": the reference's 1-n / n-n averaging (divides the first c_i columns by T - i);
+    # "per_class": each class column averaged over the heads that predict it.
+    multi_head_average: str = "published"
+
+    def __post_init__(self) -> None:
+        if self.ind_clf not in HEAD_MODES:
+            raise ValueError(f"ind_clf must be one of {HEAD_MODES}, got {self.ind_clf!r}")
+        if not 0 < self.local_up_to_layer < self.depth:
+            raise ValueError(
+                f"local_up_to_layer ({self.local_up_to_layer}) must leave at least one SAB and one TAB "
+                f"out of depth {self.depth}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if not set(self.head_div_mode) <= {"tr", "ft"}:
+            raise ValueError(f"head_div_mode items must be 'tr' or 'ft', got {self.head_div_mode!r}")
+        if self.multi_head_average not in ("published", "per_class"):
+            raise ValueError(f"multi_head_average must be 'published' or 'per_class', got {self.multi_head_average!r}")
+
+
+@dataclass(frozen=True)
+class DyToxOutput:
+    """What a forward returns. ``div_logits`` is None when the divergence head is absent or inactive."""
+
+    logits: Tensor  # (B, classes seen), in task order
+    div_logits: Tensor | None  # (B, new classes + 1)
+    task_embeddings: Tensor  # (T, B, D)
+
+
+class ContinualClassifier(nn.Module):
+    """A head: LayerNorm then Linear."""
+
+    def __init__(self, in_dim: int, nb_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.head = nn.Linear(in_dim, nb_classes)
+        self.apply(init_linear_and_norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.norm(x))
+
+
+class DyTox(nn.Module):
+    """The DyTox network for ``nb_classes`` initial classes; see the module docstring."""
+
+    def __init__(self, config: DyToxConfig, nb_classes: int) -> None:
+        super().__init__()
+        self.config = config
+        self.nb_classes_per_task: list[int] = [nb_classes]
+        self.phase = "train"
+        dim = config.embed_dim
+        self.patch_embed = PatchEmbed(config.input_size, config.patch_size, config.in_chans, dim)
+        num_patches = self.patch_embed.num_patches
+        self.pos_embed = nn.Parameter(trunc_normal_(torch.zeros(1, num_patches, dim), std=0.02))
+        self.pos_drop = nn.Dropout(config.drop)
+        # Stochastic depth grows linearly over all blocks, encoder then decoder, as in ConViT.
+        drop_paths = torch.linspace(0, config.drop_path, config.depth).tolist()
+        self.sabs = nn.ModuleList(
+            SelfAttentionBlock(
+                dim, num_patches, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop,
+                config.attn_drop, drop_paths[i], config.locality_strength,
+            )
+            for i in range(config.local_up_to_layer)
+        )
+        self.tabs = nn.ModuleList(
+            TaskAttentionBlock(
+                dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop,
+                config.attn_drop, drop_paths[i],
+            )
+            for i in range(config.local_up_to_layer, config.depth)
+        )
+        self.task_tokens = nn.ParameterList([self._new_task_token()])
+        self.head_div: ContinualClassifier | None = None
+        self.head: nn.Module = self._initial_heads()
+
+    # ------------------------------------------------------------------ growth
+    @property
+    def nb_tasks(self) -> int:
+        return len(self.task_tokens)
+
+    @property
+    def nb_classes(self) -> int:
+        return sum(self.nb_classes_per_task)
+
+    def _new_task_token(self) -> nn.Parameter:
+        return nn.Parameter(trunc_normal_(torch.zeros(1, 1, self.config.embed_dim), std=0.02))
+
+    def _head_dims(self) -> tuple[int, int]:
+        """(input, output) width of the head of the newest task in the current mode."""
+        mode, dim = self.config.ind_clf, self.config.embed_dim
+        in_dim = dim if mode in ("1-1", "1-n") else dim * self.nb_tasks
+        out_dim = self.nb_classes_per_task[-1] if mode in ("1-1", "n-1") else self.nb_classes
+        return in_dim, out_dim
+
+    def _initial_heads(self) -> nn.Module:
+        if self.config.ind_clf == "":
+            return ContinualClassifier(self.config.embed_dim * self.nb_tasks, self.nb_classes)
+        return nn.ModuleList([ContinualClassifier(*self._head_dims())])
+
+    def expand(self, nb_new_classes: int) -> None:
+        """Add a task: a fresh task token, a head for the new classes, a fresh divergence head.
+
+        New parameters are created on the device and dtype of the existing ones.
+        Without independent classifiers the single head is re-created over all
+        classes, as the published code does.
+        """
+        if nb_new_classes <= 0:
+            raise ValueError(f"expand needs a positive number of new classes, got {nb_new_classes}")
+        reference = self.pos_embed
+        self.nb_classes_per_task.append(nb_new_classes)
+        self.task_tokens.append(self._new_task_token().to(reference))
+        if self.config.head_div:
+            self.head_div = ContinualClassifier(self.config.embed_dim, nb_new_classes + 1).to(reference)
+        if self.config.ind_clf == "":
+            self.head = self._initial_heads().to(reference)
+        else:
+            self.head.append(ContinualClassifier(*self._head_dims()).to(reference))
+
+    def set_phase(self, phase: str) -> None:
+        """'train' or 'finetune': decides whether the divergence head runs (``head_div_mode``)."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        self.phase = phase
+
+    # ----------------------------------------------------------------- freezing
+    def freeze(self, names: list[str] | tuple[str, ...]) -> None:
+        """Make exactly the named parts untrainable and everything else trainable.
+
+        Names: all, old_task_tokens, task_tokens, sab (encoder with patch and
+        position embedding), tab, old_heads, heads, head_div. ``all`` also puts
+        the model in eval mode (the teacher); otherwise only ``requires_grad``
+        changes, because the training loop sets train mode every epoch anyway.
+        """
+        parts = {name: self._freezable_parts(name) for name in names}  # validates before touching anything
+        for param in self.parameters():
+            param.requires_grad_(True)
+        for name, params in parts.items():
+            for param in params:
+                param.requires_grad_(False)
+        if "all" in names:
+            self.eval()
+
+    def _freezable_parts(self, name: str) -> list[nn.Parameter]:
+        heads = list(self.head) if isinstance(self.head, nn.ModuleList) else [self.head]
+        table = {
+            "all": lambda: list(self.parameters()),
+            "old_task_tokens": lambda: list(self.task_tokens)[:-1],
+            "task_tokens": lambda: list(self.task_tokens),
+            "sab": lambda: [self.pos_embed, *self.patch_embed.parameters(), *self.sabs.parameters()],
+            "tab": lambda: list(self.tabs.parameters()),
+            "old_heads": lambda: [p for h in heads[:-1] for p in h.parameters()],
+            "heads": lambda: [p for h in heads for p in h.parameters()],
+            "head_div": lambda: list(self.head_div.parameters()) if self.head_div is not None else [],
+        }
+        if name not in table:
+            raise ValueError(f"unknown freeze name {name!r}; valid names: {sorted(table)}")
+        return table[name]()
+
+    # ------------------------------------------------------------------ forward
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Encoder then decoder: task embeddings (T, B, D)."""
+        fused = self.config.fused_attention
+        x = self.pos_drop(self.patch_embed(images) + self.pos_embed)  # (B, N, D)
+        for block in self.sabs:
+            x = block(x, fused=fused)
+        if self.config.joint_tokens:
+            tokens = torch.cat([t.expand(x.shape[0], -1, -1) for t in self.task_tokens], dim=1)  # (B, T, D)
+            for block in self.tabs:
+                tokens = block(tokens, x, fused=fused)
+            return tokens.transpose(0, 1)
+        embeddings = []
+        for task_token in self.task_tokens:
+            token = task_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+            for block in self.tabs:
+                token = block(token, x, fused=fused)
+            embeddings.append(token[:, 0])
+        return torch.stack(embeddings)
+
+    def forward_head(self, embeddings: Tensor) -> Tensor:
+        """Task embeddings (T, B, D) -> logits (B, classes seen)."""
+        mode = self.config.ind_clf
+        if mode == "":
+            return self.head(torch.cat(list(embeddings), dim=1))
+        if mode in ("1-1", "1-n"):
+            logits = [head(embeddings[i]) for i, head in enumerate(self.head)]
+        else:
+            logits = [head(torch.cat(list(embeddings[: i + 1]), dim=1)) for i, head in enumerate(self.head)]
+        if mode in ("1-1", "n-1"):
+            return torch.cat(logits, dim=1)
+        return self._average_growing_heads(logits)
+
+    def _average_growing_heads(self, logits: list[Tensor]) -> Tensor:
+        """Combine 1-n / n-n heads, where head i predicts all classes of tasks 0..i."""
+        total = torch.zeros_like(logits[-1])
+        for head_logits in logits:
+            total = total + nn.functional.pad(head_logits, (0, total.shape[1] - head_logits.shape[1]))
+        divisor = torch.ones(total.shape[1], dtype=total.dtype, device=total.device)
+        if self.config.multi_head_average == "published":
+            for i, nb in enumerate(self.nb_classes_per_task):
+                divisor[:nb] *= self.nb_tasks - i
+        else:
+            start = 0
+            for i, nb in enumerate(self.nb_classes_per_task):
+                divisor[start : start + nb] = self.nb_tasks - i
+                start += nb
+        return total / divisor
+
+    def divergence_active(self) -> bool:
+        mode = self.config.head_div_mode
+        return self.head_div is not None and ("tr" if self.phase == "train" else "ft") in mode
+
+    def forward(self, images: Tensor) -> DyToxOutput:
+        embeddings = self.forward_features(images)
+        div_logits = self.head_div(embeddings[-1]) if self.divergence_active() else None
+        return DyToxOutput(self.forward_head(embeddings), div_logits, embeddings)

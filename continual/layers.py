@@ -1,0 +1,259 @@
+"""Building blocks of DyTox: patch embedding, ConViT GPSA blocks, class-attention blocks.
+
+Parameter names follow the published DyTox code (``qk``, ``v``, ``pos_proj``,
+``gating_param``, ``q``/``k``/``v`` in class attention, ``mlp.fc1``...) so that
+its checkpoints load without renaming.
+
+Every attention layer has two paths that compute the same function:
+``fused=True`` uses :func:`torch.nn.functional.scaled_dot_product_attention`,
+``fused=False`` spells the softmax out (the reference arithmetic, kept for
+tests and as the baseline of the benchmarks).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import Tensor, nn
+
+
+def init_linear_and_norm(module: nn.Module) -> None:
+    """ViT initialisation: truncated-normal linear weights, zero biases, unit LayerNorm."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(B, N, C) -> (B, H, N, C // H)."""
+    batch, tokens, channels = x.shape
+    return x.view(batch, tokens, num_heads, channels // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, N, d) -> (B, N, H * d)."""
+    batch, heads, tokens, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, *, fused: bool, dropout: float = 0.0, mask: Tensor | None = None
+) -> Tensor:
+    """softmax(q k^T / sqrt(d) [masked]) v for (B, H, Nq, d) queries and (B, H, Nk, d) keys/values.
+
+    ``mask`` is boolean, broadcastable to (B, H, Nq, Nk), True where attention is allowed.
+    With attention dropout the plain path runs, so that both paths draw the same dropout mask.
+    """
+    if fused and dropout == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, Nq, Nk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout)
+    return weights @ v
+
+
+class PatchEmbed(nn.Module):
+    """Strided convolution from an image to a sequence of patch tokens."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"input_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.num_patches = (img_size // patch_size) ** 2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.proj(images).flatten(2).transpose(1, 2)  # (B, N, C)
+
+
+def relative_offsets(num_patches: int) -> Tensor:
+    """(N, N, 3) table of (dx, dy, dx^2 + dy^2) between patches of a square grid, patch j minus patch i."""
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"GPSA needs a square grid of patches, got {num_patches}")
+    rows = torch.arange(num_patches) // side
+    cols = torch.arange(num_patches) % side
+    dx = (cols[None, :] - cols[:, None]).float()
+    dy = (rows[None, :] - rows[:, None]).float()
+    return torch.stack((dx, dy, dx**2 + dy**2), dim=-1)
+
+
+class GPSA(nn.Module):
+    """Gated positional self-attention (ConViT).
+
+    attn_h = (1 - s_h) softmax(Q K^T / sqrt(d)) + s_h softmax(W_pos r), s_h = sigmoid(g_h),
+    each row renormalised to sum to one. The positional map does not depend on
+    the sample, so the fused path computes it once per forward and applies it to
+    V separately: (1 - s) SDPA(Q, K, V) + s (P V). The renormalisation divides by a
+    sum of two convex combinations of softmaxes, i.e. by 1 up to rounding, so the
+    fused path omits it.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_patches: int,
+        num_heads: int,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        locality_strength: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.qk = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.pos_proj = nn.Linear(3, num_heads)
+        self.gating_param = nn.Parameter(torch.ones(num_heads))
+        # Not saved: it is a function of the grid size, and the published checkpoints lack it.
+        self.register_buffer("rel_offsets", relative_offsets(num_patches), persistent=False)
+        self.apply(init_linear_and_norm)
+        self.local_init(locality_strength)
+
+    @torch.no_grad()
+    def local_init(self, locality_strength: float) -> None:
+        """Start as a convolution: V is the identity and head h attends to one neighbouring offset.
+
+        The heads fill a k x k kernel with k = floor(sqrt(heads)); heads beyond k^2 keep their
+        random init, as in ConViT.
+        """
+        self.v.weight.copy_(torch.eye(self.v.weight.shape[0]))
+        kernel = int(self.num_heads**0.5)
+        center = (kernel - 1) / 2 if kernel % 2 == 0 else kernel // 2
+        for h1 in range(kernel):
+            for h2 in range(kernel):
+                head = h1 + kernel * h2
+                self.pos_proj.weight[head, 2] = -1
+                self.pos_proj.weight[head, 1] = 2 * (h1 - center)
+                self.pos_proj.weight[head, 0] = 2 * (h2 - center)
+        self.pos_proj.weight.mul_(locality_strength)
+
+    def positional_attention(self) -> Tensor:
+        """(H, N, N) softmax over keys of the projected relative offsets."""
+        return self.pos_proj(self.rel_offsets).permute(2, 0, 1).softmax(dim=-1)
+
+    def forward(self, x: Tensor, fused: bool = True) -> Tensor:
+        batch, tokens, channels = x.shape
+        qk = self.qk(x).view(batch, tokens, 2, self.num_heads, channels // self.num_heads)
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+        v = split_heads(self.v(x), self.num_heads)  # (B, H, N, d)
+        gate = torch.sigmoid(self.gating_param).view(-1, 1, 1)  # (H, 1, 1)
+        dropout = self.attn_drop if self.training else 0.0
+        if fused and dropout == 0.0:
+            content = F.scaled_dot_product_attention(q, k, v)
+            out = (1.0 - gate) * content + (gate * self.positional_attention()) @ v
+        else:
+            out = self._plain_attention(q, k, v, gate, dropout)
+        return self.proj_drop(self.proj(merge_heads(out)))
+
+    def _plain_attention(self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor, dropout: float) -> Tensor:
+        """The reference arithmetic: mix the two attention maps, renormalise, then apply to V."""
+        content = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+        attn = (1.0 - gate) * content + gate * self.positional_attention()
+        attn = attn / attn.sum(dim=-1, keepdim=True)
+        return F.dropout(attn, p=dropout) @ v
+
+
+class ClassAttention(nn.Module):
+    """CaiT class attention: task tokens query [task token ; patch tokens].
+
+    ``forward`` takes the normalised task tokens (B, T, C) and patch tokens (B, N, C).
+    With T = 1 it is exactly the published class attention. With T > 1 (joint
+    decoding) the patch keys and values are computed once and shared by all task
+    tokens, and a mask lets token t see only itself and the patches, which is
+    the same function as T separate calls.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.apply(init_linear_and_norm)
+
+    def forward(self, tokens: Tensor, patches: Tensor, fused: bool = True) -> Tensor:
+        num_tokens = tokens.shape[1]
+        sequence = torch.cat((tokens, patches), dim=1)  # (B, T + N, C)
+        q = split_heads(self.q(tokens), self.num_heads)  # (B, H, T, d)
+        k = split_heads(self.k(sequence), self.num_heads)  # (B, H, T + N, d)
+        v = split_heads(self.v(sequence), self.num_heads)
+        mask = None
+        if num_tokens > 1:
+            mask = torch.ones(num_tokens, sequence.shape[1], dtype=torch.bool, device=tokens.device)
+            mask[:, :num_tokens] = torch.eye(num_tokens, dtype=torch.bool, device=tokens.device)
+        dropout = self.attn_drop if self.training else 0.0
+        out = attention(q, k, v, fused=fused, dropout=dropout, mask=mask)  # (B, H, T, d)
+        return self.proj_drop(self.proj(merge_heads(out)))  # (B, T, C)
+
+
+class SelfAttentionBlock(nn.Module):
+    """SAB: pre-norm GPSA and MLP, each with a residual and stochastic depth."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_patches: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        locality_strength: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = GPSA(dim, num_patches, num_heads, qkv_bias, attn_drop, drop, locality_strength)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.mlp.apply(init_linear_and_norm)
+
+    def forward(self, x: Tensor, fused: bool = True) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), fused=fused))
+        return x + self.drop_path(self.mlp(self.norm2(x)))  # (B, N, C)
+
+
+class TaskAttentionBlock(nn.Module):
+    """TAB: class attention of the task token(s) over the patches, then MLP on the tokens only.
+
+    Returns the updated task tokens (B, T, C); the patch tokens are not updated.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = ClassAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.mlp.apply(init_linear_and_norm)
+
+    def forward(self, tokens: Tensor, patches: Tensor, fused: bool = True) -> Tensor:
+        tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), self.norm1(patches), fused=fused))
+        return tokens + self.drop_path(self.mlp(self.norm2(tokens)))  # (B, T, C)

@@ -1,0 +1,228 @@
+"""The DyTox network: shapes, growth, freezing, gradients, exact fast paths, parameter counts."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from continual.dytox import DyTox, DyToxConfig
+
+SMALL = DyToxConfig(
+    embed_dim=48, depth=3, num_heads=4, patch_size=4, input_size=16, local_up_to_layer=2, head_div=True,
+    head_div_mode=("tr",),
+)
+
+
+def grown(config: DyToxConfig, classes: list[int]) -> DyTox:
+    model = DyTox(config, classes[0])
+    for nb in classes[1:]:
+        model.expand(nb)
+    return model
+
+
+def images(batch: int = 6, size: int = 16) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def with_paths(model: DyTox, fused: bool, joint: bool) -> DyTox:
+    """A copy of ``model`` (same weights) using the given attention/decoding paths."""
+    other = copy.deepcopy(model)
+    other.config = dataclasses.replace(model.config, fused_attention=fused, joint_tokens=joint)
+    return other
+
+
+@pytest.mark.parametrize("mode", ["1-1", "1-n", "n-1", "n-n", ""])
+def test_output_shapes_for_every_head_mode(mode: str) -> None:
+    model = grown(dataclasses.replace(SMALL, ind_clf=mode), [4, 3, 5])
+    out = model(images())
+    assert out.logits.shape == (6, 12)
+    assert out.task_embeddings.shape == (3, 6, 48)
+    assert out.div_logits is not None and out.div_logits.shape == (6, 6)  # 5 new classes + "old"
+
+
+def test_single_task_has_no_divergence_head_and_finetune_phase_disables_it() -> None:
+    model = DyTox(SMALL, 4)
+    assert model(images()).div_logits is None
+    model.expand(3)
+    model.set_phase("finetune")  # head_div_mode is ("tr",): the head is not used in finetuning
+    assert model(images()).div_logits is None
+    model.set_phase("train")
+    assert model(images()).div_logits.shape == (6, 4)
+    with pytest.raises(ValueError, match="phase"):
+        model.set_phase("test")
+
+
+def test_expand_keeps_old_logits_and_adds_one_token_and_head() -> None:
+    model = DyTox(SMALL, 4).eval()
+    x = images()
+    with torch.no_grad():
+        before = model(x).logits
+        model.expand(3)
+        after = model(x).logits
+    assert after.shape == (6, 7)
+    torch.testing.assert_close(after[:, :4], before, rtol=0, atol=0)
+    assert len(model.task_tokens) == 2 and len(model.head) == 2
+    assert model.nb_classes_per_task == [4, 3]
+    assert model.head_div.head.out_features == 4
+
+
+def test_new_task_token_is_truncated_normal_with_std_002() -> None:
+    """timm's trunc_normal_ truncates at +-2 in absolute value, as the published code uses it."""
+    model = DyTox(SMALL, 2)
+    for _ in range(99):
+        model.expand(1)
+    tokens = torch.cat([t.detach().flatten() for t in model.task_tokens])  # 100 x 48 values
+    assert abs(tokens.std().item() - 0.02) < 0.001 and abs(tokens.mean().item()) < 0.001
+    assert not torch.equal(model.task_tokens[0], model.task_tokens[1])
+
+
+def expected_frozen(model: DyTox, name: str) -> set[str]:
+    names = [n for n, _ in model.named_parameters()]
+    last = model.nb_tasks - 1
+    rules = {
+        "all": lambda n: True,
+        "old_task_tokens": lambda n: n.startswith("task_tokens.") and n != f"task_tokens.{last}",
+        "task_tokens": lambda n: n.startswith("task_tokens."),
+        "sab": lambda n: n.startswith(("sabs.", "patch_embed.", "pos_embed")),
+        "tab": lambda n: n.startswith("tabs."),
+        "old_heads": lambda n: n.startswith("head.") and not n.startswith(f"head.{last}."),
+        "heads": lambda n: n.startswith("head."),
+        "head_div": lambda n: n.startswith("head_div."),
+    }
+    return {n for n in names if rules[name](n)}
+
+
+@pytest.mark.parametrize(
+    "name", ["all", "old_task_tokens", "task_tokens", "sab", "tab", "old_heads", "heads", "head_div"]
+)
+def test_freeze_sets_exactly_the_named_parts_and_an_optimiser_step_leaves_them(name: str) -> None:
+    model = grown(SMALL, [4, 3, 3])
+    model.freeze(["tab"])  # a previous freeze must be undone by the next one
+    model.freeze([name])
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == expected_frozen(model, name)
+    if name == "all":
+        assert not model.training
+        return
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.1)
+    out = model(images())
+    (out.logits.square().mean() + out.div_logits.square().mean()).backward()
+    optimizer.step()
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, before[n]), n
+        else:
+            assert not torch.equal(p, before[n]), n
+
+
+def test_freeze_rejects_unknown_names_without_changing_anything() -> None:
+    model = grown(SMALL, [4, 3])
+    model.freeze(["sab"])
+    with pytest.raises(ValueError, match="encoder"):
+        model.freeze(["old_heads", "encoder"])
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == expected_frozen(model, "sab")
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_every_trainable_parameter_gets_a_gradient(joint: bool) -> None:
+    model = grown(dataclasses.replace(SMALL, joint_tokens=joint), [4, 3, 3])
+    model.freeze(["old_task_tokens", "old_heads"])
+    out = model(images())
+    (out.logits.sum() + out.div_logits.sum()).backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, n
+        else:
+            assert p.grad is None, n
+
+
+def loss_and_grads(model: DyTox, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    out = model(x)
+    weights = torch.linspace(-1, 1, out.logits.shape[1])
+    loss = (out.logits * weights).sum() + out.div_logits.square().sum() + out.task_embeddings.square().mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), out.div_logits.detach(), grads
+
+
+@pytest.mark.parametrize("freeze", [[], ["old_task_tokens", "old_heads"], ["sab"]])
+def test_fast_paths_equal_the_plain_path_with_ten_tasks(freeze: list[str]) -> None:
+    """Fused attention and joint decoding are the same function as the reference arithmetic."""
+    config = dataclasses.replace(SMALL, attn_drop=0.0, drop=0.0, drop_path=0.0)
+    plain = with_paths(grown(config, [5] + [3] * 9), fused=False, joint=False)
+    plain.freeze(freeze)
+    x = images(4)
+    ref_logits, ref_div, ref_grads = loss_and_grads(plain, x)
+    for fused, joint in [(True, False), (False, True), (True, True)]:
+        fast = with_paths(plain, fused, joint)
+        logits, div, grads = loss_and_grads(fast, x)
+        assert (logits - ref_logits).abs().max() <= 1e-5, (fused, joint)
+        assert (div - ref_div).abs().max() <= 1e-5, (fused, joint)
+        assert grads.keys() == ref_grads.keys()
+        for n in grads:
+            torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-5, msg=f"{n} {fused} {joint}")
+
+
+def test_fused_path_falls_back_to_plain_when_attention_dropout_is_active() -> None:
+    config = dataclasses.replace(SMALL, attn_drop=0.5)
+    model = grown(config, [4, 3]).train()
+    plain = with_paths(model, fused=False, joint=False)
+    x = images()
+    torch.manual_seed(3)
+    fused_out = model(x).logits
+    torch.manual_seed(3)
+    plain_out = plain(x).logits
+    torch.testing.assert_close(fused_out, plain_out, rtol=0, atol=1e-5)
+
+
+def test_growing_heads_average_published_and_per_class() -> None:
+    """1-n heads: head i predicts tasks 0..i. The published code divides the first c_i columns by T - i."""
+    for average, expected in [("published", [6.0, 6.0, 1.0, 1.0, 1.0]), ("per_class", [3.0, 3.0, 2.0, 2.0, 1.0])]:
+        model = grown(dataclasses.replace(SMALL, ind_clf="1-n", multi_head_average=average), [2, 2, 1])
+        ones = [torch.ones(1, n) for n in (2, 4, 5)]  # each head outputs 1 for all its classes
+        counts = torch.tensor([[3.0, 3.0, 2.0, 2.0, 1.0]])  # heads predicting each column
+        combined = model._average_growing_heads(ones)
+        torch.testing.assert_close(combined, counts / torch.tensor([expected]))
+
+
+def test_invalid_configurations_are_rejected() -> None:
+    with pytest.raises(ValueError, match="ind_clf"):
+        DyToxConfig(ind_clf="2-2")
+    with pytest.raises(ValueError, match="local_up_to_layer"):
+        DyToxConfig(depth=6, local_up_to_layer=6)
+    with pytest.raises(ValueError, match="num_heads"):
+        DyToxConfig(embed_dim=100, num_heads=12)
+    with pytest.raises(ValueError, match="patch_size"):
+        DyTox(dataclasses.replace(SMALL, input_size=18), 2)
+    with pytest.raises(ValueError, match="positive"):
+        DyTox(SMALL, 2).expand(0)
+
+
+@pytest.mark.parametrize(("tasks", "classes", "published"), [(10, 10, 10.73), (20, 5, 10.74), (50, 2, 10.77)])
+def test_parameter_counts_of_the_published_cifar_model(tasks: int, classes: int, published: float) -> None:
+    """The paper's table gives millions truncated (not rounded) to 2 decimals: 10.745M reads 10.74."""
+    model = grown(DyToxConfig(head_div=True), [classes] * tasks)
+    count = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head_div."))
+    assert math.floor(count / 1e4) / 100 == published
+    per_task = 384 + 2 * 384 + 385 * classes  # token, head LayerNorm, head Linear
+    assert count == 10_683_564 + tasks * (per_task - 385 * classes) + 100 * 385
+
+
+def test_model_code_is_device_agnostic() -> None:
+    package = Path(__file__).resolve().parents[1] / "continual"
+    for source in package.glob("*.py"):
+        assert ".cuda()" not in source.read_text(), source
+
+
+def test_expand_creates_parameters_on_the_models_dtype() -> None:
+    model = DyTox(SMALL, 4).double()
+    model.expand(3)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert model(images().double()).logits.dtype == torch.float64
