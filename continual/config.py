@@ -1,0 +1,666 @@
+"""Configuration of a DyTox run: options, YAML option files, validation.
+
+One source of configuration (STYLE rule 1): parser defaults, then the YAML
+files named by ``--options`` in order (later files win), then explicit
+command-line flags, which always win wherever they appear. YAML values are
+converted and checked exactly like command-line values (type and choices) and
+installed as parser defaults *before* the real parse (as timm does), so a file
+can never silently override the command line nor skip validation.
+
+Every option is declared once, in the ``OPTION_GROUPS`` table below; the
+parser and the YAML checks are both built from it, so they cannot disagree.
+The parsed namespace is never mutated: per-task values (scaled learning rate,
+batch size, epochs) are computed by the functions at the end of this module.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An unreadable or invalid option file, or an inconsistent configuration."""
+
+
+# Explicit tables of accepted names: anything else is an error, never a fallback.
+DATASETS = ("cifar", "imagenet100", "imagenet1000", "fashion_mnist", "digits")
+IND_CLF_MODES = ("1-1", "1-n", "n-1", "n-n", "")
+FREEZE_NAMES = (
+    "all", "old_task_tokens", "task_tokens", "sab", "tab", "old_heads", "heads", "head_div",
+)
+REHEARSAL_METHODS = (
+    "random", "closest_all", "closest_token", "furthest_all", "furthest_token",
+    "icarl_all", "icarl_token",
+)
+PHASES = ("tr", "ft")  # "tr": training on the task, "ft": balanced finetuning.
+SAM_BATCHES = ("main", "memory")
+FINETUNING_MODES = ("", "balanced")
+MIXUP_MODES = ("batch", "pair", "elem")
+
+# Reference batch of the linear learning-rate scaling rule (SPEC §2.4).
+LR_REFERENCE_BATCH = 512.0
+
+
+# --------------------------------------------------------------------------- #
+# Value types shared by the command line and the YAML files
+# --------------------------------------------------------------------------- #
+
+def _lowercase(value: str) -> str:
+    """Names such as datasets are matched case-insensitively (``CIFAR`` works)."""
+    return str(value).lower()
+
+
+def _optional_str(value: str) -> str | None:
+    """``none`` (any case) unsets a string option, e.g. ``--aa none`` disables RandAugment."""
+    text = str(value)
+    return None if text.lower() == "none" else text
+
+
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _device(value: str) -> str:
+    """Accept only device strings the runtime knows how to resolve."""
+    text = str(value).lower()
+    if not _DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return text
+
+
+def _class_order_from_yaml(value: object) -> list[int] | list[list[int]]:
+    """A YAML class order is one list of ints, or a list of such lists (several orders).
+
+    The command line only takes one order (``--class-order 3 1 2 0``); files may
+    list several, so this key gets its own check instead of argparse's.
+    """
+    if not isinstance(value, list) or not value:
+        raise ValueError("expected a non-empty list of class indices, or a list of such lists")
+    if all(isinstance(item, list) for item in value):
+        return [_int_list(order) for order in value]
+    return _int_list(value)
+
+
+def _int_list(values: list[object]) -> list[int]:
+    """Reject bools and floats, which Python would otherwise accept as ints."""
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"expected a non-empty list of integers, got {values!r}")
+    return list(values)
+
+
+# --------------------------------------------------------------------------- #
+# The option table
+# --------------------------------------------------------------------------- #
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its parser declaration and how a YAML value for it is checked.
+
+    ``type`` is None for booleans. ``nargs`` is '+' or '*' for lists.
+    ``negatable`` False gives a plain ``--flag`` instead of ``--flag/--no-flag``
+    (needed when ``--no-flag`` is already another option). ``yaml_value``
+    replaces the generic YAML check for options whose file form differs from
+    their command-line form.
+    """
+
+    dest: str
+    default: object
+    help: str
+    type: Callable[[str], object] | None = None
+    choices: tuple[object, ...] | None = None
+    nargs: str | None = None
+    nullable: bool = False
+    negatable: bool = True
+    yaml_value: Callable[[object], object] | None = None
+
+    @property
+    def flag(self) -> str:
+        """The command-line spelling: ``--`` + dest with dashes."""
+        return "--" + self.dest.replace("_", "-")
+
+    @property
+    def accepts_null(self) -> bool:
+        """YAML ``null`` is allowed when the option can be unset."""
+        return self.nullable or self.default is None
+
+
+def _bool(dest: str, default: bool, help: str, negatable: bool = True) -> Option:
+    """A boolean option (``--x`` / ``--no-x``); YAML gives true or false."""
+    return Option(dest, default, help, negatable=negatable)
+
+
+def _value(dest: str, type: Callable[[str], object], default: object, help: str,
+           **kwargs: Any) -> Option:
+    """A single-valued option."""
+    return Option(dest, default, help, type=type, **kwargs)
+
+
+def _list(dest: str, type: Callable[[str], object], default: object, help: str,
+          nargs: str = "+", **kwargs: Any) -> Option:
+    """A list option (``--x a b c``); YAML gives a list (a scalar is one item)."""
+    return Option(dest, default, help, type=type, nargs=nargs, **kwargs)
+
+
+RUN_OPTIONS = (
+    _list("options", str, [], "YAML option files applied in order (later files win)"),
+    _value("name", str, "", "run name, used in log and output paths"),
+    _value("output_basedir", str, "./outputs", "where checkpoints and memories go"),
+    _value("log_dir", str, "./logs", "where metrics logs go"),
+    _value("log_category", str, "misc", "sub-folder of the logs, e.g. the setting 10-10"),
+    _value("seed", int, 0, "random seed"),
+    _value("device", _device, "auto", "auto, cpu, cuda or cuda:N"),
+    _value("num_workers", int, 2, "data loader worker processes"),
+    _bool("pin_mem", True, "pin host memory in data loaders"),
+    _bool("eval", False, "only evaluate a resumed model"),
+    _value("eval_every", int, 50, "evaluate every N epochs within a task"),
+    _value("max_task", int, None, "stop after this many tasks"),
+    _value("save_every_epoch", int, 0, "also checkpoint every N epochs (0: at task ends only)"),
+    _value("resume", str, "", "checkpoint directory to resume from"),
+    _value("start_task", int, 0, "task to resume at"),
+    _bool("auto_resume", False, "resume from the latest checkpoint of this run if any"),
+    _bool("deterministic", False, "request deterministic torch algorithms"),
+    _bool("no_progress", False, "hide progress bars"),
+)
+
+DATA_OPTIONS = (
+    _value("data_set", _lowercase, "cifar", "dataset name", choices=DATASETS),
+    _value("data_path", str, "./data", "dataset root folder"),
+    _value("train_per_class", int, 0,
+           "keep the first N training images of each class, in file order (0: all)"),
+    _value("initial_increment", int, 10, "classes in the first task"),
+    _value("increment", int, 10, "classes in each later task"),
+    _list("class_order", int, None, "permutation of the class labels",
+          yaml_value=_class_order_from_yaml),
+    _value("input_size", int, 32, "image side after resizing, in pixels"),
+)
+
+MODEL_OPTIONS = (
+    _value("model", str, "convit", "backbone", choices=("convit",)),
+    _value("embed_dim", int, 768, "token width"),
+    _value("depth", int, 12, "number of blocks (encoder + decoder)"),
+    _value("num_heads", int, 12, "attention heads"),
+    _value("patch_size", int, 16, "patch side in pixels"),
+    _value("mlp_ratio", float, 4.0, "MLP hidden width / embed_dim"),
+    _bool("qkv_bias", False, "bias in the query/key/value projections"),
+    _value("local_up_to_layer", int, 10, "number of encoder (SAB) blocks"),
+    _value("locality_strength", float, 1.0, "GPSA local initialisation strength"),
+    _bool("class_attention", False, "decoder blocks are class-attention (TAB) blocks"),
+    _value("drop", float, 0.0, "dropout rate"),
+    _value("attn_drop", float, 0.0, "attention dropout rate"),
+    _value("drop_path", float, 0.1, "stochastic depth rate"),
+    _value("norm", str, "layer", "normalisation layer", choices=("layer",)),
+    _bool("fused_attention", True, "use F.scaled_dot_product_attention where possible"),
+    _bool("joint_tokens", False, "decode all task tokens in one masked pass"),
+)
+
+DYTOX_OPTIONS = (
+    _bool("dytox", False, "dynamic task-token expansion"),
+    _value("ind_clf", str, "1-1", "independent classifiers mode ('' for none)",
+           choices=IND_CLF_MODES),
+    _value("head_div", float, 0.0, "weight of the divergence head loss"),
+    _list("head_div_mode", str, ["tr", "ft"], "phases using the divergence head",
+          choices=PHASES),
+    _list("freeze_task", str, [], "what to freeze when a task is added", nargs="*",
+          choices=FREEZE_NAMES),
+    _list("freeze_ft", str, [], "what to freeze during finetuning", nargs="*",
+          choices=FREEZE_NAMES),
+    _bool("freeze_eval", False, "keep frozen modules in eval mode while training"),
+)
+
+OPTIMISER_OPTIONS = (
+    _value("opt", str, "adamw", "optimiser name (timm)"),
+    _value("opt_eps", float, 1e-8, "optimiser epsilon"),
+    _list("opt_betas", float, None, "optimiser betas"),
+    _value("clip_grad", float, None, "gradient norm clipping"),
+    _value("momentum", float, 0.9, "SGD momentum"),
+    _value("weight_decay", float, 0.05, "weight decay"),
+    _value("sched", str, "cosine", "learning-rate schedule (timm)"),
+    _value("lr", float, 5e-4, "base learning rate of the first task (before scaling)"),
+    _value("incremental_lr", float, None, "base learning rate of later tasks (default: lr)"),
+    _list("lr_noise", float, None, "learning-rate noise on/off epoch fractions"),
+    _value("lr_noise_pct", float, 0.67, "learning-rate noise limit"),
+    _value("lr_noise_std", float, 1.0, "learning-rate noise std"),
+    _value("warmup_lr", float, 1e-6, "warm-up starting learning rate"),
+    _value("min_lr", float, 1e-5, "learning-rate floor"),
+    _value("decay_epochs", float, 30.0, "epochs between step decays"),
+    _value("warmup_epochs", int, 5, "warm-up epochs"),
+    _value("cooldown_epochs", int, 10, "cool-down epochs"),
+    _value("patience_epochs", int, 10, "plateau patience"),
+    _value("decay_rate", float, 0.1, "step decay factor"),
+    _bool("sched_step_fix", False,
+          "step the schedule before each epoch (default: published off-by-one, SPEC §6b)"),
+    _value("batch_size", int, 128, "batch size per process of the first task"),
+    _value("incremental_batch_size", int, None, "batch size of later tasks (default: batch_size)"),
+    _value("epochs", int, 500, "epochs of each later task"),
+    _value("base_epochs", int, 500, "epochs of the first task"),
+    _value("grad_accum_steps", int, 1, "batches accumulated per optimiser step"),
+    # --amp is not negatable: --no-amp is the published option below.
+    _bool("amp", False, "mixed precision (disabled anyway by --no-amp)", negatable=False),
+    _bool("no_amp", False, "disable mixed precision (published option files)"),
+)
+
+AUGMENTATION_OPTIONS = (
+    _value("color_jitter", float, 0.4, "colour jitter strength"),
+    _value("aa", _optional_str, "rand-m9-mstd0.5-inc1", "timm auto-augment policy, or none",
+           nullable=True),
+    _value("smoothing", float, 0.1, "label smoothing"),
+    _value("train_interpolation", str, "bicubic", "resize interpolation"),
+    _bool("repeated_aug", True, "repeated-augmentation sampler (3 repeats)"),
+    _value("reprob", float, 0.25, "random erasing probability"),
+    _value("remode", str, "pixel", "random erasing mode"),
+    _value("recount", int, 1, "random erasing count"),
+    _bool("resplit", False, "no random erasing on the first augmentation split"),
+)
+
+MIXUP_OPTIONS = (
+    _value("mixup", float, 0.8, "MixUp alpha (0: off)"),
+    _value("cutmix", float, 1.0, "CutMix alpha (0: off)"),
+    _list("cutmix_minmax", float, None, "CutMix min/max box ratio"),
+    _value("mixup_prob", float, 1.0, "probability of mixing a batch"),
+    _value("mixup_switch_prob", float, 0.5, "probability of CutMix instead of MixUp"),
+    _value("mixup_mode", str, "batch", "how mixing parameters are drawn", choices=MIXUP_MODES),
+)
+
+DISTILLATION_OPTIONS = (
+    _bool("auto_kd", False, "weight distillation by old classes / seen classes"),
+    _value("kd", float, 0.0, "fixed distillation weight"),
+    _value("distillation_tau", float, 1.0, "distillation temperature"),
+    _bool("bce_loss", False, "binary cross-entropy classification loss"),
+)
+
+SAM_OPTIONS = (
+    _value("sam_rho", float, 0.0, "SAM neighbourhood radius (0: off)"),
+    _bool("sam_adaptive", False, "adaptive SAM (ASAM)"),
+    _value("sam_first", str, "main", "batch of SAM's first step", choices=SAM_BATCHES),
+    _value("sam_second", str, "main", "batch of SAM's second step", choices=SAM_BATCHES),
+    _bool("sam_skip_first", False, "no SAM on the first task"),
+    _value("sam_final", float, None, "final SAM radius"),
+    _list("sam_mode", str, ["tr", "ft"], "phases using SAM", choices=PHASES),
+    _value("look_sam_k", int, 0, "look-SAM: full SAM step every k steps (0: off)"),
+    _value("look_sam_alpha", float, 0.0, "look-SAM gradient mixing"),
+)
+
+REHEARSAL_OPTIONS = (
+    _value("memory_size", int, 0, "total rehearsal memory budget (images)"),
+    _bool("fixed_memory", False, "per-class memory fixed from the start"),
+    _value("rehearsal", str, "random", "exemplar selection method", choices=REHEARSAL_METHODS),
+    _bool("rehearsal_test_trsf", False, "extract exemplar features with the test transform"),
+    _bool("sep_memory", False, "keep the memory separate from the task data"),
+    _bool("distributed_memory", False, "each process selects its own exemplars"),
+    _bool("global_memory", False, "one selection shared by all processes"),
+    _value("replay_memory", int, 0, "memory replay epochs"),
+)
+
+FINETUNING_OPTIONS = (
+    _value("finetuning", str, "", "finetuning after each task ('' or balanced)",
+           choices=FINETUNING_MODES),
+    _value("finetuning_epochs", int, 30, "finetuning epochs"),
+    _value("finetuning_lr", float, 5e-5, "finetuning base learning rate (before scaling)"),
+    _bool("finetuning_teacher", False, "distil from the teacher during finetuning"),
+    _bool("ft_no_sampling", False, "read the memory in class order, unshuffled"),
+)
+
+DISTRIBUTED_OPTIONS = (
+    _value("dist_url", str, "env://", "process-group initialisation URL"),
+    _value("world_size", int, 1, "number of processes"),
+)
+
+OPTION_GROUPS: dict[str, tuple[Option, ...]] = {
+    "run": RUN_OPTIONS,
+    "data": DATA_OPTIONS,
+    "model": MODEL_OPTIONS,
+    "DyTox": DYTOX_OPTIONS,
+    "optimiser and schedule": OPTIMISER_OPTIONS,
+    "augmentation": AUGMENTATION_OPTIONS,
+    "mixup": MIXUP_OPTIONS,
+    "distillation": DISTILLATION_OPTIONS,
+    "SAM": SAM_OPTIONS,
+    "rehearsal": REHEARSAL_OPTIONS,
+    "finetuning": FINETUNING_OPTIONS,
+    "distributed": DISTRIBUTED_OPTIONS,
+}
+
+
+def _index_options() -> dict[str, Option]:
+    """dest -> Option, refusing a dest declared twice."""
+    index: dict[str, Option] = {}
+    for options in OPTION_GROUPS.values():
+        for option in options:
+            if option.dest in index:
+                raise AssertionError(f"option {option.dest!r} declared twice")
+            index[option.dest] = option
+    return index
+
+
+OPTIONS: dict[str, Option] = _index_options()
+
+
+# --------------------------------------------------------------------------- #
+# Parser
+# --------------------------------------------------------------------------- #
+
+class _BooleanAction(argparse.BooleanOptionalAction):
+    """``--x`` / ``--no-x`` that also works for options named ``no_*``.
+
+    argparse's own action sets False for any flag starting with ``--no-``, so
+    ``--no-amp`` (the published option) would *clear* ``no_amp``. Here only
+    the generated negative flag sets False.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, option_string == self.option_strings[0])
+
+
+class _ArgumentAdder(Protocol):
+    """A parser or an argument group: anything with ``add_argument``."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action: ...
+
+
+def _add_option(group: _ArgumentAdder, option: Option) -> None:
+    """Declare one table entry on the parser."""
+    if option.type is None:
+        action = _BooleanAction if option.negatable else "store_true"
+        group.add_argument(option.flag, dest=option.dest, action=action,
+                           default=option.default, help=option.help)
+        return
+    group.add_argument(option.flag, dest=option.dest, type=option.type,
+                       default=option.default, help=option.help,
+                       choices=option.choices, nargs=option.nargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A fresh parser with every option, grouped by family.
+
+    Abbreviations are off: ``--opt`` must never be read as ``--options``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="main.py", allow_abbrev=False,
+        description="DyTox: transformers for continual learning with dynamic token expansion.",
+    )
+    for title, options in OPTION_GROUPS.items():
+        group = parser.add_argument_group(title)
+        for option in options:
+            _add_option(group, option)
+    return parser
+
+
+# --------------------------------------------------------------------------- #
+# YAML option files
+# --------------------------------------------------------------------------- #
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one map (PyYAML keeps the last)."""
+
+
+def _construct_unique_map(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
+    """Build a map, raising on duplicate keys so a file cannot contradict itself."""
+    keys = [loader.construct_object(key_node) for key_node, _ in node.value]
+    duplicates = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"duplicate keys {duplicates}", node.start_mark)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_map)
+
+
+def load_config_file(path: Path | str) -> dict[str, object]:
+    """Read a YAML map of ``option: value`` (an option file or a saved config).
+
+    An empty file is an empty map; anything else that is not a map of string
+    keys is a ConfigError naming the file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read option file {path}: {exc}") from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a map of option: value, got {type(data).__name__}")
+    bad_keys = [key for key in data if not isinstance(key, str)]
+    if bad_keys:
+        raise ConfigError(f"{path}: option names must be strings, got {bad_keys!r}")
+    return data
+
+
+def _unknown_key_message(key: str, path: Path) -> str:
+    """Name the key and the file, and suggest the closest option."""
+    message = f"{path}: unknown option {key!r}"
+    if key == "options":
+        return message + " (option files cannot include other option files)"
+    underscored = key.replace("-", "_")
+    if underscored in OPTIONS:
+        return message + f" (keys use underscores: {underscored!r})"
+    close = difflib.get_close_matches(key, [d for d in OPTIONS if d != "options"], n=1)
+    return message + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _convert_item(option: Option, item: object) -> object:
+    """Convert one scalar the way argparse converts one command-line word."""
+    if isinstance(item, (list, dict)):
+        raise ValueError(f"expected a single value, got {type(item).__name__}")
+    if isinstance(item, bool):
+        raise ValueError("expected a value, got a boolean")
+    converted = option.type(str(item))
+    if option.choices is not None and converted not in option.choices:
+        choices = ", ".join(repr(c) for c in option.choices)
+        raise ValueError(f"{converted!r} is not one of {choices}")
+    return converted
+
+
+def _convert_yaml_value(option: Option, value: object) -> object:
+    """Check and convert a YAML value with the option's own type and choices."""
+    if value is None:
+        if option.accepts_null:
+            return None
+        raise ValueError("null is not allowed for this option")
+    if option.yaml_value is not None:
+        return option.yaml_value(value)
+    if option.type is None:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if option.nargs is None:
+        return _convert_item(option, value)
+    items = value if isinstance(value, list) else [value]
+    if option.nargs == "+" and not items:
+        raise ValueError("expected at least one value")
+    return [_convert_item(option, item) for item in items]
+
+
+def _read_option_file(path: Path) -> dict[str, object]:
+    """Validated ``dest -> value`` of one option file; errors name key and file."""
+    values: dict[str, object] = {}
+    for key, value in load_config_file(path).items():
+        option = OPTIONS.get(key)
+        if option is None or key == "options":
+            raise ConfigError(_unknown_key_message(key, path))
+        try:
+            values[key] = _convert_yaml_value(option, value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"{path}: option {key!r}: invalid value {value!r}: {exc}") from exc
+    return values
+
+
+def _read_option_files(paths: list[str]) -> dict[str, object]:
+    """Merge option files in order: a later file overrides an earlier one."""
+    merged: dict[str, object] = {}
+    for path in paths:
+        merged.update(_read_option_file(Path(path)))
+    return merged
+
+
+def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
+    """Resolve defaults < option files (in order) < explicit command-line flags.
+
+    The first parse validates the command line and finds ``--options``; the
+    files' values then become parser defaults, so the second parse lets every
+    explicit flag win, wherever it appears. Command-line errors exit like
+    argparse (status 2); file and consistency errors raise ConfigError.
+    """
+    parser = build_parser()
+    files = parser.parse_args(argv).options
+    parser.set_defaults(**_read_option_files(files))
+    cfg = parser.parse_args(argv)
+    validate_config(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------- #
+# Cross-option validation
+# --------------------------------------------------------------------------- #
+
+_POSITIVE = ("initial_increment", "increment", "batch_size", "grad_accum_steps", "world_size",
+             "input_size", "embed_dim", "depth", "num_heads", "patch_size", "eval_every")
+_NON_NEGATIVE = ("memory_size", "train_per_class", "num_workers", "epochs", "base_epochs",
+                 "finetuning_epochs", "warmup_epochs", "start_task", "save_every_epoch",
+                 "replay_memory", "look_sam_k", "sam_rho")
+_OPTIONAL_POSITIVE = ("incremental_batch_size", "max_task")
+_NAME_LISTS = {"freeze_task": FREEZE_NAMES, "freeze_ft": FREEZE_NAMES,
+               "head_div_mode": PHASES, "sam_mode": PHASES}
+
+
+def _check_signs(cfg: argparse.Namespace) -> None:
+    """Counts and sizes that must be positive, budgets that must be >= 0."""
+    for dest in _POSITIVE:
+        if getattr(cfg, dest) <= 0:
+            raise ConfigError(f"option {dest!r} must be positive, got {getattr(cfg, dest)}")
+    for dest in _NON_NEGATIVE:
+        if getattr(cfg, dest) < 0:
+            raise ConfigError(f"option {dest!r} must be >= 0, got {getattr(cfg, dest)}")
+    for dest in _OPTIONAL_POSITIVE:
+        value = getattr(cfg, dest)
+        if value is not None and value <= 0:
+            raise ConfigError(f"option {dest!r} must be positive when set, got {value}")
+
+
+def _check_names(cfg: argparse.Namespace) -> None:
+    """List options whose items must come from an explicit table."""
+    for dest, table in _NAME_LISTS.items():
+        unknown = [name for name in getattr(cfg, dest) if name not in table]
+        if unknown:
+            raise ConfigError(f"option {dest!r}: unknown name(s) {unknown}; "
+                              f"expected names from {list(table)}")
+    if cfg.rehearsal not in REHEARSAL_METHODS:
+        raise ConfigError(f"option 'rehearsal': unknown method {cfg.rehearsal!r}; "
+                          f"expected one of {list(REHEARSAL_METHODS)}")
+
+
+def _check_one_order(order: list[int]) -> None:
+    """A class order must be a permutation of 0..n-1 (no duplicate, no gap)."""
+    duplicates = sorted({label for label in order if order.count(label) > 1})
+    if duplicates:
+        raise ConfigError(f"option 'class_order': duplicate classes {duplicates}")
+    if sorted(order) != list(range(len(order))):
+        raise ConfigError(f"option 'class_order': not a permutation of 0..{len(order) - 1}")
+
+
+def _check_class_order(cfg: argparse.Namespace) -> None:
+    """One order, or several orders (a list of lists), each a permutation."""
+    if cfg.class_order is None:
+        return
+    if not cfg.class_order:
+        raise ConfigError("option 'class_order': empty order")
+    orders = cfg.class_order if isinstance(cfg.class_order[0], list) else [cfg.class_order]
+    for order in orders:
+        _check_one_order(order)
+
+
+def validate_config(cfg: argparse.Namespace) -> None:
+    """Check consistency between options; raise ConfigError naming the option(s)."""
+    _check_signs(cfg)
+    _check_names(cfg)
+    _check_class_order(cfg)
+    if cfg.global_memory and cfg.distributed_memory:
+        raise ConfigError("options 'global_memory' and 'distributed_memory' exclude each other")
+
+
+# --------------------------------------------------------------------------- #
+# Saving
+# --------------------------------------------------------------------------- #
+
+def _plain(value: object, key: str) -> object:
+    """Plain YAML data only, so a saved config loads with yaml.safe_load."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, key) for item in value]
+    raise ConfigError(f"option {key!r}: value of type {type(value).__name__} is not plain data")
+
+
+def config_to_dict(cfg: argparse.Namespace) -> dict[str, object]:
+    """The configuration as a plain-data dict (a copy: the namespace is untouched)."""
+    return {key: _plain(value, key) for key, value in vars(cfg).items()}
+
+
+def save_config(cfg: argparse.Namespace, path: Path) -> None:
+    """Write the resolved configuration as YAML next to the run, atomically.
+
+    Written to ``<path>.tmp`` then moved into place, so a crash never leaves a
+    half-written config that a resumed run would read.
+    """
+    path = Path(path)
+    data = config_to_dict(cfg)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(data, handle, sort_keys=False, default_flow_style=None)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- #
+# Per-task derived values (functions, never mutations of the config)
+# --------------------------------------------------------------------------- #
+
+def scaled_lr(base_lr: float, batch_size: int, world_size: int, accum_steps: int = 1) -> float:
+    """Linear scaling rule: base_lr * effective batch / 512 (SPEC §2.4)."""
+    return base_lr * batch_size * world_size * accum_steps / LR_REFERENCE_BATCH
+
+
+def task_batch_size(cfg: argparse.Namespace, task_id: int) -> int:
+    """Batch size per process: ``incremental_batch_size`` after the first task if set."""
+    if task_id > 0 and cfg.incremental_batch_size is not None:
+        return cfg.incremental_batch_size
+    return cfg.batch_size
+
+
+def task_epochs(cfg: argparse.Namespace, task_id: int) -> int:
+    """``base_epochs`` for the first task, ``epochs`` for the later ones."""
+    return cfg.base_epochs if task_id == 0 else cfg.epochs
+
+
+def task_lr(cfg: argparse.Namespace, task_id: int, world_size: int) -> float:
+    """Scaled learning rate of a task: ``lr`` first, then ``incremental_lr`` (or ``lr``)."""
+    base = cfg.lr if task_id == 0 or cfg.incremental_lr is None else cfg.incremental_lr
+    return scaled_lr(base, task_batch_size(cfg, task_id), world_size, cfg.grad_accum_steps)
+
+
+def finetuning_lr(cfg: argparse.Namespace, task_id: int, world_size: int) -> float:
+    """Scaled learning rate of the balanced finetuning after a task."""
+    return scaled_lr(cfg.finetuning_lr, task_batch_size(cfg, task_id), world_size,
+                     cfg.grad_accum_steps)
+
+
+def amp_enabled(cfg: argparse.Namespace) -> bool:
+    """Mixed precision is on only with ``--amp`` and without ``--no-amp``."""
+    return cfg.amp and not cfg.no_amp

@@ -1,0 +1,189 @@
+"""Class-incremental scenarios (continuum `ClassIncremental`) and rehearsal task sets.
+
+`build_scenarios(cfg)` gives a train and a test scenario with the same class
+order and increments. continuum remaps labels through `class_order`: the task
+sets yield labels 0..C-1 in *class-order* position (class_order[0] -> 0), and
+`scenario.get_original_targets(y)` maps them back. Memory samples must carry
+these remapped labels, as the task sets give them. Task ids `t` come out of
+continuum as float64; they are task indices all the same.
+
+Continuum calls the task loop should use (all public, checked with continuum
+1.2.7 under numpy 2 in tests/test_data.py):
+
+(a) train TaskSet of task t: `train_scenario[t]` (or `for t, taskset in
+    enumerate(train_scenario)`); `taskset.get_classes()` lists its labels,
+    `taskset.get_raw_samples()` returns its untransformed `(x, y, t)` arrays
+    (for herding: select indices, then `taskset.get_raw_samples(indices)`).
+(b) add memory `(x, y, t)` to it: `taskset_with_memory(taskset, x, y, t)`,
+    a new TaskSet built with `TaskSet(...)` + `add_samples(x, y, t)`, leaving
+    the scenario's task set untouched.
+(c) test set of all classes seen up to t: `test_scenario[: t + 1]` (one
+    TaskSet over tasks 0..t; `continuum.tasks.concat([...])` also concatenates
+    task sets, keeping the first one's transform).
+(d) TaskSet of the memory alone, with the train transform (balanced
+    finetuning): `memory_taskset(train_scenario, x, y, t)`.
+
+TaskSets are torch Datasets: `taskset[i]` is `(image (3, H, W) float tensor,
+label, task id)`, ready for a `DataLoader`.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+from continuum import ClassIncremental
+from continuum.datasets import InMemoryDataset
+from continuum.tasks import BaseTaskSet, TaskSet
+
+from continual.datasets import build_dataset
+from continual.transforms import build_transform
+
+
+class DataConfig(Protocol):
+    """The configuration fields `build_scenarios` reads (argparse namespace or similar)."""
+
+    data_set: str
+    data_path: str
+    train_per_class: int
+    input_size: int
+    initial_increment: int
+    increment: int
+    class_order: Sequence[int] | None
+    color_jitter: float
+    aa: str | None
+    train_interpolation: str
+    reprob: float
+    remode: str
+    recount: int
+
+
+def task_increments(num_classes: int, initial_increment: int, increment: int) -> list[int]:
+    """Classes per task, with continuum's semantics (initial_increment 0 = all equal).
+
+    Raises a ValueError naming the options when they do not split the classes
+    exactly (continuum would raise a bare Exception, or build a shorter run).
+    """
+    if isinstance(increment, bool) or not isinstance(increment, int) or increment <= 0:
+        raise ValueError(f"increment must be a positive integer, got {increment!r}")
+    if isinstance(initial_increment, bool) or not isinstance(initial_increment, int) \
+            or not 0 <= initial_increment <= num_classes:
+        raise ValueError(f"initial_increment must be an integer in [0, {num_classes}] "
+                         f"(0 = same as increment), got {initial_increment!r}")
+    remaining = num_classes - initial_increment
+    if remaining % increment:
+        raise ValueError(
+            f"initial_increment={initial_increment} and increment={increment} do not split "
+            f"the {num_classes} classes into whole tasks ({remaining} classes after the "
+            f"first task are not a multiple of {increment})")
+    first = [initial_increment] if initial_increment else []
+    return first + [increment] * (remaining // increment)
+
+
+def _dataset_classes(dataset: InMemoryDataset) -> np.ndarray:
+    """Sorted class ids of a dataset, which must be exactly 0..C-1.
+
+    continuum indexes `argsort(class_order)` by label, so gaps in the ids
+    would mislabel samples instead of failing.
+    """
+    _, y, _ = dataset.get_data()
+    classes = np.unique(y)
+    if not np.array_equal(classes, np.arange(len(classes))):
+        raise ValueError("dataset labels must be 0..C-1 without gaps, "
+                         f"found {classes.tolist()[:20]}")
+    return classes
+
+
+def validate_class_order(class_order: Sequence[int] | None, num_classes: int) -> list[int]:
+    """`class_order` as a list, checked to be a permutation of 0..num_classes-1.
+
+    None is the identity order. A list of orders (the configuration may hold
+    several, one per run) is refused: the caller picks the run's order first.
+    """
+    if class_order is None:
+        return list(range(num_classes))
+    if any(isinstance(c, (list, tuple, np.ndarray)) for c in class_order):
+        raise ValueError("class_order must be one order (a list of class ids), got a list of "
+                         "orders: select the order of this run first")
+    order = [int(c) for c in class_order]
+    expected = set(range(num_classes))
+    duplicates = sorted(c for c, count in Counter(order).items() if count > 1)
+    missing = sorted(expected - set(order))
+    unknown = sorted(set(order) - expected)
+    if duplicates or missing or unknown:
+        raise ValueError(
+            f"class_order must be a permutation of the dataset's {num_classes} classes "
+            f"0..{num_classes - 1}: duplicated {duplicates[:10]}, missing {missing[:10]}, "
+            f"unknown {unknown[:10]} (length {len(order)})")
+    return order
+
+
+def build_scenario(
+    dataset: InMemoryDataset,
+    *,
+    initial_increment: int,
+    increment: int,
+    class_order: Sequence[int] | None,
+    transform: Callable,
+) -> ClassIncremental:
+    """Class-incremental scenario over `dataset`, validated before continuum sees it."""
+    classes = _dataset_classes(dataset)
+    order = validate_class_order(class_order, len(classes))
+    task_increments(len(classes), initial_increment, increment)
+    return ClassIncremental(
+        dataset,
+        increment=increment,
+        initial_increment=initial_increment,
+        transformations=[transform],
+        class_order=order,
+    )
+
+
+def build_scenarios(cfg: DataConfig) -> tuple[ClassIncremental, ClassIncremental]:
+    """Train and test scenarios of `cfg.data_set`, same class order and increments."""
+    augment = dict(color_jitter=cfg.color_jitter, aa=cfg.aa, interpolation=cfg.train_interpolation,
+                   reprob=cfg.reprob, remode=cfg.remode, recount=cfg.recount)
+    scenarios = []
+    for train in (True, False):
+        dataset = build_dataset(cfg.data_set, cfg.data_path, train,
+                                train_per_class=cfg.train_per_class if train else 0,
+                                input_size=cfg.input_size)
+        transform = build_transform(cfg.data_set, cfg.input_size, train, **augment)
+        scenarios.append(build_scenario(
+            dataset, initial_increment=cfg.initial_increment, increment=cfg.increment,
+            class_order=cfg.class_order, transform=transform))
+    return scenarios[0], scenarios[1]
+
+
+def _check_memory(x: np.ndarray, y: np.ndarray, t: np.ndarray, like: np.ndarray) -> None:
+    """Memory arrays must be aligned and hold samples of the same kind as `like`."""
+    if not len(x) == len(y) == len(t):
+        raise ValueError(f"memory x, y, t have different lengths: {len(x)}, {len(y)}, {len(t)}")
+    if x.shape[1:] != like.shape[1:]:
+        raise ValueError(f"memory samples have shape {x.shape[1:]}, the task set's "
+                         f"{like.shape[1:]}")
+
+
+def taskset_with_memory(taskset: BaseTaskSet, x: np.ndarray, y: np.ndarray,
+                        t: np.ndarray) -> BaseTaskSet:
+    """New TaskSet = `taskset`'s samples + memory `(x, y, t)`, with `taskset`'s transform.
+
+    `add_samples` mutates in place; working on a copy keeps `scenario[t]`
+    and the caller's task set reusable (e.g. for herding on new data only).
+    """
+    x_task, y_task, t_task = taskset.get_raw_samples()
+    _check_memory(x, y, t, x_task)
+    combined = TaskSet(x_task, y_task, t_task, trsf=taskset.trsf, data_type=taskset.data_type)
+    combined.add_samples(x, y, t)
+    return combined
+
+
+def memory_taskset(train_scenario: ClassIncremental, x: np.ndarray, y: np.ndarray,
+                   t: np.ndarray) -> BaseTaskSet:
+    """TaskSet of the memory alone, with the train scenario's transform (finetuning)."""
+    if len(x) == 0:
+        raise ValueError("memory_taskset needs a non-empty memory")
+    _check_memory(x, y, t, train_scenario.cl_dataset.get_data()[0])
+    return TaskSet(np.asarray(x), np.asarray(y), np.asarray(t), trsf=train_scenario.trsf,
+                   data_type=train_scenario.cl_dataset.data_type)

@@ -1,0 +1,410 @@
+"""Configuration: precedence, YAML validation, option files, saving, derived values."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import yaml
+
+from continual import config
+from continual.config import ConfigError, parse_config, validate_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_FILES = sorted((REPO_ROOT / "options" / "data").glob("*.yaml"))
+MODEL_FILES = sorted((REPO_ROOT / "options" / "model").glob("*.yaml"))
+
+# Realistic runs: data setting + class order + model version.
+COMBOS = [
+    ("data/cifar100_10-10.yaml", "data/cifar100_order1.yaml", "model/cifar_dytox.yaml"),
+    ("data/cifar100_5-5.yaml", "data/cifar100_order2.yaml", "model/cifar_dytox_plus.yaml"),
+    ("data/cifar100_2-2.yaml", "data/cifar100_order3.yaml", "model/cifar_dytox_plusplus.yaml"),
+    ("data/cifar100_joint.yaml", "data/cifar100_order1.yaml", "model/cifar_dytox.yaml"),
+    ("data/imagenet100_10-10.yaml", "data/imagenet100_order1.yaml", "model/imagenet_dytox.yaml"),
+    ("data/imagenet100_joint.yaml", "data/imagenet100_order1.yaml", "model/imagenet_dytox.yaml"),
+    ("data/imagenet1000_100-100.yaml", "data/imagenet1000_order1.yaml",
+     "model/imagenet_dytox_plus.yaml"),
+    ("data/imagenet1000_joint.yaml", "data/imagenet1000_order1.yaml", "model/imagenet_dytox.yaml"),
+    ("data/fashion_mnist_5x2.yaml", "model/cpu_small.yaml"),
+    ("data/digits_demo.yaml", "model/demo_tiny.yaml"),
+]
+
+
+def write_yaml(path: Path, text: str) -> str:
+    """Write an option file and return its path as a command-line word."""
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def options_path(relative: str) -> str:
+    return str(REPO_ROOT / "options" / relative)
+
+
+# --------------------------------------------------------------------------- #
+# Precedence
+# --------------------------------------------------------------------------- #
+
+@pytest.fixture
+def two_files(tmp_path: Path) -> tuple[str, str]:
+    a = write_yaml(tmp_path / "a.yaml", "epochs: 100\nlr: 0.001\nname: from_a\nseed: 3\n")
+    b = write_yaml(tmp_path / "b.yaml", "lr: 0.002\nname: from_b\n")
+    return a, b
+
+
+def test_defaults_without_files() -> None:
+    cfg = parse_config([])
+    assert cfg.epochs == 500 and cfg.lr == 5e-4 and cfg.data_set == "cifar"
+    assert cfg.head_div_mode == ["tr", "ft"] and cfg.freeze_task == []
+    assert cfg.pin_mem is True and cfg.class_order is None and cfg.options == []
+
+
+def test_later_file_wins_over_earlier_and_defaults(two_files: tuple[str, str]) -> None:
+    cfg = parse_config(["--options", *two_files])
+    assert cfg.epochs == 100  # only in A
+    assert cfg.seed == 3
+    assert cfg.lr == pytest.approx(0.002)  # B beats A
+    assert cfg.name == "from_b"
+    assert cfg.batch_size == 128  # default untouched
+    assert cfg.options == list(two_files)
+
+
+@pytest.mark.parametrize("cli_first", [True, False])
+def test_command_line_wins_wherever_it_appears(two_files: tuple[str, str], cli_first: bool) -> None:
+    flags = ["--lr", "0.1", "--name", "cli", "--epochs", "7"]
+    files = ["--options", *two_files]
+    cfg = parse_config(flags + files if cli_first else files + flags)
+    assert cfg.lr == pytest.approx(0.1)
+    assert cfg.name == "cli"
+    assert cfg.epochs == 7
+    assert cfg.seed == 3  # still from A
+
+
+def test_command_line_bool_beats_yaml_bool(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "m.yaml", "bce_loss: true\nrepeated_aug: false\n")
+    assert parse_config(["--options", path]).bce_loss is True
+    cfg = parse_config(["--no-bce-loss", "--repeated-aug", "--options", path])
+    assert cfg.bce_loss is False and cfg.repeated_aug is True
+
+
+def test_opt_is_not_an_abbreviation_of_options() -> None:
+    assert parse_config(["--opt", "sgd"]).opt == "sgd"
+
+
+# --------------------------------------------------------------------------- #
+# YAML errors
+# --------------------------------------------------------------------------- #
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "bad.yaml", "epochs: 3\nnot_an_option: 1\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(["--options", path])
+    assert "not_an_option" in str(info.value) and path in str(info.value)
+
+
+def test_dashed_key_suggests_underscore(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "dash.yaml", "data-set: cifar\n")
+    with pytest.raises(ConfigError, match="data_set"):
+        parse_config(["--options", path])
+
+
+def test_options_key_is_rejected(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "nested.yaml", "options: [other.yaml]\n")
+    with pytest.raises(ConfigError, match="options"):
+        parse_config(["--options", path])
+
+
+@pytest.mark.parametrize("text,key", [
+    ("ind_clf: 2-2\n", "ind_clf"),
+    ("epochs: abc\n", "epochs"),
+    ("epochs: 1.5\n", "epochs"),
+    ("lr: fast\n", "lr"),
+    ("data_set: mnist\n", "data_set"),
+    ("rehearsal: icarl\n", "rehearsal"),
+    ("freeze_task: [old_heads, everything]\n", "freeze_task"),
+    ("head_div_mode: [tr, test]\n", "head_div_mode"),
+    ("bce_loss: 'yes please'\n", "bce_loss"),
+    ("bce_loss: 1\n", "bce_loss"),
+    ("epochs: true\n", "epochs"),
+    ("epochs: null\n", "epochs"),
+    ("epochs: [1, 2]\n", "epochs"),
+    ("head_div_mode: []\n", "head_div_mode"),
+    ("device: gpu\n", "device"),
+    ("class_order: [1, 0, x]\n", "class_order"),
+    ("class_order: 3\n", "class_order"),
+])
+def test_invalid_yaml_value_names_key_and_file(tmp_path: Path, text: str, key: str) -> None:
+    path = write_yaml(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        parse_config(["--options", path])
+    message = str(info.value)
+    assert key in message and path in message
+
+
+def test_missing_file_is_config_error(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        parse_config(["--options", missing])
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "epochs: [1\n",
+                                  "epochs: 1\nepochs: 2\n", "1: 2\n"])
+def test_malformed_file_is_config_error(tmp_path: Path, text: str) -> None:
+    path = write_yaml(tmp_path / "weird.yaml", text)
+    with pytest.raises(ConfigError, match="weird.yaml"):
+        parse_config(["--options", path])
+
+
+def test_empty_file_changes_nothing(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "empty.yaml", "# only a comment\n")
+    assert vars(parse_config(["--options", path])) == {**vars(parse_config([])), "options": [path]}
+
+
+def test_command_line_errors_exit_like_argparse() -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--ind-clf", "2-2"])
+    assert info.value.code == 2
+
+
+# --------------------------------------------------------------------------- #
+# YAML values
+# --------------------------------------------------------------------------- #
+
+def test_yaml_false_turns_off_default_true(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "f.yaml", "pin_mem: false\nrepeated_aug: false\n"
+                                            "fused_attention: false\n")
+    cfg = parse_config(["--options", path])
+    assert cfg.pin_mem is False and cfg.repeated_aug is False and cfg.fused_attention is False
+
+
+def test_yaml_values_are_converted_like_command_line(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "v.yaml", (
+        "weight_decay: 1e-6\n"  # PyYAML reads this as a string: must still be a float
+        "lr: 1\n"  # int for a float option
+        "data_set: CIFAR\n"  # case-insensitive
+        "log_category: 10-10\n"
+        "aa: none\n"
+        "incremental_lr: null\n"
+        "max_task: 3\n"
+    ))
+    cfg = parse_config(["--options", path])
+    assert cfg.weight_decay == pytest.approx(1e-6) and isinstance(cfg.weight_decay, float)
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.data_set == "cifar"
+    assert cfg.log_category == "10-10"
+    assert cfg.aa is None and cfg.incremental_lr is None and cfg.max_task == 3
+
+
+def test_yaml_lists(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "l.yaml", (
+        "freeze_task: [old_task_tokens, old_heads]\n"
+        "freeze_ft: [sab]\n"
+        "head_div_mode: tr\n"  # a scalar is a one-item list (published files do this)
+        "sam_mode: [ft]\n"
+        "opt_betas: [0.9, 0.999]\n"
+        "class_order: [3, 1, 2, 0]\n"
+    ))
+    cfg = parse_config(["--options", path])
+    assert cfg.freeze_task == ["old_task_tokens", "old_heads"]
+    assert cfg.freeze_ft == ["sab"]
+    assert cfg.head_div_mode == ["tr"]
+    assert cfg.sam_mode == ["ft"]
+    assert cfg.opt_betas == [pytest.approx(0.9), pytest.approx(0.999)]
+    assert cfg.class_order == [3, 1, 2, 0]
+
+
+def test_several_class_orders_in_yaml(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "orders.yaml", "class_order: [[0, 1, 2], [2, 0, 1]]\n")
+    assert parse_config(["--options", path]).class_order == [[0, 1, 2], [2, 0, 1]]
+
+
+def test_class_order_on_command_line_beats_yaml(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "o.yaml", "class_order: [0, 1, 2, 3]\n")
+    cfg = parse_config(["--class-order", "3", "1", "2", "0", "--options", path])
+    assert cfg.class_order == [3, 1, 2, 0]
+
+
+def test_flags_named_no_something() -> None:
+    """argparse's BooleanOptionalAction would set False for --no-amp / --no-progress."""
+    assert parse_config(["--no-amp"]).no_amp is True
+    assert parse_config(["--no-progress"]).no_progress is True
+    assert parse_config(["--no-progress", "--no-no-progress"]).no_progress is False
+    assert parse_config(["--no-pin-mem"]).pin_mem is False
+
+
+def test_amp_and_no_amp() -> None:
+    assert config.amp_enabled(parse_config(["--amp"])) is True
+    assert config.amp_enabled(parse_config(["--amp", "--no-amp"])) is False
+    assert config.amp_enabled(parse_config([])) is False
+
+
+# --------------------------------------------------------------------------- #
+# The project's option files
+# --------------------------------------------------------------------------- #
+
+def test_option_folders_are_populated() -> None:
+    assert len(DATA_FILES) >= 15 and len(MODEL_FILES) >= 7
+
+
+@pytest.mark.parametrize("path", DATA_FILES + MODEL_FILES,
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_option_file_parses_alone(path: Path) -> None:
+    cfg = parse_config(["--options", str(path)])
+    assert cfg.options == [str(path)]
+    assert path.read_text().startswith("#"), "each option file starts with a comment header"
+
+
+@pytest.mark.parametrize("files", COMBOS, ids=lambda files: "+".join(Path(f).stem for f in files))
+def test_realistic_combinations_parse(files: tuple[str, ...]) -> None:
+    cfg = parse_config(["--options", *map(options_path, files), "--memory-size", "2000"])
+    validate_config(cfg)
+    assert cfg.dytox and cfg.class_attention and cfg.rehearsal == "icarl_all"
+    assert cfg.memory_size == 2000
+    assert cfg.local_up_to_layer < cfg.depth
+
+
+def test_published_cifar_dytox_values() -> None:
+    cfg = parse_config(["--options", options_path("data/cifar100_10-10.yaml"),
+                        options_path("data/cifar100_order1.yaml"),
+                        options_path("model/cifar_dytox.yaml")])
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size) == (384, 6, 12, 4)
+    assert (cfg.initial_increment, cfg.increment, cfg.input_size) == (10, 10, 32)
+    assert cfg.class_order[:5] == [87, 0, 52, 58, 44]
+    assert sorted(cfg.class_order) == list(range(100))
+    assert cfg.freeze_task == ["old_task_tokens", "old_heads"] and cfg.freeze_ft == ["sab"]
+    assert cfg.head_div == pytest.approx(0.1) and cfg.head_div_mode == ["tr"]
+    assert cfg.weight_decay == pytest.approx(1e-6) and cfg.finetuning_epochs == 20
+    assert cfg.mixup == 0.0 and cfg.sam_rho == 0.0 and cfg.log_category == "10-10"
+
+
+def test_dytox_versions_differ_only_in_mixup_and_sam() -> None:
+    def load(name: str) -> dict[str, object]:
+        return config.load_config_file(options_path(f"model/{name}.yaml"))
+
+    base, plus = load("cifar_dytox"), load("cifar_dytox_plus")
+    plusplus = load("cifar_dytox_plusplus")
+    assert {k: v for k, v in plus.items() if base.get(k) != v} == {
+        "mixup": 0.8, "mixup_prob": 1.0, "mixup_switch_prob": 0.5}
+    assert {k: v for k, v in plusplus.items() if plus.get(k) != v} == {
+        "sam_rho": 3.0, "sam_adaptive": True, "sam_skip_first": True, "sam_mode": ["tr", "ft"]}
+
+
+def test_fashion_mnist_benchmark_values() -> None:
+    cfg = parse_config(["--options", options_path("data/fashion_mnist_5x2.yaml"),
+                        options_path("model/cpu_small.yaml")])
+    assert cfg.data_set == "fashion_mnist" and cfg.train_per_class == 1000
+    assert cfg.class_order == list(range(10)) and cfg.memory_size == 200
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.local_up_to_layer) == (128, 4, 4, 3)
+    assert (cfg.epochs, cfg.base_epochs, cfg.finetuning_epochs) == (5, 5, 2)
+    assert cfg.warmup_epochs == 1 and cfg.reprob == 0.0
+
+
+# --------------------------------------------------------------------------- #
+# Cross-option validation
+# --------------------------------------------------------------------------- #
+
+def with_values(**changes: object) -> argparse.Namespace:
+    """A valid default configuration with some values replaced."""
+    return argparse.Namespace(**{**vars(parse_config([])), **changes})
+
+
+@pytest.mark.parametrize("changes,option", [
+    ({"class_order": [0, 1, 1, 3]}, "class_order"),
+    ({"class_order": [[0, 1, 2], [2, 2, 0]]}, "class_order"),
+    ({"class_order": [1, 2, 3]}, "class_order"),
+    ({"freeze_task": ["old_heads", "encoder"]}, "freeze_task"),
+    ({"freeze_ft": ["sabs"]}, "freeze_ft"),
+    ({"rehearsal": "icarl"}, "rehearsal"),
+    ({"head_div_mode": ["train"]}, "head_div_mode"),
+    ({"sam_mode": ["tr", "eval"]}, "sam_mode"),
+    ({"global_memory": True, "distributed_memory": True}, "global_memory"),
+    ({"memory_size": -1}, "memory_size"),
+    ({"increment": 0}, "increment"),
+    ({"initial_increment": -5}, "initial_increment"),
+    ({"incremental_batch_size": 0}, "incremental_batch_size"),
+])
+def test_validate_config_errors(changes: dict[str, object], option: str) -> None:
+    with pytest.raises(ConfigError, match=option):
+        validate_config(with_values(**changes))
+
+
+def test_validation_runs_during_parsing() -> None:
+    with pytest.raises(ConfigError, match="class_order"):
+        parse_config(["--class-order", "0", "1", "1"])
+    with pytest.raises(ConfigError, match="distributed_memory"):
+        parse_config(["--global-memory", "--distributed-memory"])
+
+
+def test_valid_configuration_passes() -> None:
+    validate_config(with_values(class_order=[2, 0, 1], freeze_task=["all"],
+                                rehearsal="furthest_token"))
+
+
+# --------------------------------------------------------------------------- #
+# Saving and immutability
+# --------------------------------------------------------------------------- #
+
+def test_save_config_round_trips_atomically(tmp_path: Path) -> None:
+    cfg = parse_config(["--options", options_path("data/cifar100_order1.yaml"),
+                        options_path("model/cifar_dytox.yaml"), "--aa", "none"])
+    path = tmp_path / "config.yaml"
+    config.save_config(cfg, path)
+    assert config.load_config_file(path) == config.config_to_dict(cfg)
+    assert yaml.safe_load(path.read_text()) == vars(cfg)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_save_config_replaces_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("stale: true\n")
+    config.save_config(parse_config(["--seed", "4"]), path)
+    assert config.load_config_file(path)["seed"] == 4
+    assert not path.with_suffix(".yaml.tmp").exists()
+
+
+def test_config_to_dict_is_a_copy() -> None:
+    cfg = parse_config([])
+    data = config.config_to_dict(cfg)
+    data["head_div_mode"].append("x")
+    assert cfg.head_div_mode == ["tr", "ft"]
+
+
+def test_config_to_dict_rejects_non_plain_values() -> None:
+    with pytest.raises(ConfigError, match="data_path"):
+        config.config_to_dict(with_values(data_path=Path("/data")))
+
+
+def test_parsing_twice_gives_equal_configs(two_files: tuple[str, str]) -> None:
+    argv = ["--options", *two_files, "--freeze-task", "sab", "--class-order", "1", "0"]
+    first = parse_config(argv)
+    first.freeze_task.append("tab")  # a careless caller must not leak into the next parse
+    assert parse_config(argv) == parse_config(argv)
+    assert parse_config(argv).freeze_task == ["sab"]
+    assert parse_config([]).head_div_mode == ["tr", "ft"]
+
+
+# --------------------------------------------------------------------------- #
+# Per-task derived values
+# --------------------------------------------------------------------------- #
+
+def test_scaled_lr_values() -> None:
+    assert config.scaled_lr(5e-4, 128, 2) == pytest.approx(2.5e-4)
+    assert config.scaled_lr(5e-4, 128, 1) == pytest.approx(1.25e-4)
+    assert config.scaled_lr(5e-4, 128, 1, accum_steps=4) == pytest.approx(5e-4)
+    assert config.scaled_lr(5e-5, 512, 1) == pytest.approx(5e-5)
+
+
+def test_per_task_values_do_not_mutate_config() -> None:
+    cfg = parse_config(["--lr", "1e-3", "--incremental-lr", "2e-4", "--batch-size", "256",
+                        "--incremental-batch-size", "64", "--base-epochs", "9", "--epochs", "4"])
+    before = vars(cfg).copy()
+    assert config.task_lr(cfg, 0, world_size=2) == pytest.approx(1e-3 * 256 * 2 / 512)
+    assert config.task_lr(cfg, 1, world_size=2) == pytest.approx(2e-4 * 64 * 2 / 512)
+    assert config.task_batch_size(cfg, 0) == 256 and config.task_batch_size(cfg, 3) == 64
+    assert config.task_epochs(cfg, 0) == 9 and config.task_epochs(cfg, 1) == 4
+    assert config.finetuning_lr(cfg, 1, world_size=1) == pytest.approx(5e-5 * 64 / 512)
+    assert vars(cfg) == before
+
+
+def test_incremental_lr_defaults_to_lr() -> None:
+    cfg = parse_config(["--lr", "1e-3"])
+    assert config.task_lr(cfg, 2, world_size=1) == pytest.approx(1e-3 * 128 / 512)
