@@ -1,0 +1,104 @@
+"""Task-boundary checkpoints and rehearsal memory files.
+
+Checkpoints hold only tensors and plain Python data, so they load with
+``torch.load(weights_only=True)``; the memory is a ``.npz`` read with
+``allow_pickle=False``. Every file is written to a temporary name in the same
+folder and moved into place with ``os.replace``: a crash at any instant leaves
+the previous file intact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from continual.dytox import DyTox, DyToxConfig
+from continual.rehearsal import Memory
+
+FORMAT = "dytox-continual/1"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def checkpoint_path(run_dir: Path, task_id: int) -> Path:
+    return run_dir / "checkpoints" / f"checkpoint_{task_id}.pth"
+
+
+def memory_path(run_dir: Path, task_id: int) -> Path:
+    return run_dir / "memory" / f"memory_{task_id}.npz"
+
+
+def save_task_checkpoint(run_dir: Path, task_id: int, model: DyTox, config: dict[str, object]) -> Path:
+    """The model after ``task_id`` with what is needed to rebuild it, and the run's configuration."""
+    state = {
+        "format": FORMAT,
+        "task_id": task_id,
+        "model": model.state_dict(),
+        "model_config": dataclasses.asdict(model.config),
+        "nb_classes_per_task": list(model.nb_classes_per_task),
+        "config": config,
+    }
+    path = checkpoint_path(run_dir, task_id)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return path
+
+
+def load_task_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[DyTox, dict]:
+    """Rebuild the model saved by :func:`save_task_checkpoint`; also return the raw checkpoint."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated or foreign file: say which
+        raise ValueError(f"checkpoint {path} cannot be read ({error})") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a checkpoint of this project (format {FORMAT})")
+    fields = dict(state["model_config"])
+    fields["head_div_mode"] = tuple(fields["head_div_mode"])
+    classes = state["nb_classes_per_task"]
+    model = DyTox(DyToxConfig(**fields), classes[0])
+    for nb_new in classes[1:]:
+        model.expand(nb_new)
+    if "head_div.head.weight" not in state["model"]:
+        model.head_div = None
+    model.load_state_dict(state["model"])
+    return model.to(device), state
+
+
+def save_memory(run_dir: Path, task_id: int, memory: Memory) -> Path:
+    path = memory_path(run_dir, task_id)
+    state = memory.state_dict()
+    x = np.empty(0) if state["x"] is None else state["x"]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, x=x, y=state["y"], t=state["t"])
+
+    atomic_write(path, write)
+    return path
+
+
+def load_memory(path: Path) -> Memory:
+    if not path.is_file():
+        raise FileNotFoundError(f"no rehearsal memory at {path}")
+    with np.load(path, allow_pickle=False) as data:
+        x, y, t = data["x"], data["y"], data["t"]
+    memory = Memory()
+    memory.load_state_dict({"x": x if len(y) else None, "y": y, "t": t})
+    return memory

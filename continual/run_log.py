@@ -1,0 +1,61 @@
+"""The run folder and its logs.
+
+A run folder holds the resolved configuration, a JSON-lines log with one row
+per task (``log.jsonl``), per-epoch statistics (``epochs.jsonl``), checkpoints
+and the rehearsal memory. Its path follows the published layout
+``<output_basedir>/<dataset>/<setting>/<date>_<name>``; a copy of the task log
+goes to ``<log_dir>/<dataset>/<setting>/<date>_<name>.jsonl``.
+
+Logs are rewritten whole through a temporary file and a rename, so a crash
+never leaves a half-written line.
+"""
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+
+from continual.checkpoint import atomic_write
+
+
+def run_name(data_set: str, log_category: str, name: str, now: datetime | None = None) -> Path:
+    """``<dataset>/<setting>/<date>_<name>``, the relative path of a run's folder and log."""
+    stamp = (now or datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
+    return Path(data_set) / log_category / (f"{stamp}_{name}" if name else stamp)
+
+
+def _json_safe(value: object) -> object:
+    """NaN (e.g. old-class accuracy after the first task) becomes null: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class JsonLinesLog:
+    """Rows of a JSON-lines file, kept in memory and rewritten atomically on each append."""
+
+    def __init__(self, *paths: Path) -> None:
+        self.paths = paths
+        self.rows: list[dict] = read_jsonl(paths[0]) if paths[0].exists() else []
+
+    def append(self, row: dict) -> None:
+        self.rows.append(_json_safe(row))
+        text = "".join(json.dumps(r) + "\n" for r in self.rows)
+        for path in self.paths:
+            atomic_write(path, lambda tmp: tmp.write_text(text))
+
+    def keep_before_task(self, task_id: int) -> None:
+        """On resume at ``task_id``, forget rows of that task and later ones (they will be redone)."""
+        self.rows = [r for r in self.rows if r.get("task", -1) < task_id]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as error:
+        raise ValueError(f"log {path} is not valid JSON lines: {error}") from error

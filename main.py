@@ -1,0 +1,30 @@
+"""Train DyTox task by task: ``python main.py --options data.yaml order.yaml model.yaml [flags]``.
+
+Launch with ``bash train.sh GPUS ...`` for one process per GPU (torchrun), or
+directly for a single process. See README.md for the option files and outputs.
+"""
+from __future__ import annotations
+
+import sys
+
+from continual.config import ConfigError, parse_config
+from continual.distributed import cleanup, setup
+from continual.task_loop import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    ctx = setup(cfg.device)
+    try:
+        run(cfg, ctx)
+    finally:
+        cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Launch DyTox training with torchrun.
+#
+#   bash train.sh 0,1 --options options/data/cifar100_10-10.yaml options/data/cifar100_order1.yaml \
+#       options/model/cifar_dytox.yaml --name dytox --data-path data/ --memory-size 2000
+#   bash train.sh cpu --options ...          # one CPU process
+#   bash train.sh cpu 2 --options ...        # two CPU processes (gloo)
+#
+# GPUS is a comma-separated list of GPU ids (one process per GPU, CUDA_VISIBLE_DEVICES
+# set to the list) or "cpu" followed by an optional process count. Everything after
+# it is passed to main.py. Multi-node runs: set NNODES, NODE_RANK, MASTER_ADDR and
+# MASTER_PORT (torchrun's rendezvous), e.g. NNODES=2 NODE_RANK=0 MASTER_ADDR=host0.
+set -euo pipefail
+
+if [ $# -lt 1 ]; then
+    echo "usage: bash train.sh GPUS|cpu [NPROC] ARGS... (see the header of train.sh)" >&2
+    exit 2
+fi
+devices=$1
+shift
+
+if [ "$devices" = "cpu" ]; then
+    nproc=1
+    if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then
+        nproc=$1
+        shift
+    fi
+    set -- --device cpu "$@"
+else
+    if ! [[ $devices =~ ^[0-9]+(,[0-9]+)*$ ]]; then
+        echo "train.sh: GPUS must be a comma-separated list of GPU ids (e.g. 0,1) or 'cpu', got '$devices'" >&2
+        exit 2
+    fi
+    export CUDA_VISIBLE_DEVICES=$devices
+    nproc=$(( $(tr -cd ',' <<< "$devices" | wc -c) + 1 ))
+fi
+
+cd "$(dirname "$0")"
+exec torchrun \
+    --nnodes="${NNODES:-1}" \
+    --node-rank="${NODE_RANK:-0}" \
+    --nproc-per-node="$nproc" \
+    --master-addr="${MASTER_ADDR:-127.0.0.1}" \
+    --master-port="${MASTER_PORT:-29500}" \
+    main.py "$@"
