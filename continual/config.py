@@ -280,10 +280,10 @@ SAM_OPTIONS = (
     _value("sam_first", str, "main", "batch of SAM's first step", choices=SAM_BATCHES),
     _value("sam_second", str, "main", "batch of SAM's second step", choices=SAM_BATCHES),
     _bool("sam_skip_first", False, "no SAM on the first task"),
-    _value("sam_final", float, None, "final SAM radius"),
+    _value("sam_final", float, None, "SAM radius at the last task (linear from sam_rho)"),
     _list("sam_mode", str, ["tr", "ft"], "phases using SAM", choices=PHASES),
     _value("look_sam_k", int, 0, "look-SAM: full SAM step every k steps (0: off)"),
-    _value("look_sam_alpha", float, 0.0, "look-SAM gradient mixing"),
+    _value("look_sam_alpha", float, 0.7, "look-SAM: weight of the stored SAM direction between full steps"),
 )
 
 REHEARSAL_OPTIONS = (
@@ -589,6 +589,28 @@ def validate_config(cfg: argparse.Namespace) -> None:
     _check_class_order(cfg)
     if cfg.global_memory and cfg.distributed_memory:
         raise ConfigError("options 'global_memory' and 'distributed_memory' exclude each other")
+    _check_sam(cfg)
+
+
+def _check_sam(cfg: argparse.Namespace) -> None:
+    """SAM options only mean something with sam_rho > 0, and only in the combinations the paper uses."""
+    if cfg.sam_rho == 0:
+        set_without_rho = [name for name, is_set in (
+            ("sam_adaptive", cfg.sam_adaptive), ("look_sam_k", cfg.look_sam_k > 0),
+            ("sam_final", cfg.sam_final is not None), ("sam_skip_first", cfg.sam_skip_first),
+            ("sam_first", cfg.sam_first != "main"), ("sam_second", cfg.sam_second != "main"),
+        ) if is_set]
+        if set_without_rho:
+            raise ConfigError(f"option(s) {set_without_rho} need sharpness-aware minimisation: set sam_rho > 0")
+        return
+    if cfg.sam_final is not None and cfg.sam_final < 0:
+        raise ConfigError(f"option 'sam_final' must be >= 0, got {cfg.sam_final}")
+    if cfg.sam_first == "memory" and cfg.sam_second == "memory":
+        raise ConfigError("options 'sam_first' and 'sam_second' cannot both be 'memory': "
+                          "one of the two SAM passes uses the training batch")
+    if cfg.look_sam_k > 0 and cfg.sam_first == "memory":
+        raise ConfigError("look-SAM ('look_sam_k' > 0) takes its single passes on the training batch: "
+                          "it cannot be combined with sam_first: memory")
 
 
 # --------------------------------------------------------------------------- #

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from continual.dytox import DyToxOutput
 from continual.losses import Criterion, LossTerms, check_finite, dytox_loss
 from continual.metrics import EvalCounts, task_of_class
+from continual.sam import SAM
 
 Mixer = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -86,18 +87,52 @@ def _teacher_logits(teacher: nn.Module | None, images: Tensor, precision: Precis
         return teacher(images).logits
 
 
-def _optimizer_step(
-    loss: Tensor,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    clip_grad: float | None,
+def batch_loss(
+    model: nn.Module, teacher: nn.Module | None, images: Tensor, targets: Tensor, settings: LossSettings,
+    precision: Precision,
+) -> LossTerms:
+    """The DyTox loss terms of one batch; targets are class indices (B,) or MixUp soft targets (B, C)."""
+    teacher_logits = _teacher_logits(teacher, images, precision)
+    with precision.autocast():
+        out: DyToxOutput = model(images)
+    return dytox_loss(
+        out.logits.float(),
+        None if out.div_logits is None else out.div_logits.float(),
+        targets,
+        None if teacher_logits is None else teacher_logits.float(),
+        settings.criterion,
+        auto_kd=settings.auto_kd,
+        kd_weight=settings.kd_weight,
+        tau=settings.tau,
+        head_div=settings.head_div,
+    )
+
+
+@dataclass
+class SamPlan:
+    """SAM for a phase: the perturbation state and which batch each of the two passes uses."""
+
+    sam: SAM
+    first_on_memory: bool = False
+    second_on_memory: bool = False
+    memory_batches: Iterator[tuple[Tensor, Tensor]] | None = None  # endless batches of the memory
+
+    def batch(self, on_memory: bool, main: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        if on_memory and self.memory_batches is not None:
+            images, targets, *_ = next(self.memory_batches)
+            return images, targets.long()
+        return main
+
+
+def _backward(loss: Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    (loss if scaler is None else scaler.scale(loss)).backward()
+
+
+def _clip_and_step(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, clip_grad: float | None,
     parameters: list[nn.Parameter],
 ) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-    else:
-        scaler.scale(loss).backward()
+    if scaler is not None:
         scaler.unscale_(optimizer)
     if clip_grad:
         torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
@@ -106,6 +141,33 @@ def _optimizer_step(
     else:
         scaler.step(optimizer)
         scaler.update()
+
+
+def _sam_step(
+    plan: SamPlan, step: int, loss_of: Callable[[Tensor, Tensor], LossTerms], main: tuple[Tensor, Tensor],
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, where: str,
+) -> LossTerms:
+    """Gradient at w, ascend to w + e, gradient there, back to w (look-SAM: one pass between full steps).
+
+    Returns the loss terms of the main batch, for logging.
+    """
+    device = main[0].device
+    first = tuple(t.to(device) for t in plan.batch(plan.first_on_memory, main))
+    optimizer.zero_grad(set_to_none=True)
+    terms = loss_of(*first)
+    check_finite(terms, where)
+    _backward(terms.total, scaler)
+    if not plan.sam.is_full_step(step):
+        plan.sam.reuse_direction()
+        return terms
+    plan.sam.ascend(grad_scale=1.0 if scaler is None else scaler.get_scale())
+    second = tuple(t.to(device) for t in plan.batch(plan.second_on_memory, main))
+    optimizer.zero_grad(set_to_none=True)
+    second_terms = loss_of(*second)
+    check_finite(second_terms, where + " (SAM second pass)")
+    _backward(second_terms.total, scaler)
+    plan.sam.restore()
+    return second_terms if plan.first_on_memory else terms
 
 
 def train_one_epoch(
@@ -119,12 +181,17 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     clip_grad: float | None = None,
     mixer: Mixer | None = None,
+    sam: SamPlan | None = None,
     where: str = "",
 ) -> EpochStats:
     """Train ``model`` on every batch of ``loader`` once; stop with an error on a non-finite loss."""
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     running, images_seen, data_seconds = _Running(), 0, 0.0
+
+    def loss_of(images: Tensor, targets: Tensor) -> LossTerms:
+        return batch_loss(model, teacher, images, targets, loss_settings, precision)
+
     start = fetch_start = time.perf_counter()
     for step, (images, targets, *_) in enumerate(loader):
         data_seconds += time.perf_counter() - fetch_start
@@ -132,22 +199,15 @@ def train_one_epoch(
         targets = targets.to(precision.device, non_blocking=True).long()
         if mixer is not None and len(images) % 2 == 0:  # timm's MixUp needs an even batch
             images, targets = mixer(images, targets)
-        teacher_logits = _teacher_logits(teacher, images, precision)
-        with precision.autocast():
-            out: DyToxOutput = model(images)
-        terms = dytox_loss(
-            out.logits.float(),
-            None if out.div_logits is None else out.div_logits.float(),
-            targets,
-            None if teacher_logits is None else teacher_logits.float(),
-            loss_settings.criterion,
-            auto_kd=loss_settings.auto_kd,
-            kd_weight=loss_settings.kd_weight,
-            tau=loss_settings.tau,
-            head_div=loss_settings.head_div,
-        )
-        check_finite(terms, f"{where}, step {step}")
-        _optimizer_step(terms.total, optimizer, scaler, clip_grad, parameters)
+        here = f"{where}, step {step}"
+        if sam is None:
+            optimizer.zero_grad(set_to_none=True)
+            terms = loss_of(images, targets)
+            check_finite(terms, here)
+            _backward(terms.total, scaler)
+        else:
+            terms = _sam_step(sam, step, loss_of, (images, targets), optimizer, scaler, here)
+        _clip_and_step(optimizer, scaler, clip_grad, parameters)
         running.add(terms)
         images_seen += len(images)
         fetch_start = time.perf_counter()

@@ -25,10 +25,11 @@ from continual import checkpoint
 from continual.config import config_to_dict, finetuning_lr, save_config, task_batch_size, task_epochs, task_lr
 from continual.distributed import DistContext
 from continual.dytox import DyTox, DyToxConfig
-from continual.engine import EpochStats, LossSettings, Precision, evaluate, train_one_epoch
+from continual.engine import EpochStats, LossSettings, Precision, SamPlan, evaluate, train_one_epoch
 from continual.losses import build_criterion
 from continual.metrics import TaskAccuracy, average_incremental_accuracy, forgetting
 from continual.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
+from continual.sam import SAM, sam_rho_for_task
 from continual.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
 from continual.run_log import JsonLinesLog, run_name
 from continual.samplers import build_eval_loader, build_train_loader, set_sampler_epoch
@@ -42,8 +43,6 @@ def check_supported(cfg: argparse.Namespace, ctx: DistContext) -> None:
         problems.append("only DyTox is implemented: set dytox: true (e.g. --options options/model/cifar_dytox.yaml)")
     if not cfg.class_attention:
         problems.append("DyTox's decoder is class attention: class_attention must be true")
-    if cfg.sam_rho > 0:
-        problems.append("sharpness-aware minimisation (sam_rho > 0, DyTox++) is not implemented yet")
     if ctx.world_size > 1:
         problems.append("multi-process training is not implemented yet: run one process")
     if cfg.class_order is not None and cfg.class_order and isinstance(cfg.class_order[0], list):
@@ -98,6 +97,15 @@ def count_parameters(model: DyTox) -> dict[str, int]:
         "trainable": sum(p.numel() for _, p in params if p.requires_grad),
         "without_head_div": sum(p.numel() for n, p in params if not n.startswith("head_div.")),
     }
+
+
+def endless(loader: DataLoader):
+    """Batches of ``loader`` forever, with a new epoch (shuffle) each pass."""
+    epoch = 0
+    while True:
+        set_sampler_epoch(loader, epoch)
+        yield from loader
+        epoch += 1
 
 
 @contextmanager
@@ -181,6 +189,7 @@ class Run:
         settings = self.loss_settings(mixer is not None)
         precision = self.precision
         scaler = precision.grad_scaler()
+        sam = self.sam_plan(task_id, phase, optimizer)
         history = []
         for epoch in range(epochs):
             set_sampler_epoch(loader, epoch)
@@ -188,11 +197,25 @@ class Run:
                 set_epoch_lr(scheduler, epoch, self.cfg.sched_step_fix)
             stats = train_one_epoch(
                 self.model, teacher, loader, optimizer, settings, precision, scaler=scaler,
-                clip_grad=self.cfg.clip_grad, mixer=mixer, where=f"task {task_id}, {phase} epoch {epoch}",
+                clip_grad=self.cfg.clip_grad, mixer=mixer, sam=sam, where=f"task {task_id}, {phase} epoch {epoch}",
             )
             history.append(stats)
             self.log_epoch(task_id, phase, epoch, epochs, stats, current_lr(optimizer))
         return history
+
+    def sam_plan(self, task_id: int, phase: str, optimizer: torch.optim.Optimizer) -> SamPlan | None:
+        """SAM for this phase, when ``sam_rho`` > 0 and ``sam_mode`` / ``sam_skip_first`` allow it."""
+        cfg = self.cfg
+        mode = "tr" if phase == "train" else "ft"
+        if cfg.sam_rho <= 0 or mode not in cfg.sam_mode or (cfg.sam_skip_first and task_id == 0):
+            return None
+        rho = sam_rho_for_task(cfg.sam_rho, cfg.sam_final, task_id, len(self.classes_per_task))
+        sam = SAM(optimizer, rho, adaptive=cfg.sam_adaptive, look_k=cfg.look_sam_k, look_alpha=cfg.look_sam_alpha)
+        memory_batches = None
+        if "memory" in (cfg.sam_first, cfg.sam_second) and task_id > 0 and len(self.memory):
+            memory_batches = endless(self.train_loader(memory_taskset(self.train_scenario, *self.memory.get()),
+                                                       task_id, shuffle=True))
+        return SamPlan(sam, cfg.sam_first == "memory", cfg.sam_second == "memory", memory_batches)
 
     def log_epoch(self, task_id: int, phase: str, epoch: int, epochs: int, stats: EpochStats, lr: float) -> None:
         losses = " ".join(f"{k} {v:.4f}" for k, v in stats.losses.items())

@@ -203,3 +203,24 @@ def test_bfloat16_autocast_training_step_on_cpu() -> None:
     stats = train_one_epoch(model, None, tiny_batches(), optimizer, settings(), precision)
     assert np.isfinite(stats.losses["total"])
     assert Precision(torch.device("cuda"), True).dtype == torch.float16
+
+
+def test_mixup_batches_train_with_soft_targets_and_the_divergence_head() -> None:
+    from timm.data import Mixup
+
+    model = DyTox(TINY, 3)
+    model.expand(2)  # 5 classes, divergence head over 2 new classes + "old"
+    mixer = Mixup(mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.1, num_classes=5)
+    calls = []
+
+    def recording_mixer(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mixed, soft = mixer(images, targets)
+        calls.append(soft)
+        return mixed, soft
+
+    optimizer = build_optimizer(model, schedule_cfg(), 1e-3)
+    stats = train_one_epoch(model, None, tiny_batches(), optimizer, settings(), Precision(torch.device("cpu"), False),
+                            mixer=recording_mixer)
+    assert len(calls) == 2 and calls[0].shape == (4, 5)
+    torch.testing.assert_close(calls[0].sum(dim=1), torch.ones(4))
+    assert set(stats.losses) == {"classification", "div", "total"} and np.isfinite(stats.losses["total"])
