@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from continual.config import ConfigError, parse_config
 from continual.distributed import cleanup, setup
 from continual.task_loop import run
 
 
+@record  # under torchrun, the failing rank's traceback becomes the run's reported root cause
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)

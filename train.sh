@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Launch DyTox training with torchrun.
+# Launch DyTox training with torchrun (python -m torch.distributed.run).
 #
 #   bash train.sh 0,1 --options options/data/cifar100_10-10.yaml options/data/cifar100_order1.yaml \
 #       options/model/cifar_dytox.yaml --name dytox --data-path data/ --memory-size 2000
@@ -36,7 +36,12 @@ else
 fi
 
 cd "$(dirname "$0")"
-exec torchrun \
+# The Python that has torch: $PYTHON if set, else the project's .venv, else python3.
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+    if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
+fi
+exec "$python" -m torch.distributed.run \
     --nnodes="${NNODES:-1}" \
     --node-rank="${NODE_RANK:-0}" \
     --nproc-per-node="$nproc" \

@@ -40,8 +40,10 @@ def checkpoint_path(run_dir: Path, task_id: int) -> Path:
     return run_dir / "checkpoints" / f"checkpoint_{task_id}.pth"
 
 
-def memory_path(run_dir: Path, task_id: int) -> Path:
-    return run_dir / "memory" / f"memory_{task_id}.npz"
+def memory_path(run_dir: Path, task_id: int, rank: int | None = None) -> Path:
+    """One file per task; one per process and task when processes hold different memories."""
+    suffix = "" if rank is None else f"_rank{rank}"
+    return run_dir / "memory" / f"memory_{task_id}{suffix}.npz"
 
 
 def save_task_checkpoint(run_dir: Path, task_id: int, model: DyTox, config: dict[str, object]) -> Path:
@@ -81,8 +83,8 @@ def load_task_checkpoint(path: Path, device: torch.device | str = "cpu") -> tupl
     return model.to(device), state
 
 
-def save_memory(run_dir: Path, task_id: int, memory: Memory) -> Path:
-    path = memory_path(run_dir, task_id)
+def save_memory(run_dir: Path, task_id: int, memory: Memory, rank: int | None = None) -> Path:
+    path = memory_path(run_dir, task_id, rank)
     state = memory.state_dict()
     x = np.empty(0) if state["x"] is None else state["x"]
 

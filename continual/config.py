@@ -292,8 +292,12 @@ REHEARSAL_OPTIONS = (
     _value("rehearsal", str, "random", "exemplar selection method", choices=REHEARSAL_METHODS),
     _bool("rehearsal_test_trsf", False, "extract exemplar features with the test transform"),
     _bool("sep_memory", False, "keep the memory separate from the task data"),
-    _bool("distributed_memory", False, "each process selects its own exemplars"),
-    _bool("global_memory", False, "one selection shared by all processes"),
+    _bool("distributed_memory", False,
+          "each process selects its own memory_size / world_size exemplars (the erratum's protocol)"),
+    _bool("global_memory", False, "one selection of memory_size exemplars, identical on every process"),
+    _bool("published_memory", False,
+          "each process selects its own memory_size exemplars, as the published code did (the default "
+          "with several processes)"),
     _value("replay_memory", int, 0, "memory replay epochs"),
 )
 
@@ -587,8 +591,12 @@ def validate_config(cfg: argparse.Namespace) -> None:
     _check_signs(cfg)
     _check_names(cfg)
     _check_class_order(cfg)
-    if cfg.global_memory and cfg.distributed_memory:
-        raise ConfigError("options 'global_memory' and 'distributed_memory' exclude each other")
+    chosen = [name for name in ("global_memory", "distributed_memory", "published_memory") if getattr(cfg, name)]
+    if len(chosen) > 1:
+        raise ConfigError(f"options {chosen} exclude each other: choose one memory mode")
+    if cfg.grad_accum_steps > 1 and cfg.sam_rho > 0:
+        raise ConfigError("options 'grad_accum_steps' > 1 and 'sam_rho' > 0 cannot be combined: "
+                          "SAM's two passes are defined on one batch")
     _check_sam(cfg)
 
 
@@ -653,6 +661,15 @@ def save_config(cfg: argparse.Namespace, path: Path) -> None:
 # --------------------------------------------------------------------------- #
 # Per-task derived values (functions, never mutations of the config)
 # --------------------------------------------------------------------------- #
+
+def memory_mode(cfg: argparse.Namespace, world_size: int) -> str:
+    """'global', 'distributed' or 'published' (several processes, none chosen: the published one)."""
+    if cfg.global_memory:
+        return "global"
+    if cfg.distributed_memory:
+        return "distributed"
+    return "published" if world_size > 1 or cfg.published_memory else "global"
+
 
 def scaled_lr(base_lr: float, batch_size: int, world_size: int, accum_steps: int = 1) -> float:
     """Linear scaling rule: base_lr * effective batch / 512 (SPEC §2.4)."""

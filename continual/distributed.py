@@ -73,3 +73,39 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """``obj`` of process ``src`` on every process; identity in a single process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def shard(length: int, ctx: DistContext) -> list[int]:
+    """This process's share of ``range(length)``: every index on exactly one process, no padding."""
+    return list(range(ctx.rank, length, ctx.world_size))
+
+
+def wrap_for_training(model: torch.nn.Module, ctx: DistContext, find_unused: bool) -> torch.nn.Module:
+    """DistributedDataParallel over the currently trainable parameters (the model itself in one process).
+
+    Built again for every phase, because expansion and freezing change which
+    parameters train; DDP also broadcasts rank 0's weights, so freshly created
+    tokens and heads start identical on every process.
+    """
+    if not ctx.distributed:
+        return model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
+
+
+def gather_objects(obj: object) -> list[object]:
+    """``obj`` of every process, in rank order; ``[obj]`` in a single process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered

@@ -170,6 +170,11 @@ def _sam_step(
     return second_terms if plan.first_on_memory else terms
 
 
+def _sync_unless(model: nn.Module, accumulating: bool) -> AbstractContextManager:
+    """Skip DDP's gradient all-reduce on micro-batches that do not end an accumulation group."""
+    return model.no_sync() if accumulating and hasattr(model, "no_sync") else nullcontext()
+
+
 def train_one_epoch(
     model: nn.Module,
     teacher: nn.Module | None,
@@ -182,12 +187,19 @@ def train_one_epoch(
     clip_grad: float | None = None,
     mixer: Mixer | None = None,
     sam: SamPlan | None = None,
+    accum_steps: int = 1,
     where: str = "",
 ) -> EpochStats:
-    """Train ``model`` on every batch of ``loader`` once; stop with an error on a non-finite loss."""
+    """Train ``model`` on every batch of ``loader`` once; stop with an error on a non-finite loss.
+
+    With ``accum_steps`` > 1 the optimiser steps once per group of that many
+    batches, on the mean of their gradients, so one process reproduces the
+    optimisation of ``accum_steps`` processes (the last group may be shorter).
+    """
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     running, images_seen, data_seconds = _Running(), 0, 0.0
+    nb_batches = len(loader)
 
     def loss_of(images: Tensor, targets: Tensor) -> LossTerms:
         return batch_loss(model, teacher, images, targets, loss_settings, precision)
@@ -200,14 +212,21 @@ def train_one_epoch(
         if mixer is not None and len(images) % 2 == 0:  # timm's MixUp needs an even batch
             images, targets = mixer(images, targets)
         here = f"{where}, step {step}"
-        if sam is None:
-            optimizer.zero_grad(set_to_none=True)
-            terms = loss_of(images, targets)
-            check_finite(terms, here)
-            _backward(terms.total, scaler)
-        else:
+        if sam is not None:
             terms = _sam_step(sam, step, loss_of, (images, targets), optimizer, scaler, here)
-        _clip_and_step(optimizer, scaler, clip_grad, parameters)
+            _clip_and_step(optimizer, scaler, clip_grad, parameters)
+        else:
+            group_start = step - step % accum_steps
+            group_size = min(accum_steps, nb_batches - group_start)
+            ends_group = step + 1 == group_start + group_size
+            if step == group_start:
+                optimizer.zero_grad(set_to_none=True)
+            with _sync_unless(model, not ends_group):
+                terms = loss_of(images, targets)
+                check_finite(terms, here)
+                _backward(terms.total / group_size, scaler)
+            if ends_group:
+                _clip_and_step(optimizer, scaler, clip_grad, parameters)
         running.add(terms)
         images_seen += len(images)
         fetch_start = time.perf_counter()

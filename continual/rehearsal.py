@@ -13,6 +13,7 @@ name raises instead of silently running iCaRL.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -332,6 +333,13 @@ class Memory:
             or [np.empty(0, dtype=np.int64)]
         )
         self._x, self._y, self._t = self._x[keep], self._y[keep], self._t[keep]
+
+    def fingerprint(self) -> str:
+        """A short digest of the contents, to compare memories across processes or runs."""
+        digest = hashlib.sha1()
+        for array in self.get():
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:16]
 
     def get(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x, y, t) in memory order; an empty memory gives three empty arrays."""

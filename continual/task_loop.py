@@ -19,15 +19,19 @@ import numpy as np
 import torch
 from continuum.tasks import TaskSet
 from timm.data import Mixup
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from continual import checkpoint
-from continual.config import config_to_dict, finetuning_lr, save_config, task_batch_size, task_epochs, task_lr
-from continual.distributed import DistContext
+from continual.config import (
+    config_to_dict, finetuning_lr, memory_mode, save_config, task_batch_size, task_epochs, task_lr,
+)
+from continual.distributed import (
+    DistContext, all_reduce_sum, broadcast_object, gather_objects, shard, wrap_for_training,
+)
 from continual.dytox import DyTox, DyToxConfig
 from continual.engine import EpochStats, LossSettings, Precision, SamPlan, evaluate, train_one_epoch
 from continual.losses import build_criterion
-from continual.metrics import TaskAccuracy, average_incremental_accuracy, forgetting
+from continual.metrics import EvalCounts, TaskAccuracy, average_incremental_accuracy, forgetting
 from continual.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
 from continual.sam import SAM, sam_rho_for_task
 from continual.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
@@ -43,8 +47,6 @@ def check_supported(cfg: argparse.Namespace, ctx: DistContext) -> None:
         problems.append("only DyTox is implemented: set dytox: true (e.g. --options options/model/cifar_dytox.yaml)")
     if not cfg.class_attention:
         problems.append("DyTox's decoder is class attention: class_attention must be true")
-    if ctx.world_size > 1:
-        problems.append("multi-process training is not implemented yet: run one process")
     if cfg.class_order is not None and cfg.class_order and isinstance(cfg.class_order[0], list):
         problems.append("class_order holds several orders: give one order per run")
     if problems:
@@ -127,7 +129,8 @@ class Run:
     classes_per_task: list[int]
     model: DyTox
     memory: Memory = field(default_factory=Memory)
-    log: JsonLinesLog | None = None
+    rows: list[dict] = field(default_factory=list)  # one per finished task, on every process
+    log: JsonLinesLog | None = None  # the main process's files
     epoch_log: JsonLinesLog | None = None
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
@@ -154,7 +157,10 @@ class Run:
         loader.worker_init_fn = seed_worker
         return loader
 
-    def eval_loader(self, dataset: Dataset, task_id: int) -> DataLoader:
+    def eval_loader(self, dataset: Dataset, task_id: int, sharded: bool = False) -> DataLoader:
+        """Dataset order; ``sharded``: this process's share only, every sample on exactly one process."""
+        if sharded and self.ctx.distributed:
+            dataset = Subset(dataset, shard(len(dataset), self.ctx))
         batch = int(1.5 * task_batch_size(self.cfg, task_id))  # as published: no gradients, larger batch
         return build_eval_loader(dataset, batch_size=batch, num_workers=self.cfg.num_workers,
                                  pin_memory=self.cfg.pin_mem and self.ctx.device.type == "cuda")
@@ -190,14 +196,18 @@ class Run:
         precision = self.precision
         scaler = precision.grad_scaler()
         sam = self.sam_plan(task_id, phase, optimizer)
+        # The divergence head is the only part that can go unused (when head_div_mode skips this phase).
+        unused = self.model.head_div is not None and not self.model.divergence_active()
+        trained = wrap_for_training(self.model, self.ctx, find_unused=unused)
         history = []
         for epoch in range(epochs):
             set_sampler_epoch(loader, epoch)
             if scheduler is not None:
                 set_epoch_lr(scheduler, epoch, self.cfg.sched_step_fix)
             stats = train_one_epoch(
-                self.model, teacher, loader, optimizer, settings, precision, scaler=scaler,
-                clip_grad=self.cfg.clip_grad, mixer=mixer, sam=sam, where=f"task {task_id}, {phase} epoch {epoch}",
+                trained, teacher, loader, optimizer, settings, precision, scaler=scaler,
+                clip_grad=self.cfg.clip_grad, mixer=mixer, sam=sam, accum_steps=self.cfg.grad_accum_steps,
+                where=f"task {task_id}, {phase} epoch {epoch}",
             )
             history.append(stats)
             self.log_epoch(task_id, phase, epoch, epochs, stats, current_lr(optimizer))
@@ -247,23 +257,52 @@ class Run:
         test_transform = self.test_scenario[0].trsf
         return TaskSet(*taskset.get_raw_samples(), trsf=test_transform, data_type=taskset.data_type)
 
-    def memory_phase(self, task_id: int) -> None:
-        """Select exemplars of the new classes, shrink old classes to the new quota."""
-        if self.cfg.memory_size == 0:
-            return
-        quota = per_class_quota(self.cfg.memory_size, self.classes_seen(task_id), sum(self.classes_per_task),
-                                self.cfg.fixed_memory)
+    @property
+    def memory_mode(self) -> str:
+        return memory_mode(self.cfg, self.ctx.world_size)
+
+    def memory_budget(self) -> int:
+        """Exemplars this process keeps: the whole budget, or its share with distributed memory."""
+        if self.memory_mode == "distributed":
+            return self.cfg.memory_size // self.ctx.world_size
+        return self.cfg.memory_size
+
+    def herd(self, task_id: int, quota: int) -> np.ndarray:
+        """Indices of the exemplars of the new classes, herded on this process's features."""
         taskset = self.herding_set(task_id)
-        x, y, t = taskset.get_raw_samples()
+        y = taskset.get_raw_samples()[1]
         kind = feature_kind(self.cfg.rehearsal)
         features = None
         if kind is not None:
             features, targets = extract_features(self.model, self.eval_loader(taskset, task_id), kind,
                                                  self.ctx.device)
             assert np.array_equal(targets, y), "feature extraction must keep the task set's order"
-        indices = select_exemplars(y, features, quota, self.cfg.rehearsal, self.rng)
+        return select_exemplars(y, features, quota, self.cfg.rehearsal, self.rng)
+
+    def memory_phase(self, task_id: int) -> None:
+        """Select exemplars of the new classes, shrink old classes to the new quota.
+
+        Global memory: process 0 selects and every process receives the same
+        indices. Distributed and published memory: each process selects on its
+        own augmented features, within its own budget.
+        """
+        if self.cfg.memory_size == 0:
+            return
+        quota = per_class_quota(self.memory_budget(), self.classes_seen(task_id), sum(self.classes_per_task),
+                                self.cfg.fixed_memory)
+        if self.memory_mode == "global":
+            indices = self.herd(task_id, quota) if self.ctx.is_main else None
+            indices = broadcast_object(indices)
+        else:
+            indices = self.herd(task_id, quota)
         self.memory.trim(quota)
-        self.memory.add(x, y, t, indices)
+        self.memory.add(*self.train_scenario[task_id].get_raw_samples(), indices)
+
+    def total_memory(self) -> int:
+        """Exemplars held across processes (counted once in global mode)."""
+        if self.memory_mode == "global":
+            return len(self.memory)
+        return int(all_reduce_sum(torch.tensor([len(self.memory)], device=self.ctx.device)).item())
 
     def finetune_phase(self, task_id: int, teacher: DyTox | None) -> bool:
         """Balanced finetuning on the memory, with ``freeze_ft`` (SPEC §2.7). Returns whether it ran."""
@@ -280,9 +319,19 @@ class Run:
         return True
 
     def evaluate(self, task_id: int) -> TaskAccuracy:
-        loader = self.eval_loader(self.test_scenario[: task_id + 1], task_id)
+        """Accuracy on the test images of all seen classes, each image evaluated on exactly one process."""
+        accuracy, _ = self.evaluate_counted(task_id)
+        return accuracy
+
+    def evaluate_counted(self, task_id: int) -> tuple[TaskAccuracy, int]:
+        loader = self.eval_loader(self.test_scenario[: task_id + 1], task_id, sharded=True)
         counts = evaluate(self.model, loader, self.precision, self.classes_per_task[: task_id + 1])
-        return TaskAccuracy.from_counts(counts)
+        counts = EvalCounts.from_tensor(all_reduce_sum(counts.as_tensor()))
+        return TaskAccuracy.from_counts(counts), int(counts.total.sum())
+
+    def memory_rank(self) -> int | None:
+        """The rank in the memory file name: each process has its own memory unless it is global."""
+        return self.ctx.rank if self.ctx.distributed and self.memory_mode != "global" else None
 
     def classes_seen(self, task_id: int) -> int:
         return sum(self.classes_per_task[: task_id + 1])
@@ -299,20 +348,25 @@ class Run:
         with timed(timings, "finetune"):
             self.finetune_phase(task_id, teacher)
         with timed(timings, "eval"):
-            accuracy = self.evaluate(task_id)
+            accuracy, nb_images = self.evaluate_counted(task_id)
         row = self.task_row(task_id, accuracy, params, timings)
+        row.update(eval_images=nb_images, world_size=self.ctx.world_size, memory_mode=self.memory_mode,
+                   memory_total=self.total_memory(), memory_fingerprints=gather_objects(self.memory.fingerprint()))
+        self.rows.append(row)
         if self.ctx.is_main:
             self.log.append(row)
             checkpoint.save_task_checkpoint(self.run_dir, task_id, self.model, config_to_dict(self.cfg))
-            checkpoint.save_memory(self.run_dir, task_id, self.memory)
+        if self.ctx.is_main or (self.ctx.distributed and self.memory_mode != "global"):
+            checkpoint.save_memory(self.run_dir, task_id, self.memory, self.memory_rank())
         self.say(f"task {task_id}: top-1 {accuracy.top1:.2f} top-5 {accuracy.top5:.2f} "
                  f"old {accuracy.old:.2f} new {accuracy.new:.2f} | Avg {row['avg_acc']:.2f} "
-                 f"forgetting {row['forgetting']:.2f} | memory {len(self.memory)}")
+                 f"forgetting {row['forgetting']:.2f} | {self.memory_mode} memory, {row['memory_total']} "
+                 f"exemplars over {self.ctx.world_size} process(es)")
         return row
 
     def task_row(self, task_id: int, accuracy: TaskAccuracy, params: dict[str, int],
                  timings: dict[str, float]) -> dict:
-        previous = [r for r in self.log.rows if r["task"] < task_id] if self.log else []
+        previous = [r for r in self.rows if r["task"] < task_id]
         matrix = [r["acc_per_task"] for r in previous] + [accuracy.per_task]
         top1s = [r["acc1"] for r in previous] + [accuracy.top1]
         return {
@@ -355,10 +409,12 @@ def restore(run: Run, start_task: int) -> None:
         raise ValueError(f"checkpoint of task {previous} has classes per task {model.nb_classes_per_task}, "
                          f"the scenario {run.classes_per_task[:start_task]}")
     run.model = model
-    mem_file = checkpoint.memory_path(run.run_dir, previous)
+    mem_file = checkpoint.memory_path(run.run_dir, previous, run.memory_rank())
     if run.cfg.memory_size:
         run.memory = checkpoint.load_memory(mem_file)
-    run.log.keep_before_task(start_task)
+    if run.log is not None:
+        run.log.keep_before_task(start_task)
+    run.rows = list(broadcast_object(run.log.rows if run.log is not None else None))  # a copy, not the log's list
 
 
 def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
@@ -369,7 +425,7 @@ def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
     seed_everything(cfg.seed + ctx.rank)
     train_scenario, test_scenario = build_scenarios(cfg)  # fails fast on missing or malformed data
     classes_per_task = [int(n) for n in train_scenario.increments]
-    run_dir, mirror = prepare_run_dir(cfg)
+    run_dir, mirror = (Path(p) for p in broadcast_object(tuple(map(str, prepare_run_dir(cfg)))))  # rank 0's names
     model = DyTox(model_config(cfg), classes_per_task[0]).to(ctx.device)
     state = Run(cfg, ctx, run_dir, train_scenario, test_scenario, classes_per_task, model,
                 rng=np.random.default_rng(cfg.seed + ctx.rank))
@@ -382,10 +438,11 @@ def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
         restore(state, cfg.start_task)
     last_task = len(classes_per_task) if cfg.max_task is None else min(cfg.max_task, len(classes_per_task))
     state.say(f"run folder {run_dir}: {len(classes_per_task)} tasks {classes_per_task}, "
-              f"running tasks {cfg.start_task}..{last_task - 1} on {ctx.device}")
+              f"running tasks {cfg.start_task}..{last_task - 1} on {ctx.world_size} process(es), {ctx.device}; "
+              f"{state.memory_mode} memory of {state.memory_budget()} exemplars per process")
     for task_id in range(cfg.start_task, last_task):
         state.run_task(task_id)
-    rows = state.log.rows if state.log else []
+    rows = state.rows
     if rows:
         state.say(f"Avg {rows[-1]['avg_acc']:.2f} Last {rows[-1]['acc1']:.2f} "
                   f"(average incremental and last top-1 accuracy, {len(rows)} tasks)")

@@ -1,0 +1,23 @@
+"""main.py with a failure injected on rank 1 at the memory phase, for tests/test_distributed.py."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import main  # noqa: E402
+from continual import task_loop  # noqa: E402
+
+original_memory_phase = task_loop.Run.memory_phase
+
+
+def memory_phase_failing_on_rank1(self: task_loop.Run, task_id: int) -> None:
+    if self.ctx.rank == 1:
+        raise RuntimeError("injected failure on rank 1")
+    original_memory_phase(self, task_id)
+
+
+task_loop.Run.memory_phase = memory_phase_failing_on_rank1
+
+if __name__ == "__main__":
+    sys.exit(main.main(sys.argv[1:]))

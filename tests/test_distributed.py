@@ -1,0 +1,108 @@
+"""Two real CPU processes (torchrun, gloo): a run end to end, memory modes, accumulation, a crashing rank."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from continual.config import memory_mode, parse_config
+from continual.scenarios import build_scenarios
+
+REPO = Path(__file__).resolve().parents[1]
+HELPERS = Path(__file__).resolve().parent / "ddp_helpers"
+DEMO = ["--options", str(REPO / "options/data/digits_demo.yaml"), str(REPO / "options/model/demo_tiny.yaml"),
+        "--max-task", "2", "--base-epochs", "2", "--epochs", "1", "--finetuning-epochs", "1"]
+TIMEOUT = 300
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+            "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+
+
+def train_sh(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    argv = ["bash", str(REPO / "train.sh"), "cpu", "2", *DEMO, *args, "--output-basedir", str(tmp_path / "out"),
+            "--log-dir", str(tmp_path / "logs")]
+    return subprocess.run(argv, capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
+
+
+def rows(tmp_path: Path) -> tuple[Path, list[dict]]:
+    logs = sorted((tmp_path / "out").glob("digits/demo/*/log.jsonl"))
+    assert len(logs) == 1, logs  # one run folder, written once
+    return logs[0].parent, [json.loads(line) for line in logs[0].read_text().splitlines()]
+
+
+def test_two_processes_with_global_memory(tmp_path: Path) -> None:
+    result = train_sh(["--global-memory", "--name", "ddp"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("average incremental and last") == 1  # only rank 0 prints
+    folder, log = rows(tmp_path)
+    cfg = parse_config(DEMO)
+    _, test = build_scenarios(cfg)
+    assert [r["eval_images"] for r in log] == [len(test[:1]), len(test[:2])]  # every test image exactly once
+    assert all(r["world_size"] == 2 and r["memory_mode"] == "global" for r in log)
+    assert [r["memory_total"] for r in log] == [200, 200]
+    for row in log:
+        first, second = row["memory_fingerprints"]
+        assert first == second  # the same exemplars on both processes
+    assert sorted(p.name for p in (folder / "memory").iterdir()) == ["memory_0.npz", "memory_1.npz"]
+    assert "global memory" in result.stdout
+
+
+@pytest.mark.parametrize(("flag", "mode", "total"), [
+    ("--distributed-memory", "distributed", 200),  # memory_size / 2 per process: the erratum's protocol
+    ("--published-memory", "published", 400),  # memory_size per process, as the published code did
+])
+def test_two_processes_with_per_process_memory(tmp_path: Path, flag: str, mode: str, total: int) -> None:
+    result = train_sh([flag, "--name", "ddp"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder, log = rows(tmp_path)
+    assert all(r["memory_mode"] == mode for r in log)
+    assert [r["memory_total"] for r in log] == [total, total]
+    assert all(r["memory_fingerprints"][0] != r["memory_fingerprints"][1] for r in log)  # own augmentations
+    assert sorted(p.name for p in (folder / "memory").iterdir()) == [
+        "memory_0_rank0.npz", "memory_0_rank1.npz", "memory_1_rank0.npz", "memory_1_rank1.npz"]
+
+
+def test_published_memory_mode_is_the_multi_process_default() -> None:
+    cfg = types.SimpleNamespace(global_memory=False, distributed_memory=False, published_memory=False)
+    assert memory_mode(cfg, 2) == "published" and memory_mode(cfg, 1) == "global"
+
+
+def test_one_process_with_accumulation_takes_the_same_step_as_two_processes(tmp_path: Path) -> None:
+    script = str(HELPERS / "one_step.py")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", environment()["MASTER_PORT"],
+                          script, "ddp", str(tmp_path / "ddp.pt")],
+                         capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, script, "accumulate", str(tmp_path / "single.pt")],
+                            capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp_step = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    single_step = torch.load(tmp_path / "single.pt", weights_only=True)
+    for name, before in single_step["before"].items():
+        torch.testing.assert_close(ddp_step["before"][name], before, rtol=0, atol=0)  # same start
+        # SGD with lr 1: the update is the (mean) gradient
+        torch.testing.assert_close(single_step["after"][name], ddp_step["after"][name], rtol=0, atol=1e-5, msg=name)
+        moved = not torch.equal(single_step["after"][name], before)
+        assert moved == (name in single_step["trainable"]), name
+
+
+def test_a_crash_on_one_rank_ends_the_run_with_its_error(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", environment()["MASTER_PORT"],
+            str(HELPERS / "crash_on_rank1.py"), *DEMO, "--device", "cpu", "--global-memory",
+            "--output-basedir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs")]
+    result = subprocess.run(argv, capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
+    assert result.returncode != 0
+    assert "injected failure on rank 1" in result.stdout + result.stderr
+
+
+def test_train_sh_rejects_a_malformed_gpu_list() -> None:
+    result = subprocess.run(["bash", str(REPO / "train.sh"), "0;1", "--options"], capture_output=True, text=True)
+    assert result.returncode == 2 and "comma-separated list of GPU ids" in result.stderr
