@@ -11,6 +11,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from continual.config import ConfigError, parse_config
 from continual.distributed import cleanup, setup
+from continual.preemption import Preempted
 from continual.task_loop import run
 
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = setup(cfg.device)
     try:
         run(cfg, ctx)
+    except Preempted as stopped:
+        return 130 if stopped.signal_name == "SIGINT" else 143  # the shell's codes for these signals
     finally:
         cleanup()
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from continual.dytox import DyTox, DyToxConfig
+from continual.dytox import DyTox, config_from_dict, grown_model
 from continual.rehearsal import Memory
 
 FORMAT = "dytox-continual/1"
@@ -71,15 +71,7 @@ def load_task_checkpoint(path: Path, device: torch.device | str = "cpu") -> tupl
         raise ValueError(f"checkpoint {path} cannot be read ({error})") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a checkpoint of this project (format {FORMAT})")
-    fields = dict(state["model_config"])
-    fields["head_div_mode"] = tuple(fields["head_div_mode"])
-    classes = state["nb_classes_per_task"]
-    model = DyTox(DyToxConfig(**fields), classes[0])
-    for nb_new in classes[1:]:
-        model.expand(nb_new)
-    if "head_div.head.weight" not in state["model"]:
-        model.head_div = None
-    model.load_state_dict(state["model"])
+    model = grown_model(config_from_dict(state["model_config"]), state["nb_classes_per_task"], state["model"])
     return model.to(device), state
 
 

@@ -259,3 +259,24 @@ class DyTox(nn.Module):
         embeddings = self.forward_features(images)
         div_logits = self.head_div(embeddings[-1]) if self.divergence_active() else None
         return DyToxOutput(self.forward_head(embeddings), div_logits, embeddings)
+
+
+def grown_model(config: DyToxConfig, classes_per_task: list[int], weights: dict[str, Tensor] | None = None) -> DyTox:
+    """A DyTox expanded to ``len(classes_per_task)`` tasks, holding ``weights`` (a state dict) if given.
+
+    Used to rebuild saved models: a state dict without a divergence head (the
+    first task, or a head that was not saved) gives a model without one.
+    """
+    model = DyTox(config, classes_per_task[0])
+    for nb_new in classes_per_task[1:]:
+        model.expand(nb_new)
+    if weights is not None:
+        if "head_div.head.weight" not in weights:
+            model.head_div = None
+        model.load_state_dict(weights)
+    return model
+
+
+def config_from_dict(fields: dict[str, object]) -> DyToxConfig:
+    """The inverse of ``dataclasses.asdict`` on a DyToxConfig read back from a checkpoint."""
+    return DyToxConfig(**{**fields, "head_div_mode": tuple(fields["head_div_mode"])})

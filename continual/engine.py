@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -53,31 +52,41 @@ class Precision:
 
 
 @dataclass
+class EpochProgress:
+    """Running sums of an epoch; saved with a mid-epoch checkpoint so that the epoch's means stay exact."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    data_seconds: float = 0.0
+
+    def add(self, terms: LossTerms, images: int) -> None:
+        for name, value in terms.to_floats().items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
+        self.images += images
+
+
+@dataclass
 class EpochStats:
-    """Means of the loss terms over an epoch, and where its time went."""
+    """Means of the loss terms over an epoch, where its time went, and whether it stopped early."""
 
     losses: dict[str, float]
     images: int
     seconds: float
     data_seconds: float
+    next_step: int | None = None  # set when the epoch stopped on a signal: the step to resume from
+    progress: EpochProgress | None = None
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
 
-
-@dataclass
-class _Running:
-    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    steps: int = 0
-
-    def add(self, terms: LossTerms) -> None:
-        for name, value in terms.to_floats().items():
-            self.sums[name] += value
-        self.steps += 1
-
-    def means(self) -> dict[str, float]:
-        return {name: total / max(self.steps, 1) for name, total in self.sums.items()}
+    @classmethod
+    def from_progress(cls, progress: EpochProgress, next_step: int | None = None) -> EpochStats:
+        means = {name: total / max(progress.steps, 1) for name, total in progress.sums.items()}
+        return cls(means, progress.images, progress.seconds, progress.data_seconds, next_step, progress)
 
 
 def _teacher_logits(teacher: nn.Module | None, images: Tensor, precision: Precision) -> Tensor | None:
@@ -189,24 +198,33 @@ def train_one_epoch(
     sam: SamPlan | None = None,
     accum_steps: int = 1,
     where: str = "",
+    nb_batches: int | None = None,
+    start_step: int = 0,
+    progress: EpochProgress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
-    """Train ``model`` on every batch of ``loader`` once; stop with an error on a non-finite loss.
+    """Train ``model`` on the batches of ``loader``; stop with an error on a non-finite loss.
 
     With ``accum_steps`` > 1 the optimiser steps once per group of that many
     batches, on the mean of their gradients, so one process reproduces the
     optimisation of ``accum_steps`` processes (the last group may be shorter).
+    A resumed epoch passes the remaining batches with ``start_step``, its
+    ``nb_batches`` and the saved ``progress``. ``should_stop`` is asked after
+    each optimiser step; when it says yes the epoch ends early and the result
+    carries the step to resume from.
     """
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    running, images_seen, data_seconds = _Running(), 0, 0.0
-    nb_batches = len(loader)
+    progress = progress or EpochProgress()
+    nb_batches = len(loader) if nb_batches is None else nb_batches
 
     def loss_of(images: Tensor, targets: Tensor) -> LossTerms:
         return batch_loss(model, teacher, images, targets, loss_settings, precision)
 
     start = fetch_start = time.perf_counter()
-    for step, (images, targets, *_) in enumerate(loader):
-        data_seconds += time.perf_counter() - fetch_start
+    elapsed_before = progress.seconds
+    for step, (images, targets, *_) in enumerate(loader, start=start_step):
+        progress.data_seconds += time.perf_counter() - fetch_start
         images = images.to(precision.device, non_blocking=True)
         targets = targets.to(precision.device, non_blocking=True).long()
         if mixer is not None and len(images) % 2 == 0:  # timm's MixUp needs an even batch
@@ -215,6 +233,7 @@ def train_one_epoch(
         if sam is not None:
             terms = _sam_step(sam, step, loss_of, (images, targets), optimizer, scaler, here)
             _clip_and_step(optimizer, scaler, clip_grad, parameters)
+            ends_group = True
         else:
             group_start = step - step % accum_steps
             group_size = min(accum_steps, nb_batches - group_start)
@@ -227,10 +246,13 @@ def train_one_epoch(
                 _backward(terms.total / group_size, scaler)
             if ends_group:
                 _clip_and_step(optimizer, scaler, clip_grad, parameters)
-        running.add(terms)
-        images_seen += len(images)
+        progress.add(terms, len(images))
+        progress.seconds = elapsed_before + time.perf_counter() - start
+        if ends_group and step + 1 < nb_batches and should_stop is not None and should_stop():
+            return EpochStats.from_progress(progress, next_step=step + 1)
         fetch_start = time.perf_counter()
-    return EpochStats(running.means(), images_seen, time.perf_counter() - start, data_seconds)
+    progress.seconds = elapsed_before + time.perf_counter() - start
+    return EpochStats.from_progress(progress)
 
 
 @torch.inference_mode()

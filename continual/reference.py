@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from continual.dytox import DyTox, DyToxConfig
+from continual.dytox import DyTox, DyToxConfig, grown_model
 
 
 def read_reference_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, object]]:
@@ -91,20 +91,8 @@ def reference_config(state: dict[str, Tensor], args: dict[str, object]) -> tuple
     return config, _classes_per_task(state, ind_clf, nb_tasks, args)
 
 
-def build_grown_model(config: DyToxConfig, classes_per_task: list[int]) -> DyTox:
-    """A fresh model expanded to ``len(classes_per_task)`` tasks."""
-    model = DyTox(config, classes_per_task[0])
-    for nb_new in classes_per_task[1:]:
-        model.expand(nb_new)
-    return model
-
-
 def load_reference_checkpoint(path: str | Path) -> DyTox:
     """This project's DyTox, in eval mode, holding the weights of a published DyTox checkpoint."""
     state, args = read_reference_checkpoint(path)
     config, classes_per_task = reference_config(state, args)
-    model = build_grown_model(config, classes_per_task)
-    if "head_div.head.weight" not in state:
-        model.head_div = None  # task 0, or a checkpoint saved without it
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return grown_model(config, classes_per_task, state).eval()

@@ -49,6 +49,10 @@ class JsonLinesLog:
         for path in self.paths:
             atomic_write(path, lambda tmp: tmp.write_text(text))
 
+    def reset(self, rows: list[dict]) -> None:
+        """Replace the rows (a resumed run takes those saved with its state); written on the next append."""
+        self.rows = [_json_safe(row) for row in rows]
+
     def keep_before_task(self, task_id: int) -> None:
         """On resume at ``task_id``, forget rows of that task and later ones (they will be redone)."""
         self.rows = [r for r in self.rows if r.get("task", -1) < task_id]

@@ -91,6 +91,20 @@ class SAM:
             p.grad.add_(self.look_alpha * ratio * g_v)
 
 
+    def _ordered_parameters(self) -> list[nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def state_dict(self) -> dict[str, list[Tensor | None]]:
+        """look-SAM's stored direction, by position among the optimiser's parameters (for checkpoints)."""
+        return {"orthogonal": [self._orthogonal.get(p) for p in self._ordered_parameters()]}
+
+    def load_state_dict(self, state: dict[str, list[Tensor | None]]) -> None:
+        params = self._ordered_parameters()
+        if len(state["orthogonal"]) != len(params):
+            raise ValueError(f"SAM state for {len(state['orthogonal'])} parameters, optimiser has {len(params)}")
+        self._orthogonal = {p: g.to(p) for p, g in zip(params, state["orthogonal"]) if g is not None}
+
+
 def sam_rho_for_task(rho: float, final: float | None, task_id: int, nb_tasks: int) -> float:
     """``sam_final`` set: rho goes linearly from ``rho`` at the first task to ``final`` at the last."""
     if final is None or nb_tasks <= 1:

@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator, Sized
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 REPEATS = 3
@@ -53,6 +53,26 @@ class RepeatedAugSampler(Sampler[int]):
         return self.num_selected
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A plain shuffle drawn from (seed, epoch) alone, so that any epoch can be replayed on resume."""
+
+    def __init__(self, dataset: Sized, seed: int) -> None:
+        self.dataset_size = len(dataset)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.dataset_size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.dataset_size
+
+
 def build_sampler(
     dataset: Dataset, *, shuffle: bool, repeated_aug: bool, world_size: int, rank: int, seed: int
 ) -> Sampler[int]:
@@ -65,9 +85,7 @@ def build_sampler(
         return RepeatedAugSampler(dataset, world_size, rank)
     if world_size > 1:
         return DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return RandomSampler(dataset, generator=generator)
+    return EpochShuffleSampler(dataset, seed)
 
 
 def set_sampler_epoch(loader: DataLoader, epoch: int) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -26,23 +28,38 @@ from continual.config import (
     config_to_dict, finetuning_lr, memory_mode, save_config, task_batch_size, task_epochs, task_lr,
 )
 from continual.distributed import (
-    DistContext, all_reduce_sum, broadcast_object, gather_objects, shard, wrap_for_training,
+    DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, shard, wrap_for_training,
 )
-from continual.dytox import DyTox, DyToxConfig
-from continual.engine import EpochStats, LossSettings, Precision, SamPlan, evaluate, train_one_epoch
+from continual.dytox import DyTox, DyToxConfig, config_from_dict, grown_model
+from continual.engine import EpochProgress, EpochStats, LossSettings, Precision, SamPlan, evaluate, train_one_epoch
 from continual.losses import build_criterion
 from continual.metrics import EvalCounts, TaskAccuracy, average_incremental_accuracy, forgetting
 from continual.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
-from continual.sam import SAM, sam_rho_for_task
+from continual.preemption import Preempted, StopRequest
 from continual.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
+from continual.resume import (
+    Position, capture_rng, config_differences, find_run_to_resume, load_latest_state, memory_from_plain,
+    memory_to_plain, restore_rng, save_state,
+)
 from continual.run_log import JsonLinesLog, run_name
+from continual.sam import SAM, sam_rho_for_task
 from continual.samplers import build_eval_loader, build_train_loader, set_sampler_epoch
 from continual.scenarios import build_scenarios, memory_taskset, taskset_with_memory
 
 
+# Options of the published command line that this implementation parses but does not run yet.
+NOT_IMPLEMENTED = {"sep_memory": False, "replay_memory": 0, "freeze_eval": False, "resplit": False}
+
+
 def check_supported(cfg: argparse.Namespace, ctx: DistContext) -> None:
     """Refuse, before any long work, the options this implementation does not run."""
-    problems = []
+    problems = [f"--{name.replace('_', '-')} is not implemented yet (got {getattr(cfg, name)!r})"
+                for name, default in NOT_IMPLEMENTED.items() if getattr(cfg, name) != default]
+    if cfg.world_size not in (1, ctx.world_size):
+        problems.append(f"--world-size {cfg.world_size} disagrees with the {ctx.world_size} process(es) torchrun "
+                        f"started: the number of processes comes from train.sh / torchrun")
+    if cfg.dist_url != "env://":
+        problems.append(f"--dist-url {cfg.dist_url!r}: processes join through torchrun's environment (env://)")
     if not cfg.dytox:
         problems.append("only DyTox is implemented: set dytox: true (e.g. --options options/model/cifar_dytox.yaml)")
     if not cfg.class_attention:
@@ -133,6 +150,9 @@ class Run:
     log: JsonLinesLog | None = None  # the main process's files
     epoch_log: JsonLinesLog | None = None
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    stop: StopRequest | None = None
+    sequence: int = 0  # number of the last saved run state
+    resumed: dict | None = None  # the run state being resumed, until the loop has caught up with it
 
     @property
     def precision(self) -> Precision:
@@ -186,8 +206,14 @@ class Run:
         )
 
     def fit(self, task_id: int, phase: str, dataset: Dataset, *, lr: float, epochs: int, shuffle: bool,
-            teacher: DyTox | None, scheduled: bool) -> list[EpochStats]:
-        """Train for ``epochs`` on ``dataset``: the training phase and the finetuning phase alike."""
+            teacher: DyTox | None, scheduled: bool, start: Position | None = None) -> list[EpochStats]:
+        """Train for ``epochs`` on ``dataset``: the training phase and the finetuning phase alike.
+
+        ``start`` resumes inside the phase from the saved run state (optimiser,
+        schedule, scaler, SAM, and for a mid-epoch stop the epoch's random state
+        and running sums). States are saved every ``save_every_epoch`` epochs and
+        when a signal asks the run to stop.
+        """
         loader = self.train_loader(dataset, task_id, shuffle)
         optimizer = build_optimizer(self.model, self.cfg, lr)
         scheduler = build_scheduler(optimizer, self.cfg, epochs) if scheduled else None
@@ -199,19 +225,64 @@ class Run:
         # The divergence head is the only part that can go unused (when head_div_mode skips this phase).
         unused = self.model.head_div is not None and not self.model.divergence_active()
         trained = wrap_for_training(self.model, self.ctx, find_unused=unused)
+        saved = self.resumed["fit"] if start is not None else None
+        if saved is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(saved["scheduler"])
+            if scaler is not None and saved["scaler"]:
+                scaler.load_state_dict(saved["scaler"])
+            if sam is not None and saved["sam"]:
+                sam.sam.load_state_dict(saved["sam"])
+
+        def fit_state(epoch_rng: dict | None = None, progress: EpochProgress | None = None) -> dict:
+            return {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "scaler": None if scaler is None else scaler.state_dict(),
+                "sam": None if sam is None else sam.sam.state_dict(),
+                "epoch_rng": epoch_rng,
+                "progress": None if progress is None else dataclasses.asdict(progress),
+            }
+
         history = []
-        for epoch in range(epochs):
+        first_epoch = start.epoch if start is not None else 0
+        for epoch in range(first_epoch, epochs):
             set_sampler_epoch(loader, epoch)
             if scheduler is not None:
                 set_epoch_lr(scheduler, epoch, self.cfg.sched_step_fix)
+            batches, first_step, progress, epoch_rng = loader, 0, None, capture_rng(self.rng)
+            if start is not None and epoch == start.epoch and start.step > 0:
+                batches, first_step, progress, epoch_rng = self.resume_mid_epoch(loader, start, saved)
             stats = train_one_epoch(
-                trained, teacher, loader, optimizer, settings, precision, scaler=scaler,
+                trained, teacher, batches, optimizer, settings, precision, scaler=scaler,
                 clip_grad=self.cfg.clip_grad, mixer=mixer, sam=sam, accum_steps=self.cfg.grad_accum_steps,
-                where=f"task {task_id}, {phase} epoch {epoch}",
+                where=f"task {task_id}, {phase} epoch {epoch}", nb_batches=len(loader), start_step=first_step,
+                progress=progress, should_stop=self.stop_requested,
             )
+            if stats.next_step is not None:  # a signal: save inside the epoch and stop
+                self.save_state(Position(task_id, phase, epoch, stats.next_step), teacher,
+                                fit_state(epoch_rng, stats.progress))
+                self.preempted(f"in task {task_id}, {phase} epoch {epoch}, step {stats.next_step}")
             history.append(stats)
             self.log_epoch(task_id, phase, epoch, epochs, stats, current_lr(optimizer))
+            every = self.cfg.save_every_epoch
+            stopping = epoch + 1 < epochs and self.stop_requested()
+            if epoch + 1 < epochs and (stopping or (every and (epoch + 1) % every == 0)):
+                self.save_state(Position(task_id, phase, epoch + 1), teacher, fit_state())
+                if stopping:
+                    self.preempted(f"after task {task_id}, {phase} epoch {epoch}")
         return history
+
+    def resume_mid_epoch(self, loader: DataLoader, start: Position, saved: dict):
+        """Replay the saved epoch up to ``start.step``: same sampler order and augmentation seeds, then the
+        random state of the step boundary. Returns (remaining batches, first step, progress, epoch RNG)."""
+        restore_rng(saved["epoch_rng"], self.rng)
+        batches = iter(loader)  # draws the workers' seeds from the restored state
+        for _ in range(start.step):
+            next(batches)
+        restore_rng(self.resumed["rng"], self.rng)
+        return batches, start.step, EpochProgress(**saved["progress"]), saved["epoch_rng"]
 
     def sam_plan(self, task_id: int, phase: str, optimizer: torch.optim.Optimizer) -> SamPlan | None:
         """SAM for this phase, when ``sam_rho`` > 0 and ``sam_mode`` / ``sam_skip_first`` allow it."""
@@ -240,14 +311,14 @@ class Run:
             accuracy = self.evaluate(task_id)
             self.say(f"  task {task_id} {phase} epoch {epoch + 1}: top-1 {accuracy.top1:.2f}")
 
-    def train_phase(self, task_id: int, teacher: DyTox | None) -> None:
+    def train_phase(self, task_id: int, teacher: DyTox | None, start: Position | None = None) -> None:
         dataset = self.train_scenario[task_id]
         if task_id > 0 and len(self.memory):
             dataset = taskset_with_memory(dataset, *self.memory.get())
         self.say(f"task {task_id}: training on {len(dataset)} images "
                  f"({len(self.memory)} from memory), classes {self.classes_seen(task_id)}")
         self.fit(task_id, "train", dataset, lr=task_lr(self.cfg, task_id, self.ctx.world_size),
-                 epochs=task_epochs(self.cfg, task_id), shuffle=True, teacher=teacher, scheduled=True)
+                 epochs=task_epochs(self.cfg, task_id), shuffle=True, teacher=teacher, scheduled=True, start=start)
 
     def herding_set(self, task_id: int) -> TaskSet:
         """The task's images with the transform features are extracted with (train by default, as published)."""
@@ -290,6 +361,7 @@ class Run:
             return
         quota = per_class_quota(self.memory_budget(), self.classes_seen(task_id), sum(self.classes_per_task),
                                 self.cfg.fixed_memory)
+        self.say(f"task {task_id}: memory update, {quota} exemplars per class ({self.cfg.rehearsal})")
         if self.memory_mode == "global":
             indices = self.herd(task_id, quota) if self.ctx.is_main else None
             indices = broadcast_object(indices)
@@ -304,7 +376,7 @@ class Run:
             return len(self.memory)
         return int(all_reduce_sum(torch.tensor([len(self.memory)], device=self.ctx.device)).item())
 
-    def finetune_phase(self, task_id: int, teacher: DyTox | None) -> bool:
+    def finetune_phase(self, task_id: int, teacher: DyTox | None, start: Position | None = None) -> bool:
         """Balanced finetuning on the memory, with ``freeze_ft`` (SPEC §2.7). Returns whether it ran."""
         single_task = len(self.classes_per_task) == 1
         if self.cfg.finetuning != "balanced" or not len(self.memory) or not (task_id > 0 or single_task):
@@ -314,7 +386,7 @@ class Run:
         dataset = memory_taskset(self.train_scenario, *self.memory.get())
         self.fit(task_id, "finetune", dataset, lr=finetuning_lr(self.cfg, task_id, self.ctx.world_size),
                  epochs=self.cfg.finetuning_epochs, shuffle=not self.cfg.ft_no_sampling,
-                 teacher=teacher if self.cfg.finetuning_teacher else None, scheduled=False)
+                 teacher=teacher if self.cfg.finetuning_teacher else None, scheduled=False, start=start)
         self.model.set_phase("train")
         return True
 
@@ -336,17 +408,66 @@ class Run:
     def classes_seen(self, task_id: int) -> int:
         return sum(self.classes_per_task[: task_id + 1])
 
+    # --------------------------------------------------------- saving and stopping
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.requested(self.ctx.device)
+
+    def preempted(self, where: str) -> None:
+        raise Preempted(self.stop.signal_name if self.stop and self.stop.signal_name else "SIGTERM", where)
+
+    def save_state(self, position: Position, teacher: DyTox | None, fit: dict | None = None,
+                   timings: dict[str, float] | None = None) -> None:
+        """Everything this process needs to continue at ``position`` exactly (see continual.resume)."""
+        self.sequence += 1
+        state = {
+            "sequence": self.sequence,
+            "position": position.as_dict(),
+            "world_size": self.ctx.world_size,
+            "config": config_to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "model_config": dataclasses.asdict(self.model.config),
+            "nb_classes_per_task": list(self.model.nb_classes_per_task),
+            "teacher": None if teacher is None else teacher.state_dict(),
+            "memory": memory_to_plain(*self.memory.get()),
+            "rng": capture_rng(self.rng),
+            "rows": self.rows,
+            "epoch_rows": self.epoch_log.rows if self.epoch_log is not None else [],
+            "timings": timings or {},
+            "fit": fit,
+        }
+        save_state(self.run_dir, self.sequence, self.ctx.rank, state)
+        barrier()
+
+    def boundary(self, position: Position, teacher: DyTox | None, timings: dict[str, float]) -> None:
+        """End of a phase: save the run state, then stop here if a signal asked for it."""
+        self.save_state(position, teacher, timings=timings)
+        if self.stop_requested():
+            self.preempted(f"before {position.phase} of task {position.task}")
+
     # ---------------------------------------------------------------- one task
-    def run_task(self, task_id: int) -> dict:
-        timings: dict[str, float] = {}
-        teacher = self.begin_task(task_id)
+    def run_task(self, task_id: int, start: Position | None = None) -> dict:
+        """Run the phases of a task; ``start`` resumes it from a saved run state."""
+        start = start or Position(task_id)
+        timings: dict[str, float] = dict(self.resumed["timings"]) if start.phase != "begin" else {}
+        if start.phase == "begin":
+            teacher = self.begin_task(task_id)
+        else:  # the model (expanded) and teacher come from the run state; requires_grad is not saved
+            teacher = self.resumed["teacher_model"]
+            self.model.freeze(self.cfg.freeze_task if task_id > 0 else [])
         params = count_parameters(self.model)
-        with timed(timings, "train"):
-            self.train_phase(task_id, teacher)
-        with timed(timings, "memory"):
-            self.memory_phase(task_id)
-        with timed(timings, "finetune"):
-            self.finetune_phase(task_id, teacher)
+        if start.reached(task_id, "train"):
+            with timed(timings, "train"):
+                self.train_phase(task_id, teacher, start if start.phase == "train" else None)
+            self.boundary(Position(task_id, "memory"), teacher, timings)
+        if start.reached(task_id, "memory"):
+            with timed(timings, "memory"):
+                self.memory_phase(task_id)
+            self.boundary(Position(task_id, "finetune"), teacher, timings)
+        if start.reached(task_id, "finetune"):
+            with timed(timings, "finetune"):
+                self.finetune_phase(task_id, teacher, start if start.phase == "finetune" else None)
+            self.boundary(Position(task_id, "eval"), teacher, timings)
+        self.resumed = None
         with timed(timings, "eval"):
             accuracy, nb_images = self.evaluate_counted(task_id)
         row = self.task_row(task_id, accuracy, params, timings)
@@ -362,6 +483,7 @@ class Run:
                  f"old {accuracy.old:.2f} new {accuracy.new:.2f} | Avg {row['avg_acc']:.2f} "
                  f"forgetting {row['forgetting']:.2f} | {self.memory_mode} memory, {row['memory_total']} "
                  f"exemplars over {self.ctx.world_size} process(es)")
+        self.boundary(Position(task_id + 1), None, {})
         return row
 
     def task_row(self, task_id: int, accuracy: TaskAccuracy, params: dict[str, int],
@@ -388,17 +510,64 @@ class Run:
         }
 
 
-def prepare_run_dir(cfg: argparse.Namespace) -> tuple[Path, Path]:
-    """(run folder, mirrored log path); a resumed run continues in its own folder."""
+def resume_folder(cfg: argparse.Namespace) -> Path | None:
+    """The run folder to continue: ``--resume DIR``, or with ``--auto-resume`` the newest saved run of this name."""
     if cfg.resume:
         run_dir = Path(cfg.resume)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"--resume {run_dir}: no such run folder")
+        return run_dir
+    if cfg.auto_resume:
+        return find_run_to_resume(Path(cfg.output_basedir), cfg.data_set, cfg.log_category, cfg.name)
+    return None
+
+
+def prepare_run_dir(cfg: argparse.Namespace) -> tuple[Path, Path, bool]:
+    """(run folder, mirrored log path, whether it continues an earlier run)."""
+    run_dir = resume_folder(cfg)
+    if run_dir is not None:
         relative = Path(cfg.data_set) / cfg.log_category / run_dir.name
     else:
         relative = run_name(cfg.data_set, cfg.log_category, cfg.name)
         run_dir = Path(cfg.output_basedir) / relative
-    return run_dir, Path(cfg.log_dir) / relative.with_suffix(".jsonl")
+    return run_dir, Path(cfg.log_dir) / relative.with_suffix(".jsonl"), run_dir.exists()
+
+
+def restore_state(run: Run) -> Position:
+    """Load the newest complete run state of the run folder; return where to continue."""
+    def all_ok(ok: bool) -> bool:
+        failures = torch.tensor([0.0 if ok else 1.0], device=run.ctx.device)
+        return all_reduce_sum(failures).item() == 0
+
+    loaded = load_latest_state(run.run_dir, run.ctx.rank, run.ctx.world_size, say=print, all_ok=all_ok)
+    if loaded is None:
+        raise FileNotFoundError(
+            f"no saved run state (checkpoints/state_*_rank*.pth for {run.ctx.world_size} process(es)) in "
+            f"{run.run_dir}; to restart from the end of a task use --resume DIR --start-task K")
+    run.sequence, state = loaded
+    differences = config_differences(state["config"], config_to_dict(run.cfg))
+    if state["world_size"] != run.ctx.world_size:
+        differences.insert(0, f"world_size ({state['world_size']} saved, {run.ctx.world_size} now)")
+    if differences:
+        raise ValueError(f"refusing to resume {run.run_dir}: these options differ from the saved run: "
+                         f"{', '.join(differences)}")
+    classes = state["nb_classes_per_task"]
+    config = config_from_dict(state["model_config"])
+    run.model = grown_model(config, classes, state["model"]).to(run.ctx.device)
+    teacher = None
+    if state["teacher"] is not None:  # built now: building draws random numbers, restored afterwards
+        teacher = grown_model(config, classes[:-1], state["teacher"]).to(run.ctx.device)
+        teacher.freeze(["all"])
+    state["teacher_model"] = teacher
+    run.memory.load_state_dict(memory_from_plain(state["memory"]))
+    run.rows = list(state["rows"])
+    if run.log is not None:
+        run.log.reset(state["rows"])
+        run.epoch_log.reset(state["epoch_rows"])
+    run.resumed = state
+    position = Position(**state["position"])
+    run.model.set_phase("finetune" if position.phase == "finetune" else "train")
+    return position
 
 
 def restore(run: Run, start_task: int) -> None:
@@ -417,31 +586,79 @@ def restore(run: Run, start_task: int) -> None:
     run.rows = list(broadcast_object(run.log.rows if run.log is not None else None))  # a copy, not the log's list
 
 
+def latest_task_checkpoint(run_dir: Path) -> int:
+    """Task id of the last checkpoint in a run folder."""
+    tasks = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("checkpoint_*.pth"))
+    if not tasks:
+        raise FileNotFoundError(f"no checkpoint_<task>.pth in {run_dir / 'checkpoints'}")
+    return tasks[-1]
+
+
+def evaluate_checkpoint(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
+    """``--eval --resume DIR [--start-task K]``: accuracy of the model saved after task K-1 (default: the last)."""
+    run_dir = Path(cfg.resume)
+    task_id = cfg.start_task - 1 if cfg.start_task else latest_task_checkpoint(run_dir)
+    train_scenario, test_scenario = build_scenarios(cfg)
+    model, _ = checkpoint.load_task_checkpoint(checkpoint.checkpoint_path(run_dir, task_id), ctx.device)
+    state = Run(cfg, ctx, run_dir, train_scenario, test_scenario, [int(n) for n in train_scenario.increments], model)
+    accuracy, nb_images = state.evaluate_counted(task_id)
+    state.say(f"checkpoint of task {task_id} ({state.classes_seen(task_id)} classes, {nb_images} test images): "
+              f"top-1 {accuracy.top1:.2f} top-5 {accuracy.top5:.2f} per task "
+              f"{[round(a, 2) for a in accuracy.per_task]}")
+    return [{"task": task_id, "acc1": accuracy.top1, "acc5": accuracy.top5, "acc_per_task": accuracy.per_task}]
+
+
+def set_deterministic(device: torch.device) -> None:
+    """Deterministic kernels, so that a resumed run equals an uninterrupted one (``--deterministic``)."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
 def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
     """Run every task of the scenario (up to ``max_task``); return the task log rows."""
     check_supported(cfg, ctx)
     if cfg.start_task and not cfg.resume:
         raise ValueError("--start-task needs --resume DIR (the run folder whose checkpoints to start from)")
+    if cfg.eval:
+        if not cfg.resume:
+            raise ValueError("--eval needs --resume DIR (the run folder whose checkpoint to evaluate)")
+        return evaluate_checkpoint(cfg, ctx)
+    if cfg.deterministic:
+        set_deterministic(ctx.device)
     seed_everything(cfg.seed + ctx.rank)
     train_scenario, test_scenario = build_scenarios(cfg)  # fails fast on missing or malformed data
     classes_per_task = [int(n) for n in train_scenario.increments]
-    run_dir, mirror = (Path(p) for p in broadcast_object(tuple(map(str, prepare_run_dir(cfg)))))  # rank 0's names
+    run_dir, mirror, continuing = broadcast_object(prepare_run_dir(cfg))  # rank 0's names
     model = DyTox(model_config(cfg), classes_per_task[0]).to(ctx.device)
     state = Run(cfg, ctx, run_dir, train_scenario, test_scenario, classes_per_task, model,
                 rng=np.random.default_rng(cfg.seed + ctx.rank))
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / ("config.yaml" if not cfg.resume else f"config_resume_task{cfg.start_task}.yaml"))
+        save_config(cfg, run_dir / ("config.yaml" if not continuing else f"config_resume_{time.strftime('%Y%m%d-%H%M%S')}.yaml"))
         state.log = JsonLinesLog(run_dir / "log.jsonl", mirror)
         state.epoch_log = JsonLinesLog(run_dir / "epochs.jsonl")
-    if cfg.resume and cfg.start_task:
+    start = Position(cfg.start_task)
+    if continuing and cfg.start_task:
         restore(state, cfg.start_task)
+    elif continuing:
+        start = restore_state(state)
     last_task = len(classes_per_task) if cfg.max_task is None else min(cfg.max_task, len(classes_per_task))
     state.say(f"run folder {run_dir}: {len(classes_per_task)} tasks {classes_per_task}, "
-              f"running tasks {cfg.start_task}..{last_task - 1} on {ctx.world_size} process(es), {ctx.device}; "
-              f"{state.memory_mode} memory of {state.memory_budget()} exemplars per process")
-    for task_id in range(cfg.start_task, last_task):
-        state.run_task(task_id)
+              f"running from task {start.task} ({start.phase}) to {last_task - 1} on {ctx.world_size} process(es), "
+              f"{ctx.device}; {state.memory_mode} memory of {state.memory_budget()} exemplars per process")
+    if state.resumed is not None:
+        restore_rng(state.resumed["rng"], state.rng)
+    state.stop = StopRequest().install()
+    try:
+        for task_id in range(start.task, last_task):
+            state.run_task(task_id, start if task_id == start.task else None)
+    except Preempted as stopped:
+        state.say(f"{stopped}; checkpoint saved. Resume with the same command and --resume {run_dir}")
+        raise
+    finally:
+        state.stop.uninstall()
     rows = state.rows
     if rows:
         state.say(f"Avg {rows[-1]['avg_acc']:.2f} Last {rows[-1]['acc1']:.2f} "

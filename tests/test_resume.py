@@ -1,0 +1,139 @@
+"""Runs killed (SIGKILL) or stopped (SIGTERM) and resumed finish exactly like an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--options", str(REPO / "options/data/digits_demo.yaml"), str(REPO / "options/model/demo_tiny.yaml"),
+        "--max-task", "3", "--base-epochs", "3", "--epochs", "2", "--finetuning-epochs", "2",
+        "--save-every-epoch", "1", "--deterministic", "--num-workers", "0", "--train-per-class", "48",
+        "--name", "resume"]
+TIMINGS = {"seconds", "images_per_s", "data_wait_fraction"}
+TIMEOUT = 300
+
+
+def launch(extra: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.Popen([sys.executable, str(REPO / "main.py"), *ARGS, *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+
+
+def run_until(extra: list[str], pattern: str | None, sig: int = signal.SIGKILL) -> tuple[int, str]:
+    """Run main.py; when a line contains ``pattern``, send ``sig``. Returns (exit code, output)."""
+    process = launch(extra)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if pattern is not None and pattern in line:
+            process.send_signal(sig)
+            pattern = None
+    return process.wait(timeout=TIMEOUT), "".join(lines)
+
+
+def folder_of(base: Path) -> Path:
+    folders = list(base.glob("digits/demo/*_resume"))
+    assert len(folders) == 1
+    return folders[0]
+
+
+def outputs(folder: Path) -> dict:
+    def rows(name: str) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
+                for line in (folder / name).read_text().splitlines()]
+
+    state = torch.load(folder / "checkpoints/checkpoint_2.pth", weights_only=True)["model"]
+    with np.load(folder / "memory/memory_2.npz") as memory:
+        arrays = {key: memory[key] for key in ("x", "y", "t")}
+    return {"model": state, "memory": arrays, "log": rows("log.jsonl"), "epochs": rows("epochs.jsonl")}
+
+
+def assert_same_run(got: dict, expected: dict) -> None:
+    for name in ("log", "epochs"):
+        assert len(got[name]) == len(expected[name]), name
+        for row, expected_row in zip(got[name], expected[name]):
+            assert row == expected_row, {k: (row.get(k), expected_row.get(k)) for k in row if row.get(k) != expected_row.get(k)}
+    for key in ("x", "y", "t"):
+        assert np.array_equal(got["memory"][key], expected["memory"][key])
+    assert got["model"].keys() == expected["model"].keys()
+    for name, value in expected["model"].items():
+        assert torch.equal(got["model"][name], value), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("straight")
+    code, output = run_until(["--output-basedir", str(base), "--log-dir", str(base / "logs")], None)
+    assert code == 0, output[-3000:]
+    return outputs(folder_of(base))
+
+
+def test_killed_four_times_and_resumed_equals_uninterrupted(tmp_path: Path, uninterrupted: dict) -> None:
+    where = ["--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    kill_points = [
+        "task 0 train epoch 2/3",  # inside task 0 training
+        "task 1: memory update",  # during the memory update
+        "task 1 finetune epoch 1/2",  # inside finetuning
+        "task 1: top-1",  # between tasks
+    ]
+    code, output = run_until(where, kill_points[0])
+    assert code == -signal.SIGKILL
+    folder = folder_of(tmp_path)
+    for point in kill_points[1:] + [None]:
+        code, output = run_until(where + ["--resume", str(folder)], point)
+        assert code == (0 if point is None else -signal.SIGKILL), output[-3000:]
+    assert_same_run(outputs(folder), uninterrupted)
+
+
+def test_sigterm_saves_inside_the_epoch_and_the_run_finishes_identically(tmp_path: Path, uninterrupted: dict) -> None:
+    where = ["--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    code, output = run_until(where, "task 1 train epoch 1/2", signal.SIGTERM)
+    assert code == 143, output[-3000:]
+    folder = folder_of(tmp_path)
+    assert "stopped by SIGTERM in task 1, train epoch 1, step " in output  # inside the epoch
+    assert f"--resume {folder}" in output
+    code, output = run_until(where + ["--resume", str(folder)], None)
+    assert code == 0, output[-3000:]
+    assert_same_run(outputs(folder), uninterrupted)
+
+
+def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, uninterrupted: dict) -> None:
+    where = ["--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    code, _ = run_until(where, "task 1 finetune epoch 1/2")
+    assert code == -signal.SIGKILL
+    folder = folder_of(tmp_path)
+    newest = sorted((folder / "checkpoints").glob("state_*_rank0.pth"))[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a half-written file
+    code, output = run_until(where + ["--resume", str(folder)], None)
+    assert code == 0, output[-3000:]
+    assert f"checkpoint {newest} cannot be read" in output and "using the previous checkpoint" in output
+    assert_same_run(outputs(folder), uninterrupted)
+
+
+def test_resuming_with_different_options_is_refused_naming_them(tmp_path: Path) -> None:
+    where = ["--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    code, _ = run_until(where, "task 0 train epoch 2/3")
+    assert code == -signal.SIGKILL
+    folder = folder_of(tmp_path)
+    code, output = run_until(where + ["--resume", str(folder), "--epochs", "5", "--memory-size", "100",
+                                      "--eval-every", "7"], None)
+    assert code != 0
+    assert "refusing to resume" in output and "epochs, memory_size" in output and "eval_every" not in output
+
+
+def test_auto_resume_continues_the_newest_run_of_that_name(tmp_path: Path, uninterrupted: dict) -> None:
+    where = ["--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    code, _ = run_until(where, "task 2 train epoch 1/2")
+    assert code == -signal.SIGKILL
+    code, output = run_until(where + ["--auto-resume"], None)
+    assert code == 0, output[-3000:]
+    assert "running from task 2 (" in output
+    assert_same_run(outputs(folder_of(tmp_path)), uninterrupted)
