@@ -170,6 +170,16 @@ def test_fast_paths_equal_the_plain_path_with_ten_tasks(freeze: list[str]) -> No
             torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-5, msg=f"{n} {fused} {joint}")
 
 
+def test_gpsa_sdpa_form_used_on_cuda_equals_the_plain_arithmetic() -> None:
+    """The GPU form of GPSA, (1 - s) SDPA(Q, K, V) + s P V, checked on the CPU against the reference."""
+    gpsa = DyTox(SMALL, 2).sabs[0].attn
+    q, k, v = (torch.randn(3, 4, 16, 12, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    gate = torch.sigmoid(torch.randn(4)).view(-1, 1, 1)
+    reference = gpsa._plain_attention(q, k, v, gate, 0.0)
+    torch.testing.assert_close(gpsa._sdpa_attention(q, k, v, gate), reference, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gpsa._mixed_attention(q, k, v, gate), reference, rtol=0, atol=1e-6)
+
+
 def test_fused_path_falls_back_to_plain_when_attention_dropout_is_active() -> None:
     config = dataclasses.replace(SMALL, attn_drop=0.5)
     model = grown(config, [4, 3]).train()
