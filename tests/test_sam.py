@@ -167,3 +167,17 @@ def test_published_dytox_plus_option_files_run_two_tasks(tmp_path: Path, model_f
     assert [r["task"] for r in rows] == [0, 1] and rows[1]["classes_seen"] == 4
     epochs = [json.loads(line) for line in log.with_name("epochs.jsonl").read_text().splitlines()]
     assert {e["phase"] for e in epochs} == {"train", "finetune"}
+
+
+def test_without_mixup_the_plain_targets_and_criterion_are_used() -> None:
+    from continual.losses import bce_with_logits, soft_target_cross_entropy
+    from continual.task_loop import build_mixer, mixup_active
+
+    plain = parse_config(["--mixup", "0", "--cutmix", "0", "--bce-loss"])
+    assert not mixup_active(plain) and build_mixer(plain, 10) is None
+    mixed = parse_config(["--mixup", "0.8", "--cutmix", "0", "--no-bce-loss"])
+    mixer = build_mixer(mixed, 10)
+    assert mixer is not None and mixer.num_classes == 10 and mixer.mixup_alpha == 0.8
+    from continual.losses import build_criterion
+    assert build_criterion(True, 0.1, False) is bce_with_logits
+    assert build_criterion(False, 0.1, True) is soft_target_cross_entropy
