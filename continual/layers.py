@@ -169,7 +169,8 @@ class GPSA(nn.Module):
         (which needs a second product with V) in training and evaluation alike.
         """
         content = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-        return torch.lerp(content, self.positional_attention(), gate) @ v
+        positional = self.positional_attention().to(content.dtype)  # autocast leaves it in float32
+        return torch.lerp(content, positional, gate.to(content.dtype)) @ v
 
     def _plain_attention(self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor, dropout: float) -> Tensor:
         """The reference arithmetic: mix the two attention maps, renormalise, then apply to V."""

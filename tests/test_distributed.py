@@ -15,7 +15,7 @@ from continual.config import memory_mode, parse_config
 from continual.scenarios import build_scenarios
 
 REPO = Path(__file__).resolve().parents[1]
-HELPERS = Path(__file__).resolve().parent / "ddp_helpers"
+HELPERS = Path(__file__).resolve().parent / "helpers"
 DEMO = ["--options", str(REPO / "options/data/digits_demo.yaml"), str(REPO / "options/model/demo_tiny.yaml"),
         "--max-task", "2", "--base-epochs", "2", "--epochs", "1", "--finetuning-epochs", "1"]
 TIMEOUT = 300

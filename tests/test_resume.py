@@ -21,15 +21,15 @@ TIMINGS = {"seconds", "images_per_s", "data_wait_fraction"}
 TIMEOUT = 300
 
 
-def launch(extra: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    return subprocess.Popen([sys.executable, str(REPO / "main.py"), *ARGS, *extra], stdout=subprocess.PIPE,
+def launch(extra: list[str], script: Path = REPO / "main.py", env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
+    return subprocess.Popen([sys.executable, str(script), *ARGS, *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
 
 
-def run_until(extra: list[str], pattern: str | None, sig: int = signal.SIGKILL) -> tuple[int, str]:
+def run_until(extra: list[str], pattern: str | None, sig: int = signal.SIGKILL, **launch_args) -> tuple[int, str]:
     """Run main.py; when a line contains ``pattern``, send ``sig``. Returns (exit code, output)."""
-    process = launch(extra)
+    process = launch(extra, **launch_args)
     lines = []
     for line in process.stdout:
         lines.append(line)
@@ -95,10 +95,11 @@ def test_killed_four_times_and_resumed_equals_uninterrupted(tmp_path: Path, unin
 
 def test_sigterm_saves_inside_the_epoch_and_the_run_finishes_identically(tmp_path: Path, uninterrupted: dict) -> None:
     where = ["--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
-    code, output = run_until(where, "task 1 train epoch 1/2", signal.SIGTERM)
+    code, output = run_until(where, None, script=Path(__file__).parent / "helpers" / "sigterm_at_step.py",
+                             env={"DYTOX_TEST_SIGTERM_AT": "task 1, train epoch 1, step 3"})
     assert code == 143, output[-3000:]
     folder = folder_of(tmp_path)
-    assert "stopped by SIGTERM in task 1, train epoch 1, step " in output  # inside the epoch
+    assert "stopped by SIGTERM in task 1, train epoch 1, step 4" in output  # inside the epoch
     assert f"--resume {folder}" in output
     code, output = run_until(where + ["--resume", str(folder)], None)
     assert code == 0, output[-3000:]

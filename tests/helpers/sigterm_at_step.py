@@ -1,0 +1,30 @@
+"""main.py that sends itself SIGTERM right after a given training step, for tests/test_resume.py.
+
+The step is named by DYTOX_TEST_SIGTERM_AT, e.g. "task 1, train epoch 1, step 3",
+so that the stop lands inside an epoch at a known point (a signal sent from
+outside could arrive between two epochs).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import main  # noqa: E402
+from continual import engine  # noqa: E402
+
+checked = engine.check_finite
+
+
+def check_finite_then_signal(terms: engine.LossTerms, where: str) -> None:
+    checked(terms, where)
+    if where == os.environ["DYTOX_TEST_SIGTERM_AT"]:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+engine.check_finite = check_finite_then_signal
+
+if __name__ == "__main__":
+    sys.exit(main.main(sys.argv[1:]))
