@@ -11,6 +11,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from continual.config import ConfigError, parse_config
 from continual.distributed import cleanup, setup
+from continual.host_memory import retain_freed_memory
 from continual.preemption import Preempted
 from continual.task_loop import run
 
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if cfg.retain_freed_memory:
+        retain_freed_memory()
     ctx = setup(cfg.device)
     try:
         run(cfg, ctx)

@@ -166,6 +166,8 @@ RUN_OPTIONS = (
     _bool("auto_resume", False, "resume from the latest checkpoint of this run if any"),
     _bool("deterministic", False, "request deterministic torch algorithms"),
     _bool("no_progress", False, "hide progress bars"),
+    _bool("retain_freed_memory", True,
+          "keep freed host memory for reuse (glibc): avoids a page fault per page of every large CPU tensor"),
 )
 
 DATA_OPTIONS = (
@@ -195,8 +197,8 @@ MODEL_OPTIONS = (
     _value("attn_drop", float, 0.0, "attention dropout rate"),
     _value("drop_path", float, 0.1, "stochastic depth rate"),
     _value("norm", str, "layer", "normalisation layer", choices=("layer",)),
-    _bool("fused_attention", True, "use F.scaled_dot_product_attention where possible"),
-    _bool("joint_tokens", False, "decode all task tokens in one masked pass"),
+    _bool("fused_attention", True, "fast attention arithmetic (plain: the published step-by-step arithmetic)"),
+    _bool("joint_tokens", True, "decode all task tokens in one masked pass (plain: one pass per task)"),
 )
 
 DYTOX_OPTIONS = (

@@ -42,7 +42,7 @@ class DyToxConfig:
     ind_clf: str = "1-1"
     head_div: bool = False
     head_div_mode: tuple[str, ...] = ("tr", "ft")
-    joint_tokens: bool = False
+    joint_tokens: bool = True
     fused_attention: bool = True
     # "published": the reference's 1-n / n-n averaging (divides the first c_i columns by T - i);
     # "per_class": each class column averaged over the heads that predict it.

@@ -90,10 +90,12 @@ class EpochStats:
 
 
 def _teacher_logits(teacher: nn.Module | None, images: Tensor, precision: Precision) -> Tensor | None:
+    """The frozen teacher's logits, computed in inference mode (no autograd bookkeeping at all)."""
     if teacher is None:
         return None
-    with torch.no_grad(), precision.autocast():
-        return teacher(images).logits
+    with torch.inference_mode(), precision.autocast():
+        logits = teacher(images).logits
+    return logits.clone()  # an ordinary tensor: inference tensors cannot be saved for the KD backward
 
 
 def batch_loss(

@@ -5,9 +5,10 @@ Parameter names follow the published DyTox code (``qk``, ``v``, ``pos_proj``,
 its checkpoints load without renaming.
 
 Every attention layer has two paths that compute the same function:
-``fused=True`` uses :func:`torch.nn.functional.scaled_dot_product_attention`,
-``fused=False`` spells the softmax out (the reference arithmetic, kept for
-tests and as the baseline of the benchmarks).
+``fused=True`` is the fast path (one projection GEMM for Q, K and V, the
+positional map once per forward, fused attention kernels), ``fused=False`` is
+the published arithmetic step by step (kept for tests and as the baseline of
+the benchmarks).
 """
 from __future__ import annotations
 
@@ -89,11 +90,12 @@ class GPSA(nn.Module):
     """Gated positional self-attention (ConViT).
 
     attn_h = (1 - s_h) softmax(Q K^T / sqrt(d)) + s_h softmax(W_pos r), s_h = sigmoid(g_h),
-    each row renormalised to sum to one. The positional map does not depend on
-    the sample, so every path computes it once per forward (not per sample). The
-    renormalisation divides by a convex combination of two softmaxes, i.e. by 1
-    up to rounding, so the fast paths omit it: on CUDA the content half runs in
-    SDPA, (1 - s) SDPA(Q, K, V) + s (P V); on the CPU one mixed map multiplies V.
+    each row renormalised to sum to one. The published code computes the
+    positional map for every sample; it does not depend on the sample, so the
+    fast path computes it once per forward. The renormalisation divides by a
+    convex combination of two softmaxes, i.e. by 1 up to rounding, so the fast
+    path omits it: on CUDA the content half runs in SDPA,
+    (1 - s) SDPA(Q, K, V) + s (P V); on the CPU one mixed map multiplies V.
     """
 
     def __init__(
@@ -143,24 +145,30 @@ class GPSA(nn.Module):
         return self.pos_proj(self.rel_offsets).permute(2, 0, 1).softmax(dim=-1)
 
     def forward(self, x: Tensor, fused: bool = True) -> Tensor:
-        batch, tokens, channels = x.shape
-        qk = self.qk(x).view(batch, tokens, 2, self.num_heads, channels // self.num_heads)
-        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
-        v = split_heads(self.v(x), self.num_heads)  # (B, H, N, d)
-        gate = torch.sigmoid(self.gating_param).view(-1, 1, 1)  # (H, 1, 1)
         dropout = self.attn_drop if self.training else 0.0
         if not fused or dropout > 0.0:
-            out = self._plain_attention(q, k, v, gate, dropout)
-        elif v.device.type == "cuda":
-            out = self._sdpa_attention(q, k, v, gate)
+            out = self._published_attention(x, dropout)
         else:
-            out = self._mixed_attention(q, k, v, gate)
+            q, k, v = self._fused_qkv(x)
+            gate = torch.sigmoid(self.gating_param).view(-1, 1, 1)  # (H, 1, 1)
+            if v.device.type == "cuda":
+                out = self._sdpa_attention(q, k, v, gate)
+            else:
+                out = self._mixed_attention(q, k, v, gate)
         return self.proj_drop(self.proj(merge_heads(out)))
+
+    def _fused_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Q, K, V (B, H, N, d) from one GEMM over the concatenated ``qk`` and ``v`` weights."""
+        batch, tokens, channels = x.shape
+        weight = torch.cat((self.qk.weight, self.v.weight))
+        bias = None if self.qk.bias is None else torch.cat((self.qk.bias, self.v.bias))
+        qkv = F.linear(x, weight, bias).view(batch, tokens, 3, self.num_heads, channels // self.num_heads)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
     def _sdpa_attention(self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor) -> Tensor:
         """(1 - s) SDPA(Q, K, V) + (s P) V: the content half in a fused kernel (the GPU path)."""
         content = F.scaled_dot_product_attention(q, k, v)
-        return (1.0 - gate) * content + (gate * self.positional_attention()) @ v
+        return (1.0 - gate) * content + (gate * self.positional_attention()).to(v.dtype) @ v
 
     def _mixed_attention(self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor) -> Tensor:
         """lerp(softmax(Q K^T / sqrt(d)), P, s) V: one product with V and no renormalisation.
@@ -172,10 +180,18 @@ class GPSA(nn.Module):
         positional = self.positional_attention().to(content.dtype)  # autocast leaves it in float32
         return torch.lerp(content, positional, gate.to(content.dtype)) @ v
 
-    def _plain_attention(self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor, dropout: float) -> Tensor:
-        """The reference arithmetic: mix the two attention maps, renormalise, then apply to V."""
-        content = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-        attn = (1.0 - gate) * content + gate * self.positional_attention()
+    def _published_attention(self, x: Tensor, dropout: float) -> Tensor:
+        """The published arithmetic: separate Q/K and V projections, a positional map per
+        sample, the two maps mixed, rows renormalised, then applied to V."""
+        batch, tokens, channels = x.shape
+        qk = self.qk(x).view(batch, tokens, 2, self.num_heads, channels // self.num_heads)
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+        v = split_heads(self.v(x), self.num_heads)
+        offsets = self.rel_offsets.expand(batch, -1, -1, -1)  # (B, N, N, 3)
+        positional = self.pos_proj(offsets).permute(0, 3, 1, 2).softmax(dim=-1)  # (B, H, N, N)
+        content = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        gate = torch.sigmoid(self.gating_param).view(1, -1, 1, 1)
+        attn = (1.0 - gate) * content + gate * positional
         attn = attn / attn.sum(dim=-1, keepdim=True)
         return F.dropout(attn, p=dropout) @ v
 
@@ -271,5 +287,14 @@ class TaskAttentionBlock(nn.Module):
         self.mlp.apply(init_linear_and_norm)
 
     def forward(self, tokens: Tensor, patches: Tensor, fused: bool = True) -> Tensor:
-        tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), self.norm1(patches), fused=fused))
-        return tokens + self.drop_path(self.mlp(self.norm2(tokens)))  # (B, T, C)
+        tokens = tokens + self.drop_path_per_token(self.attn(self.norm1(tokens), self.norm1(patches), fused=fused))
+        return tokens + self.drop_path_per_token(self.mlp(self.norm2(tokens)))  # (B, T, C)
+
+    def drop_path_per_token(self, x: Tensor) -> Tensor:
+        """Stochastic depth drawn for each (sample, task token), as when tokens are decoded one by one.
+
+        timm's DropPath draws one value per sample, which would tie all task
+        tokens of a sample together in joint decoding.
+        """
+        batch, tokens, channels = x.shape
+        return self.drop_path(x.reshape(batch * tokens, 1, channels)).view(batch, tokens, channels)

@@ -86,7 +86,6 @@ def reference_config(state: dict[str, Tensor], args: dict[str, object]) -> tuple
         ind_clf=ind_clf,
         head_div="head_div.head.weight" in state or float(args.get("head_div", 0.0) or 0.0) > 0,
         head_div_mode=head_div_modes(args.get("head_div_mode")),
-        joint_tokens=bool(args.get("joint_tokens", False)),
     )
     return config, _classes_per_task(state, ind_clf, nb_tasks, args)
 
