@@ -28,6 +28,14 @@ class LossSettings:
     head_div: float
 
 
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 or AMX), rather than emulating it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 @dataclass(frozen=True)
 class Precision:
     """Device and autocast: float16 on CUDA, bfloat16 on CPU, only when AMP is asked for."""
@@ -43,6 +51,16 @@ class Precision:
         if not self.amp:
             return nullcontext()  # published evaluation ran under fp16 even without AMP: not here
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def warnings(self, amp_requested_but_disabled: bool = False) -> list[str]:
+        """What the user should know about this precision before a long run."""
+        notes = []
+        if amp_requested_but_disabled:
+            notes.append("--amp has no effect: no_amp is true (the published option files set it)")
+        if self.amp and self.device.type == "cpu" and not cpu_has_fast_bfloat16():
+            notes.append("--amp on a CPU without bfloat16 instructions (AVX-512 / AMX): bfloat16 runs emulated, "
+                         "far slower than float32 (a 2048x2048 matmul measured 600x slower on an AVX2 EPYC)")
+        return notes
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """Loss scaling is needed for float16 only."""

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import os
 import random
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -628,6 +629,9 @@ def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
     if cfg.deterministic:
         set_deterministic(ctx.device)
     seed_everything(cfg.seed + ctx.rank)
+    for note in Precision(ctx.device, cfg.amp and not cfg.no_amp).warnings(cfg.amp and cfg.no_amp):
+        if ctx.is_main:
+            print(f"warning: {note}", file=sys.stderr, flush=True)
     train_scenario, test_scenario = build_scenarios(cfg)  # fails fast on missing or malformed data
     classes_per_task = [int(n) for n in train_scenario.increments]
     run_dir, mirror, continuing = broadcast_object(prepare_run_dir(cfg))  # rank 0's names

@@ -16,6 +16,8 @@ memory is its own):
   once per forward, joint decoding of all task tokens, freed host memory kept
   for reuse (``continual.host_memory``).
 - ``fast-amp``: ``fast`` under bfloat16 autocast (``--amp``).
+- ``fast-model``: the model's fast paths with glibc's default allocator behaviour,
+  to tell the two sources of speed apart.
 
 For each: images/s (median and min-max of the timed runs), peak resident memory
 and the memory a step adds on top of the built model (peak minus resident
@@ -54,9 +56,10 @@ from continual.task_loop import model_config  # noqa: E402
 
 OPTIONS = ["--options", "options/model/cifar_dytox.yaml"]
 MODES = {
-    "plain": dict(fast=False, amp=False),
-    "fast": dict(fast=True, amp=False),
-    "fast-amp": dict(fast=True, amp=True),
+    "plain": dict(fast=False, amp=False, retain=False),
+    "fast": dict(fast=True, amp=False, retain=True),
+    "fast-amp": dict(fast=True, amp=True, retain=True),
+    "fast-model": dict(fast=True, amp=False, retain=False),  # the model's fast paths alone
 }
 CLASSES_PER_TASK = 2  # 50 tokens = the 50-step CIFAR-100 setting
 
@@ -98,7 +101,7 @@ def build(cfg: argparse.Namespace, fast: bool, tokens: int) -> tuple[DyTox, DyTo
 def measure(mode: str, tokens: int, kind: str, args: argparse.Namespace) -> dict:
     """Everything for one configuration, in this process."""
     settings = MODES[mode]
-    if settings["fast"]:
+    if settings["retain"]:
         retain_freed_memory()
     torch.set_num_threads(args.threads)
     cfg = parse_config(OPTIONS)

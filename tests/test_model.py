@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from continual.dytox import DyTox, DyToxConfig
+from continual.layers import _GeluThenLinear, _MixedAttention
 
 SMALL = DyToxConfig(
     embed_dim=48, depth=3, num_heads=4, patch_size=4, input_size=16, local_up_to_layer=2, head_div=True,
@@ -252,3 +253,55 @@ def test_expand_creates_parameters_on_the_models_dtype() -> None:
     model.expand(3)
     assert {p.dtype for p in model.parameters()} == {torch.float64}
     assert model(images().double()).logits.dtype == torch.float64
+
+
+def test_memory_saving_attention_and_mlp_have_exact_gradients() -> None:
+    """The two hand-written backward passes of the fast path, checked by finite differences in float64."""
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()
+
+    q, k, v = rand(2, 3, 5, 4), rand(2, 3, 5, 4), rand(2, 3, 5, 4)
+    positional = rand(3, 5, 5).softmax(-1).detach().requires_grad_()
+    gate = torch.rand(3, 1, 1, dtype=torch.float64, generator=generator).requires_grad_()
+    assert torch.autograd.gradcheck(_MixedAttention.apply, (q, k, v, positional, gate))
+    assert torch.autograd.gradcheck(_GeluThenLinear.apply, (rand(2, 5, 8), rand(3, 8), rand(3)))
+
+
+def test_frozen_encoder_records_no_autograd_graph() -> None:
+    """Finetuning freezes the encoder (``sab``): its activations are not kept for a backward pass."""
+    model = grown(SMALL, [4, 3])
+    model.freeze(["sab"])
+    encoder_outputs = []
+    model.sabs[-1].register_forward_hook(lambda module, args, output: encoder_outputs.append(output))
+    out = model(images())
+    assert encoder_outputs[0].grad_fn is None and not encoder_outputs[0].requires_grad
+    assert out.logits.requires_grad  # the decoder and heads still train
+
+
+def test_bfloat16_autocast_stays_close_to_float32_on_both_paths() -> None:
+    """``--amp`` on a CPU: bfloat16 autocast. Stated tolerance: logits within 4e-3 of float32 (logits
+    here are ~0.4, bfloat16 keeps 8 bits), gradients within 5 % (relative norm) of the plain path's
+    bfloat16 gradients. pos_proj.bias is excluded: its true gradient is zero (a per-head shift of the
+    positional scores cancels in the softmax), so what is left of it is rounding."""
+    torch.manual_seed(0)
+    plain = with_paths(grown(dataclasses.replace(SMALL, drop_path=0.0), [5] + [3] * 9), fused=False, joint=False)
+    fast = with_paths(plain, fused=True, joint=True)
+    x = images(8)
+    with torch.no_grad():
+        reference = plain.eval()(x).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = {name: model.eval()(x).logits.float() for name, model in (("plain", plain), ("fast", fast))}
+    for name, logits in low.items():
+        assert (logits - reference).abs().max() <= 4e-3, name
+    grads = []
+    for model in (plain.train(), fast.train()):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x).logits
+        (logits.float() * torch.linspace(-1, 1, logits.shape[1])).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        if not name.endswith("pos_proj.bias"):
+            assert (grads[1][name] - grads[0][name]).norm() <= 0.05 * grads[0][name].norm(), name

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import platform
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -224,3 +227,28 @@ def test_mixup_batches_train_with_soft_targets_and_the_divergence_head() -> None
     assert len(calls) == 2 and calls[0].shape == (4, 5)
     torch.testing.assert_close(calls[0].sum(dim=1), torch.ones(4))
     assert set(stats.losses) == {"classification", "div", "total"} and np.isfinite(stats.losses["total"])
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_freed_host_memory_is_kept_for_reuse_on_glibc() -> None:
+    """mallopt accepts both thresholds; in a fresh process, a freed 64 MiB tensor leaves the resident size up."""
+    code = (
+        "import os, torch\n"
+        "from continual.host_memory import retain_freed_memory\n"
+        "assert retain_freed_memory()\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "before = rss(); x = torch.ones(16 * 2**20); del x\n"
+        "print(rss() - before)\n"
+    )
+    kept = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1]).stdout)
+    assert kept >= 60 * 2**20  # glibc's default would have unmapped it on free
+
+
+def test_precision_warns_about_emulated_bfloat16_and_ignored_amp() -> None:
+    from continual.engine import cpu_has_fast_bfloat16
+
+    notes = Precision(torch.device("cpu"), True).warnings()
+    assert any("bfloat16" in note for note in notes) == (not cpu_has_fast_bfloat16())
+    assert Precision(torch.device("cpu"), False).warnings() == []
+    assert "no_amp is true" in Precision(torch.device("cpu"), False).warnings(amp_requested_but_disabled=True)[0]
