@@ -306,7 +306,8 @@ class Run:
         if self.epoch_log is not None:
             self.epoch_log.append({
                 "task": task_id, "phase": phase, "epoch": epoch, "lr": lr, **stats.losses,
-                "images_per_s": stats.images_per_second, "data_wait_fraction": stats.data_seconds / stats.seconds,
+                "images_per_s": stats.images_per_second, "seconds": stats.seconds, "data_seconds": stats.data_seconds,
+                "data_wait_fraction": stats.data_seconds / stats.seconds,
             })
         if self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0 and epoch + 1 < epochs:
             accuracy = self.evaluate(task_id)

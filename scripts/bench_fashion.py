@@ -6,6 +6,10 @@ wall time of each run, and writes them to ``--out`` as JSON.
 
     python scripts/bench_fashion.py                    # the benchmark as defined
     python scripts/bench_fashion.py --seeds 0 --extra --epochs 1   # a quick look
+
+Each run's wall time is split by phase: data loading (time the training and
+finetuning loops waited for a batch), training, memory selection (herding),
+finetuning, evaluation, and start-up and checkpoint saving (the rest).
 """
 from __future__ import annotations
 
@@ -27,15 +31,38 @@ def run_seed(seed: int, out_dir: Path, extra: list[str]) -> dict:
     name = f"bench_seed{seed}"
     command = [
         sys.executable, "main.py", "--options", *OPTIONS, "--seed", str(seed), "--name", name,
-        "--output-basedir", str(out_dir / "outputs"), "--log-dir", str(out_dir / "logs"), *extra,
+        "--output-basedir", str(out_dir / "outputs"), "--log-dir", str(out_dir / "logs"), "--no-progress", *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, env=env, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    log = next((out_dir / "outputs").glob(f"*/*/*_{name}/log.jsonl"))
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
-    return {"seed": seed, "seconds": seconds, "rows": rows}
+    run_dir = max((out_dir / "outputs").glob(f"*/*/*_{name}"))  # the newest run of this seed
+    rows = read_rows(run_dir / "log.jsonl")
+    return {"seed": seed, "seconds": seconds, "rows": rows, "phases": phase_seconds(rows, run_dir, seconds)}
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def phase_seconds(rows: list[dict], run_dir: Path, wall: float) -> dict[str, float]:
+    """Wall time split by phase; waiting for batches is taken out of training and finetuning."""
+    total = {phase: sum(r["seconds"].get(phase, 0.0) for r in rows) for phase in ("train", "memory", "finetune", "eval")}
+    epochs = read_rows(run_dir / "epochs.jsonl")
+    waiting = {phase: sum(e["data_seconds"] for e in epochs if e["phase"] == phase) for phase in ("train", "finetune")}
+    stepping = {phase: sum(e["seconds"] for e in epochs if e["phase"] == phase) for phase in ("train", "finetune")}
+    return {
+        "data loading": waiting["train"] + waiting["finetune"],
+        "training": total["train"] - waiting["train"],
+        "memory selection": total["memory"],
+        "finetuning": total["finetune"] - waiting["finetune"],
+        "evaluation": total["eval"],
+        "start-up and saving": wall - sum(total.values()),
+        "data wait fraction of step time": (waiting["train"] + waiting["finetune"])
+        / max(stepping["train"] + stepping["finetune"], 1e-9),
+        "memory selection share of task time": total["memory"] / max(sum(total.values()), 1e-9),
+    }
 
 
 def mean_std(values: list[float]) -> str:
@@ -47,12 +74,14 @@ def report(results: list[dict]) -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, 2 torch threads")
     for result in results:
         accs = " ".join(f"{r['acc1']:.2f}" for r in result["rows"])
-        phases = {k: round(sum(r["seconds"].get(k, 0) for r in result["rows"]), 1) for k in result["rows"][0]["seconds"]}
         print(f"seed {result['seed']}: acc after each task [{accs}] Avg {result['rows'][-1]['avg_acc']:.2f} "
-              f"Last {result['rows'][-1]['acc1']:.2f}; wall {result['seconds']:.0f} s, phases (s) {phases}")
+              f"Last {result['rows'][-1]['acc1']:.2f}; wall {result['seconds']:.0f} s")
+        print("    " + ", ".join(f"{k} {v:.0f} s" if "fraction" not in k and "share" not in k else f"{k} {v:.1%}"
+                                  for k, v in result["phases"].items()))
     print(f"Avg  {mean_std([r['rows'][-1]['avg_acc'] for r in results])}")
     print(f"Last {mean_std([r['rows'][-1]['acc1'] for r in results])}")
-    print(f"wall time per run: median {statistics.median([r['seconds'] for r in results]):.0f} s")
+    print(f"wall time per run: median {statistics.median([r['seconds'] for r in results]):.0f} s "
+          f"(min {min(r['seconds'] for r in results):.0f}, max {max(r['seconds'] for r in results):.0f})")
 
 
 def main() -> None:
