@@ -245,6 +245,8 @@ OPTIMISER_OPTIONS = (
     # --amp is not negatable: --no-amp is the published option below.
     _bool("amp", False, "mixed precision (disabled anyway by --no-amp)", negatable=False),
     _bool("no_amp", False, "disable mixed precision (published option files)"),
+    _value("amp_dtype", str, "auto", "autocast type with --amp: auto (float16 on CUDA, bfloat16 on CPU), "
+           "float16 (CUDA only) or bfloat16", choices=("auto", "float16", "bfloat16")),
 )
 
 AUGMENTATION_OPTIONS = (

@@ -28,6 +28,9 @@ class LossSettings:
     head_div: float
 
 
+AMP_DTYPES = {"auto": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def cpu_has_fast_bfloat16() -> bool:
     """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 or AMX), rather than emulating it."""
     try:
@@ -38,14 +41,24 @@ def cpu_has_fast_bfloat16() -> bool:
 
 @dataclass(frozen=True)
 class Precision:
-    """Device and autocast: float16 on CUDA, bfloat16 on CPU, only when AMP is asked for."""
+    """Device and autocast, only when AMP is asked for: ``amp_dtype`` "auto" is float16 on CUDA (the
+    published choice) and bfloat16 on the CPU; "float16" is refused on the CPU."""
 
     device: torch.device
     amp: bool
+    amp_dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.amp_dtype!r}")
+        if self.amp and self.device.type == "cpu" and self.amp_dtype == "float16":
+            raise ValueError("--amp-dtype float16 is for CUDA; on the CPU use bfloat16 (or auto)")
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        if self.amp_dtype == "auto":
+            return torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return AMP_DTYPES[self.amp_dtype]
 
     def autocast(self) -> AbstractContextManager:
         if not self.amp:
@@ -57,7 +70,7 @@ class Precision:
         notes = []
         if amp_requested_but_disabled:
             notes.append("--amp has no effect: no_amp is true (the published option files set it)")
-        if self.amp and self.device.type == "cpu" and not cpu_has_fast_bfloat16():
+        if self.amp and self.device.type == "cpu" and not cpu_has_fast_bfloat16():  # bfloat16 on the CPU
             notes.append("--amp on a CPU without bfloat16 instructions (AVX-512 / AMX): bfloat16 runs emulated, "
                          "far slower than float32 (a 2048x2048 matmul measured 600x slower on an AVX2 EPYC)")
         return notes

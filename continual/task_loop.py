@@ -157,7 +157,7 @@ class Run:
 
     @property
     def precision(self) -> Precision:
-        return Precision(self.ctx.device, self.cfg.amp and not self.cfg.no_amp)
+        return Precision(self.ctx.device, self.cfg.amp and not self.cfg.no_amp, self.cfg.amp_dtype)
 
     @property
     def distillation(self) -> bool:
@@ -630,7 +630,7 @@ def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
     if cfg.deterministic:
         set_deterministic(ctx.device)
     seed_everything(cfg.seed + ctx.rank)
-    for note in Precision(ctx.device, cfg.amp and not cfg.no_amp).warnings(cfg.amp and cfg.no_amp):
+    for note in Precision(ctx.device, cfg.amp and not cfg.no_amp, cfg.amp_dtype).warnings(cfg.amp and cfg.no_amp):
         if ctx.is_main:
             print(f"warning: {note}", file=sys.stderr, flush=True)
     train_scenario, test_scenario = build_scenarios(cfg)  # fails fast on missing or malformed data

@@ -206,6 +206,10 @@ def test_bfloat16_autocast_training_step_on_cpu() -> None:
     stats = train_one_epoch(model, None, tiny_batches(), optimizer, settings(), precision)
     assert np.isfinite(stats.losses["total"])
     assert Precision(torch.device("cuda"), True).dtype == torch.float16
+    assert Precision(torch.device("cuda"), True, "bfloat16").dtype == torch.bfloat16
+    assert Precision(torch.device("cuda"), True, "bfloat16").grad_scaler() is None  # no loss scaling needed
+    with pytest.raises(ValueError, match="float16 is for CUDA"):
+        Precision(torch.device("cpu"), True, "float16")
 
 
 def test_mixup_batches_train_with_soft_targets_and_the_divergence_head() -> None:
