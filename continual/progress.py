@@ -44,8 +44,8 @@ class EpochBar:
                         file=file if file is not None else sys.stderr)
 
     def update(self, progress: EpochProgress) -> None:
+        self.bar.set_postfix(bar_postfix(progress, self.lr), refresh=False)  # shown by update's refresh
         self.bar.update(progress.steps - self.bar.n)  # steps counts the steps done before a resume too
-        self.bar.set_postfix(bar_postfix(progress, self.lr), refresh=False)
 
     def close(self) -> None:
         self.bar.close()

@@ -50,12 +50,13 @@ def format_params(count: int) -> str:
     return f"{count:,} ({math.floor(count / 1e4) / 100:.2f}M)"
 
 
-def format_table(headers: list[str], cells: list[list[str]]) -> str:
-    """Right-aligned columns under a header line and a rule."""
+def format_table(headers: list[str], cells: list[list[str]], left: frozenset[int] = frozenset()) -> str:
+    """Columns under a header line and a rule: numbers right-aligned, the columns in ``left`` left-aligned."""
     widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
 
     def line(values: list[str]) -> str:
-        return "  ".join(v.rjust(w) for v, w in zip(values, widths)).rstrip()
+        return "  ".join(v.ljust(w) if i in left else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths))).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(row) for row in cells)])
@@ -86,7 +87,7 @@ def orders_report(aggregate: dict) -> str:
     """One line per class order, then the mean ± std of Avg and Last over the orders."""
     cells = [[str(o["order"]), format_percent(o["avg_acc"]), format_percent(o["last_acc"]), o["run_dir"]]
              for o in aggregate["orders"]]
-    table = format_table(["order", "Avg", "Last", "run folder"], cells)
+    table = format_table(["order", "Avg", "Last", "run folder"], cells, left=frozenset({3}))
     avg, last = aggregate["avg_acc"], aggregate["last_acc"]
     return (f"{table}\n\nover {len(cells)} class orders (mean ± {aggregate['std']} std): "
             f"Avg {format_percent(avg['mean'])} ± {format_percent(avg['std'])}  "
