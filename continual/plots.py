@@ -105,7 +105,10 @@ def training_curves(epoch_rows: list[dict]) -> Figure:
 
 def write_plots(run_dir: Path, rows: list[dict], epoch_rows: list[dict]) -> list[Path]:
     """(Re)write the run's PNGs from its task rows and epoch rows; returns their paths."""
-    figures = {ACCURACY_CURVE: accuracy_curve(rows), ACCURACY_MATRIX: accuracy_matrix([r["acc_per_task"] for r in rows])}
+    figures = {
+        ACCURACY_CURVE: accuracy_curve(rows),
+        ACCURACY_MATRIX: accuracy_matrix([row["acc_per_task"] for row in rows]),
+    }
     if epoch_rows:
         figures[TRAINING_CURVES] = training_curves(epoch_rows)
     paths = []

@@ -488,16 +488,16 @@ class Run:
         self.rows.append(row)
         if self.ctx.is_main:
             self.log.append(row)
-            if self.results is not None:
-                self.results.task_done(self.log.rows, self.epoch_log.rows)
             checkpoint.save_task_checkpoint(self.run_dir, task_id, self.model, config_to_dict(self.cfg))
+            if self.results is not None:  # after the checkpoint: a plotting failure must not lose the model
+                self.results.task_done(self.log.rows, self.epoch_log.rows)
         if self.ctx.is_main or (self.ctx.distributed and self.memory_mode != "global"):
             checkpoint.save_memory(self.run_dir, task_id, self.memory, self.memory_rank())
         self.say(f"task {task_id}: top-1 {accuracy.top1:.2f} top-5 {accuracy.top5:.2f} "
                  f"old {accuracy.old:.2f} new {accuracy.new:.2f} task-IL {accuracy.task_incremental:.2f} "
                  f"task-pred {accuracy.task_prediction:.2f} | Avg {row['avg_acc']:.2f} "
-                 f"forgetting {row['forgetting']:.2f} BWT {row['backward_transfer']:.2f} | {self.memory_mode} memory, {row['memory_total']} "
-                 f"exemplars over {self.ctx.world_size} process(es)")
+                 f"forgetting {row['forgetting']:.2f} BWT {row['backward_transfer']:.2f} | "
+                 f"{self.memory_mode} memory, {row['memory_total']} exemplars over {self.ctx.world_size} process(es)")
         self.boundary(Position(task_id + 1), None, {})
         return row
 
@@ -679,15 +679,15 @@ def train(cfg: argparse.Namespace, ctx: DistContext) -> Outcome:
         save_config(cfg, run_dir / ("config.yaml" if not continuing else f"config_resume_{time.strftime('%Y%m%d-%H%M%S')}.yaml"))
         state.log = JsonLinesLog(run_dir / "log.jsonl", mirror)
         state.epoch_log = JsonLinesLog(run_dir / "epochs.jsonl")
-        state.results = RunResults(run_dir, cfg, last_task, started)
-    state.bars = bars_wanted(cfg.no_progress, ctx.is_main)
     start = Position(cfg.start_task)
     if continuing and cfg.start_task:
         restore(state, cfg.start_task)
     elif continuing:
         start = restore_state(state)
-    if state.results is not None:
+    if ctx.is_main:  # only once the resume is accepted: this rebuilds tensorboard/ from the restored logs
+        state.results = RunResults(run_dir, cfg, last_task, started)
         state.results.resume_from(state.log.rows, state.epoch_log.rows)
+    state.bars = bars_wanted(cfg.no_progress, ctx.is_main)
     state.say(f"run folder {run_dir}: {len(classes_per_task)} tasks {classes_per_task}, "
               f"running from task {start.task} ({start.phase}) to {last_task - 1} on {ctx.world_size} process(es), "
               f"{ctx.device}; {state.memory_mode} memory of {state.memory_budget()} exemplars per process")
