@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 from pathlib import Path
 
@@ -225,3 +226,18 @@ def test_bar_shows_running_losses_lr_and_throughput() -> None:
     assert "task 1 train 2/5" in shown and "3/10" in shown
     assert "loss=0.8000" in shown and "div=0.2000" in shown and "img/s=48" in shown
     bar.close()
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-plots", "--no-tensorboard"]])
+def test_run_results_follow_the_plots_and_tensorboard_options(tmp_path: Path, flags: list[str]) -> None:
+    from continual.results import RunResults
+
+    cfg = parse_config(flags + ["--name", "hand"])
+    assert cfg.plots is cfg.tensorboard is (not flags)  # on by default
+    results = RunResults(tmp_path, cfg, 3, started=0.0)
+    summary = results.task_done(hand_rows(), [])
+    results.close()
+    assert json.loads((tmp_path / "summary.json").read_text())["last_acc"] == summary["last_acc"] == 62.0
+    assert (tmp_path / "accuracy_curve.png").is_file() == (tmp_path / "accuracy_matrix.png").is_file() == (not flags)
+    assert not (tmp_path / "training_curves.png").exists()  # no epoch rows, no training curves
+    assert (tmp_path / "tensorboard").is_dir() == (not flags)
