@@ -12,8 +12,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from continual.config import ConfigError, parse_config
 from continual.distributed import cleanup, setup
 from continual.host_memory import retain_freed_memory
+from continual.orders import run_all
 from continual.preemption import Preempted
-from continual.task_loop import run
 
 
 @record  # under torchrun, the failing rank's traceback becomes the run's reported root cause
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         retain_freed_memory()
     ctx = setup(cfg.device)
     try:
-        run(cfg, ctx)
+        run_all(cfg, ctx)  # one run, or one per class order
     except Preempted as stopped:
         return 130 if stopped.signal_name == "SIGINT" else 143  # the shell's codes for these signals
     finally:

@@ -166,8 +166,13 @@ RUN_OPTIONS = (
     _bool("auto_resume", False, "resume from the latest checkpoint of this run if any"),
     _bool("deterministic", False, "request deterministic torch algorithms"),
     _bool("no_progress", False, "hide progress bars"),
+<<<<<<< HEAD
     _bool("retain_freed_memory", True,
           "keep freed host memory for reuse (glibc): avoids a page fault per page of every large CPU tensor"),
+=======
+    _bool("plots", True, "write PNG plots to the run folder after each task"),
+    _bool("tensorboard", True, "write TensorBoard scalars under <run folder>/tensorboard"),
+>>>>>>> issue8
 )
 
 DATA_OPTIONS = (
@@ -588,6 +593,10 @@ def _check_class_order(cfg: argparse.Namespace) -> None:
     orders = cfg.class_order if isinstance(cfg.class_order[0], list) else [cfg.class_order]
     for order in orders:
         _check_one_order(order)
+    lengths = sorted({len(order) for order in orders})
+    if len(lengths) > 1:  # caught now rather than when a later order's run starts
+        raise ConfigError(f"option 'class_order': the orders have different lengths {lengths}; "
+                          f"each order must list every class of the dataset")
 
 
 def validate_config(cfg: argparse.Namespace) -> None:

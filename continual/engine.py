@@ -235,6 +235,7 @@ def train_one_epoch(
     start_step: int = 0,
     progress: EpochProgress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    after_step: Callable[[EpochProgress], None] | None = None,
 ) -> EpochStats:
     """Train ``model`` on the batches of ``loader``; stop with an error on a non-finite loss.
 
@@ -244,7 +245,8 @@ def train_one_epoch(
     A resumed epoch passes the remaining batches with ``start_step``, its
     ``nb_batches`` and the saved ``progress``. ``should_stop`` is asked after
     each optimiser step; when it says yes the epoch ends early and the result
-    carries the step to resume from.
+    carries the step to resume from. ``after_step`` sees the running sums after
+    each step (progress bars).
     """
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -281,6 +283,8 @@ def train_one_epoch(
                 _clip_and_step(optimizer, scaler, clip_grad, parameters)
         progress.add(terms, len(images))
         progress.seconds = elapsed_before + time.perf_counter() - start
+        if after_step is not None:
+            after_step(progress)
         if ends_group and step + 1 < nb_batches and should_stop is not None and should_stop():
             return EpochStats.from_progress(progress, next_step=step + 1)
         fetch_start = time.perf_counter()

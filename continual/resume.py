@@ -27,7 +27,8 @@ PHASES = ("begin", "train", "memory", "finetune", "eval")
 # change where files go or how often things are reported, not what is computed.
 SAFE_TO_CHANGE = frozenset({
     "data_path", "eval_every", "output_basedir", "log_dir", "resume", "start_task", "auto_resume", "num_workers",
-    "pin_mem", "no_progress", "retain_freed_memory", "device", "name", "options", "save_every_epoch", "max_task",
+    "pin_mem", "no_progress", "plots", "tensorboard", "retain_freed_memory", "device", "name", "options",
+    "save_every_epoch", "max_task",
 })
 _STATE_FILE = re.compile(r"state_(\d+)_rank(\d+)\.pth$")
 

@@ -58,6 +58,12 @@ class JsonLinesLog:
         self.rows = [r for r in self.rows if r.get("task", -1) < task_id]
 
 
+def write_json(path: Path, data: dict) -> None:
+    """One JSON document (e.g. ``summary.json``), NaN as null, written atomically."""
+    text = json.dumps(_json_safe(data), indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -34,14 +34,19 @@ from continual.distributed import (
 from continual.dytox import DyTox, DyToxConfig, config_from_dict, grown_model
 from continual.engine import EpochProgress, EpochStats, LossSettings, Precision, SamPlan, evaluate, train_one_epoch
 from continual.losses import build_criterion
-from continual.metrics import EvalCounts, TaskAccuracy, average_incremental_accuracy, forgetting
+from continual.metrics import (
+    EvalCounts, TaskAccuracy, average_incremental_accuracy, backward_transfer, forgetting,
+)
 from continual.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
 from continual.preemption import Preempted, StopRequest
+from continual.progress import bars_wanted, epoch_bar
 from continual.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
 from continual.resume import (
     Position, capture_rng, config_differences, find_run_to_resume, load_latest_state, memory_from_plain,
     memory_to_plain, restore_rng, save_state,
 )
+from continual.report import run_report, task_table
+from continual.results import RunResults
 from continual.run_log import JsonLinesLog, run_name
 from continual.sam import SAM, sam_rho_for_task
 from continual.samplers import build_eval_loader, build_train_loader, set_sampler_epoch
@@ -66,7 +71,8 @@ def check_supported(cfg: argparse.Namespace, ctx: DistContext) -> None:
     if not cfg.class_attention:
         problems.append("DyTox's decoder is class attention: class_attention must be true")
     if cfg.class_order is not None and cfg.class_order and isinstance(cfg.class_order[0], list):
-        problems.append("class_order holds several orders: give one order per run")
+        problems.append("class_order holds several orders: one run takes one order "
+                        "(main.py runs each order of the list, see continual.orders)")
     if problems:
         raise ValueError("unsupported configuration:\n  - " + "\n  - ".join(problems))
 
@@ -154,6 +160,8 @@ class Run:
     stop: StopRequest | None = None
     sequence: int = 0  # number of the last saved run state
     resumed: dict | None = None  # the run state being resumed, until the loop has caught up with it
+    results: RunResults | None = None  # the main process's summary, plots and TensorBoard
+    bars: bool = False  # progress bars on this process
 
     @property
     def precision(self) -> Precision:
@@ -255,12 +263,14 @@ class Run:
             batches, first_step, progress, epoch_rng = loader, 0, None, capture_rng(self.rng)
             if start is not None and epoch == start.epoch and start.step > 0:
                 batches, first_step, progress, epoch_rng = self.resume_mid_epoch(loader, start, saved)
-            stats = train_one_epoch(
-                trained, teacher, batches, optimizer, settings, precision, scaler=scaler,
-                clip_grad=self.cfg.clip_grad, mixer=mixer, sam=sam, accum_steps=self.cfg.grad_accum_steps,
-                where=f"task {task_id}, {phase} epoch {epoch}", nb_batches=len(loader), start_step=first_step,
-                progress=progress, should_stop=self.stop_requested,
-            )
+            with epoch_bar(self.bars, f"task {task_id} {phase} {epoch + 1}/{epochs}", len(loader),
+                           current_lr(optimizer)) as after_step:
+                stats = train_one_epoch(
+                    trained, teacher, batches, optimizer, settings, precision, scaler=scaler,
+                    clip_grad=self.cfg.clip_grad, mixer=mixer, sam=sam, accum_steps=self.cfg.grad_accum_steps,
+                    where=f"task {task_id}, {phase} epoch {epoch}", nb_batches=len(loader), start_step=first_step,
+                    progress=progress, should_stop=self.stop_requested, after_step=after_step,
+                )
             if stats.next_step is not None:  # a signal: save inside the epoch and stop
                 self.save_state(Position(task_id, phase, epoch, stats.next_step), teacher,
                                 fit_state(epoch_rng, stats.progress))
@@ -309,6 +319,8 @@ class Run:
                 "images_per_s": stats.images_per_second, "seconds": stats.seconds, "data_seconds": stats.data_seconds,
                 "data_wait_fraction": stats.data_seconds / stats.seconds,
             })
+            if self.results is not None:
+                self.results.epoch_done(len(self.epoch_log.rows) - 1, self.epoch_log.rows[-1])
         if self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0 and epoch + 1 < epochs:
             accuracy = self.evaluate(task_id)
             self.say(f"  task {task_id} {phase} epoch {epoch + 1}: top-1 {accuracy.top1:.2f}")
@@ -479,12 +491,15 @@ class Run:
         if self.ctx.is_main:
             self.log.append(row)
             checkpoint.save_task_checkpoint(self.run_dir, task_id, self.model, config_to_dict(self.cfg))
+            if self.results is not None:  # after the checkpoint: a plotting failure must not lose the model
+                self.results.task_done(self.log.rows, self.epoch_log.rows)
         if self.ctx.is_main or (self.ctx.distributed and self.memory_mode != "global"):
             checkpoint.save_memory(self.run_dir, task_id, self.memory, self.memory_rank())
         self.say(f"task {task_id}: top-1 {accuracy.top1:.2f} top-5 {accuracy.top5:.2f} "
-                 f"old {accuracy.old:.2f} new {accuracy.new:.2f} | Avg {row['avg_acc']:.2f} "
-                 f"forgetting {row['forgetting']:.2f} | {self.memory_mode} memory, {row['memory_total']} "
-                 f"exemplars over {self.ctx.world_size} process(es)")
+                 f"old {accuracy.old:.2f} new {accuracy.new:.2f} task-IL {accuracy.task_incremental:.2f} "
+                 f"task-pred {accuracy.task_prediction:.2f} | Avg {row['avg_acc']:.2f} "
+                 f"forgetting {row['forgetting']:.2f} BWT {row['backward_transfer']:.2f} | "
+                 f"{self.memory_mode} memory, {row['memory_total']} exemplars over {self.ctx.world_size} process(es)")
         self.boundary(Position(task_id + 1), None, {})
         return row
 
@@ -501,8 +516,11 @@ class Run:
             "acc_per_task": accuracy.per_task,
             "acc_old": accuracy.old,
             "acc_new": accuracy.new,
+            "acc_task_incremental": accuracy.task_incremental,
+            "acc_task_prediction": accuracy.task_prediction,
             "avg_acc": average_incremental_accuracy(top1s),
             "forgetting": forgetting(matrix),
+            "backward_transfer": backward_transfer(matrix),
             "params_total": params["total"],
             "params_trainable": params["trainable"],
             "params_without_head_div": params["without_head_div"],
@@ -604,10 +622,15 @@ def evaluate_checkpoint(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]
     model, _ = checkpoint.load_task_checkpoint(checkpoint.checkpoint_path(run_dir, task_id), ctx.device)
     state = Run(cfg, ctx, run_dir, train_scenario, test_scenario, [int(n) for n in train_scenario.increments], model)
     accuracy, nb_images = state.evaluate_counted(task_id)
-    state.say(f"checkpoint of task {task_id} ({state.classes_seen(task_id)} classes, {nb_images} test images): "
-              f"top-1 {accuracy.top1:.2f} top-5 {accuracy.top5:.2f} per task "
-              f"{[round(a, 2) for a in accuracy.per_task]}")
-    return [{"task": task_id, "acc1": accuracy.top1, "acc5": accuracy.top5, "acc_per_task": accuracy.per_task}]
+    row = {
+        "task": task_id, "classes_seen": state.classes_seen(task_id), "acc1": accuracy.top1, "acc5": accuracy.top5,
+        "acc_per_task": accuracy.per_task, "acc_old": accuracy.old, "acc_new": accuracy.new,
+        "acc_task_incremental": accuracy.task_incremental, "acc_task_prediction": accuracy.task_prediction,
+        "eval_images": nb_images,
+    }
+    state.say(f"checkpoint of task {task_id} ({state.classes_seen(task_id)} classes, {nb_images} test images), "
+              f"{run_dir}:\n{task_table([row])}\naccuracy per task {[round(a, 2) for a in accuracy.per_task]}")
+    return [row]
 
 
 def set_deterministic(device: torch.device) -> None:
@@ -618,8 +641,17 @@ def set_deterministic(device: torch.device) -> None:
     torch.use_deterministic_algorithms(True)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a training run leaves: its folder, its task rows and (main process) its summary."""
+
+    run_dir: Path
+    rows: list[dict]
+    summary: dict | None
+
+
 def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
-    """Run every task of the scenario (up to ``max_task``); return the task log rows."""
+    """Run every task of the scenario (up to ``max_task``), or ``--eval`` a checkpoint; return the task rows."""
     check_supported(cfg, ctx)
     if cfg.start_task and not cfg.resume:
         raise ValueError("--start-task needs --resume DIR (the run folder whose checkpoints to start from)")
@@ -627,6 +659,13 @@ def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
         if not cfg.resume:
             raise ValueError("--eval needs --resume DIR (the run folder whose checkpoint to evaluate)")
         return evaluate_checkpoint(cfg, ctx)
+    return train(cfg, ctx).rows
+
+
+def train(cfg: argparse.Namespace, ctx: DistContext) -> Outcome:
+    """Train task after task in a new or resumed run folder; print the summary at the end."""
+    started = time.perf_counter()
+    check_supported(cfg, ctx)
     if cfg.deterministic:
         set_deterministic(ctx.device)
     seed_everything(cfg.seed + ctx.rank)
@@ -639,6 +678,7 @@ def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
     model = DyTox(model_config(cfg), classes_per_task[0]).to(ctx.device)
     state = Run(cfg, ctx, run_dir, train_scenario, test_scenario, classes_per_task, model,
                 rng=np.random.default_rng(cfg.seed + ctx.rank))
+    last_task = len(classes_per_task) if cfg.max_task is None else min(cfg.max_task, len(classes_per_task))
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / ("config.yaml" if not continuing else f"config_resume_{time.strftime('%Y%m%d-%H%M%S')}.yaml"))
@@ -649,7 +689,10 @@ def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
         restore(state, cfg.start_task)
     elif continuing:
         start = restore_state(state)
-    last_task = len(classes_per_task) if cfg.max_task is None else min(cfg.max_task, len(classes_per_task))
+    if ctx.is_main:  # only once the resume is accepted: this rebuilds tensorboard/ from the restored logs
+        state.results = RunResults(run_dir, cfg, last_task, started)
+        state.results.resume_from(state.log.rows, state.epoch_log.rows)
+    state.bars = bars_wanted(cfg.no_progress, ctx.is_main)
     state.say(f"run folder {run_dir}: {len(classes_per_task)} tasks {classes_per_task}, "
               f"running from task {start.task} ({start.phase}) to {last_task - 1} on {ctx.world_size} process(es), "
               f"{ctx.device}; {state.memory_mode} memory of {state.memory_budget()} exemplars per process")
@@ -664,8 +707,11 @@ def run(cfg: argparse.Namespace, ctx: DistContext) -> list[dict]:
         raise
     finally:
         state.stop.uninstall()
-    rows = state.rows
-    if rows:
-        state.say(f"Avg {rows[-1]['avg_acc']:.2f} Last {rows[-1]['acc1']:.2f} "
-                  f"(average incremental and last top-1 accuracy, {len(rows)} tasks)")
-    return rows
+        if state.results is not None:
+            state.results.close()
+    summary = None
+    if state.results is not None and state.log.rows:
+        summary = state.results.write_summary(state.log.rows)  # the final wall time
+        state.say(f"\nresults of {run_dir} (summary.json, plots and tensorboard/ in that folder):\n"
+                  f"{run_report(summary)}")
+    return Outcome(run_dir, state.rows, summary)

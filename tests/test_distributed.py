@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from continual.config import memory_mode, parse_config
+from continual.distributed import setup
 from continual.scenarios import build_scenarios
+from continual.task_loop import run
 
 REPO = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -53,6 +55,10 @@ def test_two_processes_with_global_memory(tmp_path: Path) -> None:
         assert first == second  # the same exemplars on both processes
     assert sorted(p.name for p in (folder / "memory").iterdir()) == ["memory_0.npz", "memory_1.npz"]
     assert "global memory" in result.stdout
+    # The sharded, all-reduced counts equal a single-process evaluation of the same checkpoint.
+    evaluated = run(parse_config(DEMO + ["--eval", "--resume", str(folder)]), setup("cpu"))[0]
+    for key in ("acc1", "acc5", "acc_old", "acc_new", "acc_task_incremental", "acc_task_prediction"):
+        assert evaluated[key] == pytest.approx(log[-1][key]), key
 
 
 @pytest.mark.parametrize(("flag", "mode", "total"), [

@@ -1,7 +1,10 @@
 """A real 3-task DyTox run on the offline digits data, resume from its checkpoints, and early errors."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,8 @@ import yaml
 import main
 from continual import checkpoint
 from continual.datasets import DatasetError
+from continual.metrics import backward_transfer, forgetting
+from continual.summary import TASK_KEYS
 
 OPTIONS = Path(__file__).resolve().parents[1] / "options"
 DEMO = ["--options", str(OPTIONS / "data/digits_demo.yaml"), str(OPTIONS / "model/demo_tiny.yaml")]
@@ -32,7 +37,10 @@ def run_folder(basedir: Path) -> Path:
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("e2e")
     argv = DEMO + SHORT + ["--name", "e2e", "--output-basedir", str(base / "out"), "--log-dir", str(base / "logs")]
-    assert run_main(argv) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run_main(argv) == 0
+    (base / "stdout.txt").write_text(printed.getvalue())
     return base
 
 
@@ -53,6 +61,11 @@ def test_log_has_one_row_per_task_with_sane_metrics(demo_run: Path) -> None:
     assert rows[0]["acc_old"] is None  # no old classes after the first task (NaN is written as null)
     assert rows[2]["avg_acc"] == pytest.approx(np.mean([r["acc1"] for r in rows]))
     assert rows[1]["params_total"] > rows[0]["params_total"]  # a token, a head and the divergence head
+    for row in rows:  # knowing the task can only help: task-IL and task prediction bound class-IL from above
+        assert row["acc1"] <= row["acc_task_incremental"] <= 100 and row["acc1"] <= row["acc_task_prediction"] <= 100
+        matrix = [r["acc_per_task"] for r in rows[: row["task"] + 1]]
+        assert row["backward_transfer"] == pytest.approx(backward_transfer(matrix))
+    assert rows[0]["acc_task_prediction"] == 100.0 and rows[0]["acc_task_incremental"] == rows[0]["acc1"]
     mirror = sorted((demo_run / "logs" / "digits" / "demo").glob("*_e2e.jsonl"))
     assert len(mirror) == 1 and rows_of(mirror[0]) == rows
 
@@ -80,6 +93,51 @@ def test_run_folder_holds_config_checkpoints_and_memory(demo_run: Path) -> None:
     assert len([e for e in epochs if e["phase"] == "finetune"]) == 2 + 2
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("name", "shape"), [
+    ("accuracy_curve.png", (400, 600, 4)), ("accuracy_matrix.png", (500, 600, 4)),
+    ("training_curves.png", (600, 800, 4)),
+])
+def test_plots_are_valid_pngs(demo_run: Path, name: str, shape: tuple[int, int, int]) -> None:
+    import matplotlib.image
+
+    path = run_folder(demo_run / "out") / name
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert path.stat().st_size > 5000  # axes, a curve, labels: not an empty canvas
+    image = matplotlib.image.imread(path)
+    assert image.shape == shape and image.min() < 0.5 < image.max()
+
+
+def test_summary_json_equals_the_log_rows(demo_run: Path) -> None:
+    folder = run_folder(demo_run / "out")
+    rows = rows_of(folder / "log.jsonl")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["tasks"] == [{key: row[key] for key in TASK_KEYS} for row in rows]
+    matrix = [row["acc_per_task"] for row in rows]
+    assert summary["accuracy_matrix"] == matrix
+    assert summary["avg_acc"] == rows[-1]["avg_acc"] == pytest.approx(np.mean([r["acc1"] for r in rows]))
+    assert summary["last_acc"] == rows[-1]["acc1"]
+    assert summary["forgetting"] == pytest.approx(forgetting(matrix))
+    assert summary["backward_transfer"] == pytest.approx(backward_transfer(matrix))
+    assert summary["params_total"] == rows[-1]["params_total"] and summary["tasks_done"] == summary["nb_tasks"] == 3
+    assert summary["name"] == "e2e" and summary["wall_seconds"] > 0
+    assert summary["phase_seconds"]["train"] == pytest.approx(sum(r["seconds"]["train"] for r in rows))
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_end_of_run_table_is_printed(demo_run: Path) -> None:
+    printed = (demo_run / "stdout.txt").read_text()
+    summary = json.loads((run_folder(demo_run / "out") / "summary.json").read_text())
+    lines = [line.split() for line in printed.splitlines()]
+    header = lines.index(["task", "classes", "top-1", "top-5", "old", "new", "task-IL", "task-pred"])
+    for task, row in enumerate(summary["tasks"]):  # one table line per task, after the rule
+        assert lines[header + 2 + task][:3] == [str(task), str(row["classes_seen"]), f"{row['acc1']:.2f}"]
+    assert f"Avg {summary['avg_acc']:.2f}  Last {summary['last_acc']:.2f}" in printed
+    assert f"backward transfer {summary['backward_transfer']:.2f}" in printed and "wall time" in printed
+
+
 def test_resume_continues_from_a_task_checkpoint(demo_run: Path) -> None:
     folder = run_folder(demo_run / "out")
     saved_rows = rows_of(folder / "log.jsonl")
@@ -94,18 +152,43 @@ def test_resume_continues_from_a_task_checkpoint(demo_run: Path) -> None:
     assert len(list(folder.glob("config_resume_*.yaml"))) == 1
 
 
+def test_tensorboard_scalars_equal_the_logs_after_a_resume(demo_run: Path) -> None:
+    """Runs after the resume above: the event files are rebuilt from the logs, so task 2 appears once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = run_folder(demo_run / "out")
+    rows, epochs = rows_of(folder / "log.jsonl"), rows_of(folder / "epochs.jsonl")
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    for tag, key in (("accuracy/top1", "acc1"), ("accuracy/task_incremental", "acc_task_incremental"),
+                     ("backward_transfer", "backward_transfer")):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [0, 1, 2], tag
+        assert [s.value for s in scalars] == pytest.approx([r[key] for r in rows], abs=1e-4), tag  # float32
+    assert [s.value for s in events.Scalars("accuracy_matrix/task_0")] == pytest.approx(
+        [r["acc_per_task"][0] for r in rows], abs=1e-4)
+    train_losses = events.Scalars("train/total")
+    assert [s.step for s in train_losses] == [i for i, e in enumerate(epochs) if e["phase"] == "train"]
+    assert [s.value for s in train_losses] == pytest.approx([e["total"] for e in epochs if e["phase"] == "train"])
+
+
 def test_eval_reports_the_accuracy_of_a_saved_checkpoint(demo_run: Path, capsys: pytest.CaptureFixture) -> None:
     folder = run_folder(demo_run / "out")
     saved = rows_of(folder / "log.jsonl")
+    files_before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
     argv = DEMO + ["--eval", "--resume", str(folder), "--start-task", "2"]
     capsys.readouterr()
     assert run_main(argv) == 0
-    assert "checkpoint of task 1 (4 classes" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "checkpoint of task 1 (4 classes" in printed and "task-IL  task-pred" in printed
     from continual.config import parse_config
     from continual.distributed import setup
     from continual.task_loop import run
     rows = run(parse_config(argv), setup("cpu"))
+    for key in ("acc1", "acc5", "acc_old", "acc_new", "acc_task_incremental", "acc_task_prediction"):
+        assert rows[0][key] == pytest.approx(saved[1][key]), key
     assert rows[0]["acc_per_task"] == pytest.approx(saved[1]["acc_per_task"])
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == files_before  # evaluated, nothing trained or written
 
 
 def test_resume_needs_the_previous_checkpoint(tmp_path: Path) -> None:
@@ -142,3 +225,65 @@ def test_bad_option_file_exits_with_status_2(tmp_path: Path, capsys: pytest.Capt
     bad.write_text("learning_rate: 0.1\n")
     assert run_main(["--options", str(bad)]) == 2
     assert "learning_rate" in capsys.readouterr().err
+
+
+ORDERS = [[3, 1, 0, 2, 4, 5, 6, 7, 8, 9], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]
+TINY = ["--max-task", "2", "--base-epochs", "1", "--epochs", "1", "--finetuning-epochs", "1",
+        "--train-per-class", "16", "--num-workers", "0", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def orders_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("orders")
+    orders_file = base / "two_orders.yaml"
+    orders_file.write_text(f"class_order: {ORDERS}\n")
+    argv = DEMO + [str(orders_file)] + TINY + ["--name", "multi", "--output-basedir", str(base / "out"),
+                                               "--log-dir", str(base / "logs")]
+    assert run_main(argv) == 0
+    return base / "out" / "digits" / "demo"
+
+
+def test_each_class_order_runs_in_its_own_folder(orders_run: Path) -> None:
+    folders = sorted(orders_run.glob("*_multi_order?"))
+    assert [f.name.rsplit("_", 1)[1] for f in folders] == ["order0", "order1"]
+    for folder, order in zip(folders, ORDERS):
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["class_order"] == order and config["name"] == folder.name.split("_", 2)[2]
+        assert [r["task"] for r in rows_of(folder / "log.jsonl")] == [0, 1]
+        assert (folder / "summary.json").is_file() and (folder / "accuracy_curve.png").is_file()
+    first_task_images = [checkpoint.load_memory(checkpoint.memory_path(f, 0)).get()[0] for f in folders]
+    assert not np.array_equal(first_task_images[0], first_task_images[1])  # other classes first: nothing shared
+
+
+def test_orders_aggregate_has_the_mean_and_sample_std(orders_run: Path) -> None:
+    aggregates = list(orders_run.glob("*_multi_orders_summary.json"))
+    assert len(aggregates) == 1
+    aggregate = json.loads(aggregates[0].read_text())
+    summaries = [json.loads((f / "summary.json").read_text()) for f in sorted(orders_run.glob("*_multi_order?"))]
+    for key in ("avg_acc", "last_acc"):
+        values = [s[key] for s in summaries]
+        assert [o[key] for o in aggregate["orders"]] == values
+        assert aggregate[key]["mean"] == pytest.approx(statistics.mean(values))
+        assert aggregate[key]["std"] == pytest.approx(statistics.stdev(values))  # sample std (ddof=1)
+    assert aggregate["std"] == "sample (ddof=1)" and [o["class_order"] for o in aggregate["orders"]] == ORDERS
+
+
+def test_resume_with_several_orders_is_refused_before_any_work(tmp_path: Path) -> None:
+    orders_file = tmp_path / "two_orders.yaml"
+    orders_file.write_text(f"class_order: {ORDERS}\n")
+    with pytest.raises(ValueError, match="--resume.*class_order holds 2 orders"):
+        run_main(DEMO + [str(orders_file), "--resume", str(tmp_path), "--output-basedir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_auto_resume_with_several_orders_does_not_rerun_finished_orders(orders_run: Path) -> None:
+    folders = sorted(orders_run.glob("*_multi_order?"))
+    epochs_before = [(f / "epochs.jsonl").read_text() for f in folders]
+    base = orders_run.parents[2]
+    argv = DEMO + [str(base / "two_orders.yaml")] + TINY + ["--name", "multi", "--auto-resume",
+                                                            "--output-basedir", str(base / "out"),
+                                                            "--log-dir", str(base / "logs")]
+    assert run_main(argv) == 0
+    assert sorted(orders_run.glob("*_multi_order?")) == folders  # no new folder
+    assert [(f / "epochs.jsonl").read_text() for f in folders] == epochs_before  # nothing trained again
+    assert len(list(orders_run.glob("*_multi_orders_summary.json"))) == 2  # a new aggregate, same values

@@ -1,0 +1,57 @@
+"""``summary.json``: the results of a run in one file, rewritten after every task.
+
+It gathers, from the task rows of ``log.jsonl``, what a results table needs:
+the key metrics of each task, the accuracy matrix, Avg, Last, forgetting,
+backward transfer, the final parameter count and the time spent.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from continual.run_log import write_json
+
+SUMMARY_FILE = "summary.json"
+
+# The metrics of each task row that the summary repeats (the row has more: memory, timings, ...).
+TASK_KEYS = (
+    "task", "classes_seen", "acc1", "acc5", "acc_old", "acc_new", "acc_task_incremental",
+    "acc_task_prediction", "avg_acc", "forgetting", "backward_transfer", "params_total",
+)
+
+
+def run_summary(rows: list[dict], *, name: str, options: list[str], nb_tasks: int,
+                wall_seconds: float) -> dict:
+    """The summary of the finished tasks ``rows`` (one log row each, in task order).
+
+    ``nb_tasks`` is the number of tasks the run was asked to do, so a reader
+    can tell a finished run from an interrupted one. ``wall_seconds`` is the
+    time of this invocation; ``phase_seconds`` sums the logged phase timings of
+    every task, which also covers the parts done before a resume.
+    """
+    last = rows[-1]
+    phase_seconds: dict[str, float] = {}
+    for row in rows:
+        for phase, seconds in row.get("seconds", {}).items():
+            phase_seconds[phase] = phase_seconds.get(phase, 0.0) + seconds
+    return {
+        "name": name,
+        "options": list(options),
+        "tasks_done": len(rows),
+        "nb_tasks": nb_tasks,
+        "tasks": [{key: row.get(key) for key in TASK_KEYS} for row in rows],
+        "accuracy_matrix": [row["acc_per_task"] for row in rows],
+        "avg_acc": last["avg_acc"],
+        "last_acc": last["acc1"],
+        "forgetting": last["forgetting"],
+        "backward_transfer": last["backward_transfer"],
+        "params_total": last["params_total"],
+        "params_without_head_div": last["params_without_head_div"],
+        "wall_seconds": wall_seconds,
+        "phase_seconds": phase_seconds,
+    }
+
+
+def write_summary(run_dir: Path, summary: dict) -> Path:
+    path = run_dir / SUMMARY_FILE
+    write_json(path, summary)
+    return path
