@@ -166,13 +166,10 @@ RUN_OPTIONS = (
     _bool("auto_resume", False, "resume from the latest checkpoint of this run if any"),
     _bool("deterministic", False, "request deterministic torch algorithms"),
     _bool("no_progress", False, "hide progress bars"),
-<<<<<<< HEAD
     _bool("retain_freed_memory", True,
           "keep freed host memory for reuse (glibc): avoids a page fault per page of every large CPU tensor"),
-=======
     _bool("plots", True, "write PNG plots to the run folder after each task"),
     _bool("tensorboard", True, "write TensorBoard scalars under <run folder>/tensorboard"),
->>>>>>> issue8
 )
 
 DATA_OPTIONS = (
