@@ -242,8 +242,10 @@ class GPSA(nn.Module):
     def _mixed_attention(self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor) -> Tensor:
         """lerp(softmax(Q K^T / sqrt(d)), P, s) V: one product with V and no renormalisation.
 
-        On the CPU, at the 64 tokens of the CIFAR model, this beats the SDPA form
-        (which needs a second product with V) in training and evaluation alike.
+        On the CPU, at the 64 tokens of the CIFAR model, this beat the SDPA form
+        (which needs a second product with V) by about 17 % in training and was on
+        par in evaluation (one SAB, batch 128). With gradients it goes through
+        ``_MixedAttention``, which keeps less for the backward pass.
         """
         if torch.is_grad_enabled() and not torch.is_autocast_enabled(v.device.type):
             return _MixedAttention.apply(q, k, v, self.positional_attention(), gate)

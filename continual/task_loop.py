@@ -88,6 +88,13 @@ def model_config(cfg: argparse.Namespace) -> DyToxConfig:
     )
 
 
+def loss_settings(cfg: argparse.Namespace, mixup_on: bool) -> LossSettings:
+    return LossSettings(
+        criterion=build_criterion(cfg.bce_loss, cfg.smoothing, mixup_on),
+        auto_kd=cfg.auto_kd, kd_weight=cfg.kd, tau=cfg.distillation_tau, head_div=cfg.head_div,
+    )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -207,13 +214,6 @@ class Run:
         self.model.freeze(self.cfg.freeze_task if task_id > 0 else [])
         return teacher
 
-    def loss_settings(self, mixup_on: bool) -> LossSettings:
-        return LossSettings(
-            criterion=build_criterion(self.cfg.bce_loss, self.cfg.smoothing, mixup_on),
-            auto_kd=self.cfg.auto_kd, kd_weight=self.cfg.kd, tau=self.cfg.distillation_tau,
-            head_div=self.cfg.head_div,
-        )
-
     def fit(self, task_id: int, phase: str, dataset: Dataset, *, lr: float, epochs: int, shuffle: bool,
             teacher: DyTox | None, scheduled: bool, start: Position | None = None) -> list[EpochStats]:
         """Train for ``epochs`` on ``dataset``: the training phase and the finetuning phase alike.
@@ -227,7 +227,7 @@ class Run:
         optimizer = build_optimizer(self.model, self.cfg, lr)
         scheduler = build_scheduler(optimizer, self.cfg, epochs) if scheduled else None
         mixer = build_mixer(self.cfg, self.model.nb_classes)
-        settings = self.loss_settings(mixer is not None)
+        settings = loss_settings(self.cfg, mixer is not None)
         precision = self.precision
         scaler = precision.grad_scaler()
         sam = self.sam_plan(task_id, phase, optimizer)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -48,11 +49,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from continual.config import parse_config  # noqa: E402
-from continual.dytox import DyTox  # noqa: E402
-from continual.engine import LossSettings, Precision, evaluate, train_one_epoch  # noqa: E402
+from continual.dytox import DyTox, grown_model  # noqa: E402
+from continual.engine import Precision, evaluate, train_one_epoch  # noqa: E402
 from continual.host_memory import retain_freed_memory  # noqa: E402
-from continual.losses import build_criterion  # noqa: E402
-from continual.task_loop import model_config  # noqa: E402
+from continual.task_loop import loss_settings, model_config  # noqa: E402
 
 OPTIONS = ["--options", "options/model/cifar_dytox.yaml"]
 MODES = {
@@ -75,20 +75,12 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / statistics.median(seconds) / 1e9
 
 
-def grown(cfg: argparse.Namespace, fast: bool, tokens: int) -> DyTox:
-    config = model_config(cfg)
-    model = DyTox(config.__class__(**{**config.__dict__, "fused_attention": fast, "joint_tokens": fast}),
-                  CLASSES_PER_TASK)
-    for _ in range(tokens - 1):
-        model.expand(CLASSES_PER_TASK)
-    return model
-
-
 def build(cfg: argparse.Namespace, fast: bool, tokens: int) -> tuple[DyTox, DyTox | None]:
     """The model during task ``tokens - 1``, frozen as in training, and its teacher, as the task loop
     makes them: the teacher is a frozen copy of the model before it expands."""
     torch.manual_seed(0)
-    student = grown(cfg, fast, tokens - 1 if tokens > 1 else 1)
+    config = dataclasses.replace(model_config(cfg), fused_attention=fast, joint_tokens=fast)
+    student = grown_model(config, [CLASSES_PER_TASK] * max(tokens - 1, 1))
     if tokens == 1:
         return student, None
     teacher = copy.deepcopy(student)
@@ -107,8 +99,7 @@ def measure(mode: str, tokens: int, kind: str, args: argparse.Namespace) -> dict
     cfg = parse_config(OPTIONS)
     student, teacher = build(cfg, settings["fast"], tokens)
     precision = Precision(torch.device("cpu"), settings["amp"])
-    loss_settings = LossSettings(build_criterion(cfg.bce_loss, cfg.smoothing, False), cfg.auto_kd, cfg.kd,
-                                 cfg.distillation_tau, cfg.head_div)
+    training_loss = loss_settings(cfg, mixup_on=False)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, 32, 32, generator=generator)
     targets = torch.randint(student.nb_classes - CLASSES_PER_TASK, student.nb_classes, (args.batch,),
@@ -118,7 +109,7 @@ def measure(mode: str, tokens: int, kind: str, args: argparse.Namespace) -> dict
         optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)
 
         def step() -> None:
-            train_one_epoch(student, teacher, batch, optimizer, loss_settings, precision)
+            train_one_epoch(student, teacher, batch, optimizer, training_loss, precision)
     else:
         def step() -> None:
             evaluate(student, batch, precision, student.nb_classes_per_task)
