@@ -210,7 +210,7 @@ class DyTox(nn.Module):
         for block in self.sabs:
             x = block(x, fused=fused)
         if self.config.joint_tokens:
-            tokens = torch.cat([t.expand(x.shape[0], -1, -1) for t in self.task_tokens], dim=1)  # (B, T, D)
+            tokens = torch.cat(list(self.task_tokens), dim=1)  # (1, T, D): the blocks share it across the batch
             for block in self.tabs:
                 tokens = block(tokens, x, fused=fused)
             return tokens.transpose(0, 1)

@@ -155,10 +155,13 @@ def loss_and_grads(model: DyTox, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return out.logits.detach(), out.div_logits.detach(), grads
 
 
-@pytest.mark.parametrize("freeze", [[], ["old_task_tokens", "old_heads"], ["sab"]])
-def test_fast_paths_equal_the_plain_path_with_ten_tasks(freeze: list[str]) -> None:
+@pytest.mark.parametrize(("freeze", "depth"), [
+    ([], 3), (["old_task_tokens", "old_heads"], 3), (["sab"], 3),
+    ([], 4),  # two TABs: the second gets per-image task tokens, the first the shared learned ones
+])
+def test_fast_paths_equal_the_plain_path_with_ten_tasks(freeze: list[str], depth: int) -> None:
     """Fused attention and joint decoding are the same function as the reference arithmetic."""
-    config = dataclasses.replace(SMALL, attn_drop=0.0, drop=0.0, drop_path=0.0)
+    config = dataclasses.replace(SMALL, depth=depth, attn_drop=0.0, drop=0.0, drop_path=0.0)
     plain = with_paths(grown(config, [5] + [3] * 9), fused=False, joint=False)
     plain.freeze(freeze)
     x = images(4)
