@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from continual import checkpoint
 from continual.config import (
-    config_to_dict, finetuning_lr, memory_mode, save_config, task_batch_size, task_epochs, task_lr,
+    amp_enabled, config_to_dict, finetuning_lr, memory_mode, save_config, task_batch_size, task_epochs, task_lr,
 )
 from continual.distributed import (
     DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, shard, wrap_for_training,
@@ -86,6 +86,10 @@ def model_config(cfg: argparse.Namespace) -> DyToxConfig:
         head_div_mode=tuple(cfg.head_div_mode), joint_tokens=cfg.joint_tokens,
         fused_attention=cfg.fused_attention,
     )
+
+
+def precision_of(cfg: argparse.Namespace, device: torch.device) -> Precision:
+    return Precision(device, amp_enabled(cfg), cfg.amp_dtype)
 
 
 def loss_settings(cfg: argparse.Namespace, mixup_on: bool) -> LossSettings:
@@ -172,7 +176,7 @@ class Run:
 
     @property
     def precision(self) -> Precision:
-        return Precision(self.ctx.device, self.cfg.amp and not self.cfg.no_amp, self.cfg.amp_dtype)
+        return precision_of(self.cfg, self.ctx.device)
 
     @property
     def distillation(self) -> bool:
@@ -669,7 +673,7 @@ def train(cfg: argparse.Namespace, ctx: DistContext) -> Outcome:
     if cfg.deterministic:
         set_deterministic(ctx.device)
     seed_everything(cfg.seed + ctx.rank)
-    for note in Precision(ctx.device, cfg.amp and not cfg.no_amp, cfg.amp_dtype).warnings(cfg.amp and cfg.no_amp):
+    for note in precision_of(cfg, ctx.device).warnings(amp_requested_but_disabled=cfg.amp and cfg.no_amp):
         if ctx.is_main:
             print(f"warning: {note}", file=sys.stderr, flush=True)
     train_scenario, test_scenario = build_scenarios(cfg)  # fails fast on missing or malformed data
