@@ -10,7 +10,7 @@ names follow the published code so that its state dicts load unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from timm.layers import trunc_normal_

@@ -5,7 +5,6 @@ end-to-end checks of the files a run writes are in test_end_to_end.py.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
