@@ -16,7 +16,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from continual.layers import PatchEmbed, SelfAttentionBlock, TaskAttentionBlock, init_linear_and_norm
+from continual.layers import BranchMasks, PatchEmbed, SelfAttentionBlock, TaskAttentionBlock, stack_token_masks
 
 HEAD_MODES = ("1-1", "1-n", "n-1", "n-n", "")
 PHASES = ("train", "finetune")
@@ -73,14 +73,31 @@ class DyToxOutput:
     task_embeddings: Tensor  # (T, B, D)
 
 
+@dataclass(frozen=True)
+class DropPathMasks:
+    """Stochastic-depth keep masks of one training forward: 0 or 1 / keep, None where nothing is dropped.
+
+    ``sabs[i]``: encoder block i's (attention, MLP) masks, (B, 1, 1), one per sample.
+    ``tabs[j]``: decoder block j's masks, (B, T, 1), one per (sample, task token), so that the
+    joint pass and the per-task passes drop exactly the same branches.
+    """
+
+    sabs: list[BranchMasks]
+    tabs: list[BranchMasks]
+
+    def for_token(self, block: int, token: int) -> BranchMasks:
+        """Decoder block ``block``'s masks for task token ``token`` alone, (B, 1, 1)."""
+        return tuple(None if m is None else m[:, token : token + 1] for m in self.tabs[block])  # type: ignore[return-value]
+
+
 class ContinualClassifier(nn.Module):
-    """A head: LayerNorm then Linear."""
+    """A head: LayerNorm then Linear, with PyTorch's default Linear initialisation, as published
+    (uniform in +-1/sqrt(in_dim) for weights and biases, not the ViT truncated normal)."""
 
     def __init__(self, in_dim: int, nb_classes: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(in_dim)
         self.head = nn.Linear(in_dim, nb_classes)
-        self.apply(init_linear_and_norm)
+        self.norm = nn.LayerNorm(in_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.norm(x))
@@ -203,22 +220,37 @@ class DyTox(nn.Module):
         return table[name]()
 
     # ------------------------------------------------------------------ forward
-    def forward_features(self, images: Tensor) -> Tensor:
-        """Encoder then decoder: task embeddings (T, B, D)."""
+    def draw_drop_path_masks(self, batch: int) -> DropPathMasks:
+        """This forward's stochastic-depth masks (all None in eval mode or without drop path).
+
+        Drawn in the published loop's order (each SAB: attention then MLP; then for each task
+        token, each TAB: attention then MLP), each draw the shape timm's DropPath draws there,
+        so the random stream is consumed as in the published per-task decoding.
+        """
+        device = self.pos_embed.device
+        sabs = [block.draw_masks(batch, device) for block in self.sabs]
+        per_token = [[block.draw_masks(batch, device) for block in self.tabs] for _ in range(self.nb_tasks)]
+        tabs = [stack_token_masks([masks[j] for masks in per_token]) for j in range(len(self.tabs))]
+        return DropPathMasks(sabs, tabs)
+
+    def forward_features(self, images: Tensor, masks: DropPathMasks | None = None) -> Tensor:
+        """Encoder then decoder: task embeddings (T, B, D). ``masks``: drawn here when not given."""
         fused = self.config.fused_attention
+        if masks is None:
+            masks = self.draw_drop_path_masks(images.shape[0])
         x = self.pos_drop(self.patch_embed(images) + self.pos_embed)  # (B, N, D)
-        for block in self.sabs:
-            x = block(x, fused=fused)
+        for block, block_masks in zip(self.sabs, masks.sabs):
+            x = block(x, fused=fused, masks=block_masks)
         if self.config.joint_tokens:
             tokens = torch.cat(list(self.task_tokens), dim=1)  # (1, T, D): the blocks share it across the batch
-            for block in self.tabs:
-                tokens = block(tokens, x, fused=fused)
+            for block, block_masks in zip(self.tabs, masks.tabs):
+                tokens = block(tokens, x, fused=fused, masks=block_masks)
             return tokens.transpose(0, 1)
         embeddings = []
-        for task_token in self.task_tokens:
+        for t, task_token in enumerate(self.task_tokens):
             token = task_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-            for block in self.tabs:
-                token = block(token, x, fused=fused)
+            for j, block in enumerate(self.tabs):
+                token = block(token, x, fused=fused, masks=masks.for_token(j, t))
             embeddings.append(token[:, 0])
         return torch.stack(embeddings)
 
@@ -255,8 +287,9 @@ class DyTox(nn.Module):
         mode = self.config.head_div_mode
         return self.head_div is not None and ("tr" if self.phase == "train" else "ft") in mode
 
-    def forward(self, images: Tensor) -> DyToxOutput:
-        embeddings = self.forward_features(images)
+    def forward(self, images: Tensor, masks: DropPathMasks | None = None) -> DyToxOutput:
+        """Logits of all seen classes; ``masks`` fixes the stochastic depth of a training forward."""
+        embeddings = self.forward_features(images, masks)
         div_logits = self.head_div(embeddings[-1]) if self.divergence_active() else None
         return DyToxOutput(self.forward_head(embeddings), div_logits, embeddings)
 

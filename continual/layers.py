@@ -16,7 +16,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import Mlp, trunc_normal_
 from torch import Tensor, nn
 
 
@@ -316,6 +316,39 @@ class ClassAttention(nn.Module):
         return self.proj_drop(self.proj(merge_heads(out)))  # (B, T, C)
 
 
+BranchMasks = tuple[Tensor | None, Tensor | None]  # keep masks of a block's (attention, MLP) residuals
+
+
+class StochasticDepth(nn.Module):
+    """Drop a residual branch for whole rows (samples, or (sample, task token) pairs), as timm's DropPath.
+
+    The masks are not drawn here but by the model, once per forward (``DyTox.draw_drop_path_masks``):
+    per-task and joint decoding then apply the same mask to each (sample, task token, block),
+    whichever order they decode in. ``draw`` consumes the random stream exactly as timm's DropPath
+    does on one (rows, ...) tensor: one ``bernoulli_`` over ``rows`` values, then 1 / keep.
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"drop_path rate must be in [0, 1], got {rate}")
+        self.rate = rate
+
+    def draw(self, rows: int, device: torch.device) -> Tensor | None:
+        """A keep mask (rows, 1, 1) of 0 and 1 / keep, or None when nothing is dropped (eval, rate 0)."""
+        if not self.training or self.rate == 0.0:
+            return None
+        keep = 1.0 - self.rate
+        mask = torch.empty(rows, 1, 1, device=device).bernoulli_(keep)
+        return mask.div_(keep) if keep > 0.0 else mask
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return x if mask is None else x * mask.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
 class SelfAttentionBlock(nn.Module):
     """SAB: pre-norm GPSA and MLP, each with a residual and stochastic depth."""
 
@@ -334,14 +367,21 @@ class SelfAttentionBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = GPSA(dim, num_patches, num_heads, qkv_bias, attn_drop, drop, locality_strength)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = StochasticDepth(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.mlp.apply(init_linear_and_norm)
 
-    def forward(self, x: Tensor, fused: bool = True) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), fused=fused))
-        return x + self.drop_path(mlp_forward(self.mlp, self.norm2(x), fused))  # (B, N, C)
+    def draw_masks(self, batch: int, device: torch.device) -> BranchMasks:
+        """Per-sample keep masks (B, 1, 1) of the attention and MLP residuals, drawn in that order."""
+        attn_mask = self.drop_path.draw(batch, device)
+        return attn_mask, self.drop_path.draw(batch, device)
+
+    def forward(self, x: Tensor, fused: bool = True, masks: BranchMasks | None = None) -> Tensor:
+        """Patches (B, N, C) -> (B, N, C); ``masks`` are drawn here when not given."""
+        attn_mask, mlp_mask = masks if masks is not None else self.draw_masks(x.shape[0], x.device)
+        x = x + self.drop_path(self.attn(self.norm1(x), fused=fused), attn_mask)
+        return x + self.drop_path(mlp_forward(self.mlp, self.norm2(x), fused), mlp_mask)  # (B, N, C)
 
 
 class TaskAttentionBlock(nn.Module):
@@ -363,21 +403,32 @@ class TaskAttentionBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = ClassAttention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = StochasticDepth(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.mlp.apply(init_linear_and_norm)
 
-    def forward(self, tokens: Tensor, patches: Tensor, fused: bool = True) -> Tensor:
-        """Task tokens (B or 1, T, C) and patches (B, N, C) -> task tokens (B, T, C)."""
-        tokens = tokens + self.drop_path_per_token(self.attn(self.norm1(tokens), self.norm1(patches), fused=fused))
-        return tokens + self.drop_path_per_token(mlp_forward(self.mlp, self.norm2(tokens), fused))  # (B, T, C)
+    def draw_masks(self, batch: int, device: torch.device) -> BranchMasks:
+        """Keep masks (B, 1, 1) of one task token's attention and MLP residuals, drawn in that order."""
+        attn_mask = self.drop_path.draw(batch, device)
+        return attn_mask, self.drop_path.draw(batch, device)
 
-    def drop_path_per_token(self, x: Tensor) -> Tensor:
-        """Stochastic depth drawn for each (sample, task token), as when tokens are decoded one by one.
+    def forward(self, tokens: Tensor, patches: Tensor, fused: bool = True, masks: BranchMasks | None = None) -> Tensor:
+        """Task tokens (B or 1, T, C) and patches (B, N, C) -> task tokens (B, T, C).
 
-        timm's DropPath draws one value per sample, which would tie all task
-        tokens of a sample together in joint decoding.
+        ``masks`` are (B, T, 1) keep masks, one per (sample, task token); drawn here when not given.
         """
-        batch, tokens, channels = x.shape
-        return self.drop_path(x.reshape(batch * tokens, 1, channels)).view(batch, tokens, channels)
+        if masks is None:
+            drawn = [self.draw_masks(patches.shape[0], patches.device) for _ in range(tokens.shape[1])]
+            masks = stack_token_masks(drawn)
+        attn_mask, mlp_mask = masks
+        tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), self.norm1(patches), fused=fused), attn_mask)
+        return tokens + self.drop_path(mlp_forward(self.mlp, self.norm2(tokens), fused), mlp_mask)  # (B, T, C)
+
+
+def stack_token_masks(per_token: list[BranchMasks]) -> BranchMasks:
+    """One block's masks of each task token, (B, 1, 1) each, as (B, T, 1) masks of the joint pass."""
+    def stack(masks: list[Tensor | None]) -> Tensor | None:
+        return None if masks[0] is None else torch.cat(masks, dim=1)  # type: ignore[arg-type]
+
+    return stack([m[0] for m in per_token]), stack([m[1] for m in per_token])
