@@ -239,14 +239,18 @@ OPTIMISER_OPTIONS = (
     _value("decay_rate", float, 0.1, "step decay factor"),
     _bool("sched_step_fix", False,
           "step the schedule before each epoch (default: published off-by-one, SPEC §6b)"),
+    _bool("sched_epochs_fix", False,
+          "task 0's schedule spans base_epochs (default: epochs, as published, SPEC §6b)"),
     _value("batch_size", int, 128, "batch size per process of the first task"),
     _value("incremental_batch_size", int, None, "batch size of later tasks (default: batch_size)"),
     _value("epochs", int, 500, "epochs of each later task"),
     _value("base_epochs", int, 500, "epochs of the first task"),
     _value("grad_accum_steps", int, 1, "batches accumulated per optimiser step"),
-    # --amp is not negatable: --no-amp is the published option below.
+    # --amp is not negatable: --no-amp is the published option below. no_amp is unset by default;
+    # set to false (as the published ImageNet files do) it turns mixed precision on, as published.
     _bool("amp", False, "mixed precision (disabled anyway by --no-amp)", negatable=False),
-    _bool("no_amp", False, "disable mixed precision (published option files)"),
+    _bool("no_amp", None, "disable mixed precision; false (--no-no-amp, the published ImageNet files) "
+          "enables it, as in the published code; unset: on only with --amp"),
     _value("amp_dtype", str, "auto", "autocast type with --amp: auto (float16 on CUDA, bfloat16 on CPU), "
            "float16 (CUDA only) or bfloat16", choices=("auto", "float16", "bfloat16")),
 )
@@ -698,6 +702,12 @@ def task_epochs(cfg: argparse.Namespace, task_id: int) -> int:
     return cfg.base_epochs if task_id == 0 else cfg.epochs
 
 
+def schedule_epochs(cfg: argparse.Namespace, task_id: int) -> int:
+    """Length of a task's learning-rate schedule: ``epochs`` for every task, as published (task 0
+    then trains ``base_epochs`` epochs on it); ``sched_epochs_fix`` gives task 0 ``base_epochs``."""
+    return task_epochs(cfg, task_id) if cfg.sched_epochs_fix else cfg.epochs
+
+
 def task_lr(cfg: argparse.Namespace, task_id: int, world_size: int) -> float:
     """Scaled learning rate of a task: ``lr`` first, then ``incremental_lr`` (or ``lr``)."""
     base = cfg.lr if task_id == 0 or cfg.incremental_lr is None else cfg.incremental_lr
@@ -711,5 +721,8 @@ def finetuning_lr(cfg: argparse.Namespace, task_id: int, world_size: int) -> flo
 
 
 def amp_enabled(cfg: argparse.Namespace) -> bool:
-    """Mixed precision is on only with ``--amp`` and without ``--no-amp``."""
-    return cfg.amp and not cfg.no_amp
+    """Mixed precision: off with ``no_amp`` true, on with ``no_amp`` false (the published meaning
+    of ``no_amp: false``), otherwise (unset) on only with ``--amp``."""
+    if cfg.no_amp is None:
+        return cfg.amp
+    return not cfg.no_amp

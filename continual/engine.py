@@ -69,10 +69,12 @@ class Precision:
         """What the user should know about this precision before a long run."""
         notes = []
         if amp_requested_but_disabled:
-            notes.append("--amp has no effect: no_amp is true (the published option files set it; add --no-no-amp)")
+            notes.append("--amp has no effect: no_amp is true (the published CIFAR option files set it; "
+                         "add --no-no-amp)")
         if self.amp and self.device.type == "cpu" and not cpu_has_fast_bfloat16():  # bfloat16 on the CPU
-            notes.append("--amp on a CPU without bfloat16 instructions (AVX-512 / AMX): bfloat16 runs emulated, "
-                         "far slower than float32 (a 2048x2048 matmul measured 600x slower on an AVX2 EPYC)")
+            notes.append("mixed precision (--amp, or no_amp: false as in the published ImageNet files) on a CPU "
+                         "without bfloat16 instructions (AVX-512 / AMX): bfloat16 runs emulated, far slower than "
+                         "float32 (a 2048x2048 matmul measured 600x slower on an AVX2 EPYC); --no-amp trains in float32")
         return notes
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from continual import checkpoint
 from continual.config import (
-    amp_enabled, config_to_dict, finetuning_lr, memory_mode, save_config, task_batch_size, task_epochs, task_lr,
+    amp_enabled, config_to_dict, finetuning_lr, memory_mode, save_config, schedule_epochs, task_batch_size, task_epochs,
+    task_lr,
 )
 from continual.distributed import (
     DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, shard, wrap_for_training,
@@ -152,6 +153,27 @@ def timed(timings: dict[str, float], phase: str):
     timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
 
 
+def begin_task(model: DyTox, cfg: argparse.Namespace, task_id: int, nb_new_classes: int) -> DyTox | None:
+    """Start a task (SPEC §2.2-2.3): the teacher, a frozen copy taken before the expansion (when
+    distilling), then the new token and heads, and ``freeze_task``. Returns the teacher."""
+    teacher = None
+    if task_id > 0:
+        if cfg.auto_kd or cfg.kd > 0:
+            teacher = copy.deepcopy(model)
+            teacher.freeze(["all"])
+        model.expand(nb_new_classes)
+    model.set_phase("train")
+    model.freeze(cfg.freeze_task if task_id > 0 else [])
+    return teacher
+
+
+def begin_finetuning(model: DyTox, cfg: argparse.Namespace) -> None:
+    """Balanced finetuning (SPEC §2.7): the divergence head per ``head_div_mode`` and ``freeze_ft``,
+    which (as published) makes everything it does not name trainable again, old heads included."""
+    model.set_phase("finetune")
+    model.freeze(cfg.freeze_ft)
+
+
 @dataclass
 class Run:
     """State of a run across tasks."""
@@ -178,10 +200,6 @@ class Run:
     def precision(self) -> Precision:
         return precision_of(self.cfg, self.ctx.device)
 
-    @property
-    def distillation(self) -> bool:
-        return self.cfg.auto_kd or self.cfg.kd > 0
-
     def say(self, message: str) -> None:
         if self.ctx.is_main:
             print(message, flush=True)
@@ -207,21 +225,13 @@ class Run:
 
     # ------------------------------------------------------------------- phases
     def begin_task(self, task_id: int) -> DyTox | None:
-        """Teacher copy (before expansion), then expansion and ``freeze_task``."""
-        teacher = None
-        if task_id > 0:
-            if self.distillation:
-                teacher = copy.deepcopy(self.model)
-                teacher.freeze(["all"])
-            self.model.expand(self.classes_per_task[task_id])
-        self.model.set_phase("train")
-        self.model.freeze(self.cfg.freeze_task if task_id > 0 else [])
-        return teacher
+        return begin_task(self.model, self.cfg, task_id, self.classes_per_task[task_id])
 
     def fit(self, task_id: int, phase: str, dataset: Dataset, *, lr: float, epochs: int, shuffle: bool,
-            teacher: DyTox | None, scheduled: bool, start: Position | None = None) -> list[EpochStats]:
+            teacher: DyTox | None, schedule_length: int | None, start: Position | None = None) -> list[EpochStats]:
         """Train for ``epochs`` on ``dataset``: the training phase and the finetuning phase alike.
 
+        ``schedule_length`` is the number of epochs the lr schedule spans (None: a constant lr).
         ``start`` resumes inside the phase from the saved run state (optimiser,
         schedule, scaler, SAM, and for a mid-epoch stop the epoch's random state
         and running sums). States are saved every ``save_every_epoch`` epochs and
@@ -229,7 +239,7 @@ class Run:
         """
         loader = self.train_loader(dataset, task_id, shuffle)
         optimizer = build_optimizer(self.model, self.cfg, lr)
-        scheduler = build_scheduler(optimizer, self.cfg, epochs) if scheduled else None
+        scheduler = None if schedule_length is None else build_scheduler(optimizer, self.cfg, schedule_length)
         mixer = build_mixer(self.cfg, self.model.nb_classes)
         settings = loss_settings(self.cfg, mixer is not None)
         precision = self.precision
@@ -336,7 +346,8 @@ class Run:
         self.say(f"task {task_id}: training on {len(dataset)} images "
                  f"({len(self.memory)} from memory), classes {self.classes_seen(task_id)}")
         self.fit(task_id, "train", dataset, lr=task_lr(self.cfg, task_id, self.ctx.world_size),
-                 epochs=task_epochs(self.cfg, task_id), shuffle=True, teacher=teacher, scheduled=True, start=start)
+                 epochs=task_epochs(self.cfg, task_id), shuffle=True, teacher=teacher,
+                 schedule_length=schedule_epochs(self.cfg, task_id), start=start)
 
     def herding_set(self, task_id: int) -> TaskSet:
         """The task's images with the transform features are extracted with (train by default, as published)."""
@@ -399,12 +410,11 @@ class Run:
         single_task = len(self.classes_per_task) == 1
         if self.cfg.finetuning != "balanced" or not len(self.memory) or not (task_id > 0 or single_task):
             return False
-        self.model.set_phase("finetune")
-        self.model.freeze(self.cfg.freeze_ft)
+        begin_finetuning(self.model, self.cfg)
         dataset = memory_taskset(self.train_scenario, *self.memory.get())
         self.fit(task_id, "finetune", dataset, lr=finetuning_lr(self.cfg, task_id, self.ctx.world_size),
                  epochs=self.cfg.finetuning_epochs, shuffle=not self.cfg.ft_no_sampling,
-                 teacher=teacher if self.cfg.finetuning_teacher else None, scheduled=False, start=start)
+                 teacher=teacher if self.cfg.finetuning_teacher else None, schedule_length=None, start=start)
         self.model.set_phase("train")
         return True
 

@@ -17,9 +17,13 @@ def shared_path(relative: str) -> Path:
     A user's clone without ../shared skips these tests with a reason; CI always
     has it, so there a missing file is a real failure.
     """
-    path = SHARED_DIR / relative
+    return required_path(SHARED_DIR / relative, "expected ../shared beside the repo")
+
+
+def required_path(path: Path, hint: str) -> Path:
+    """``path`` if it exists; otherwise skip with ``hint``, or fail when running in CI (``CI`` set)."""
     if not path.exists():
-        message = f"shared file {path} not found (expected ../shared beside the repo)"
+        message = f"{path} not found ({hint})"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

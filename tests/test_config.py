@@ -231,10 +231,14 @@ def test_flags_named_no_something() -> None:
     assert parse_config(["--no-pin-mem"]).pin_mem is False
 
 
-def test_amp_and_no_amp() -> None:
+def test_amp_and_no_amp(tmp_path: Path) -> None:
     assert config.amp_enabled(parse_config(["--amp"])) is True
     assert config.amp_enabled(parse_config(["--amp", "--no-amp"])) is False
-    assert config.amp_enabled(parse_config([])) is False
+    assert config.amp_enabled(parse_config([])) is False  # unset: off without --amp
+    assert config.amp_enabled(parse_config(["--no-no-amp"])) is True  # no_amp false: on, as published
+    published_imagenet = write_yaml(tmp_path / "o.yaml", "no_amp: false\n")
+    assert config.amp_enabled(parse_config(["--options", published_imagenet])) is True
+    assert config.amp_enabled(parse_config(["--options", published_imagenet, "--no-amp"])) is False
 
 
 # --------------------------------------------------------------------------- #

@@ -1,0 +1,221 @@
+"""The task loop's own training step replays optimisation steps recorded from the published code.
+
+The recording (``../shared/fixtures/reference_training``, see its README; another folder in the
+same format through ``DYTOX_TRAINING_FIXTURE``) starts from the published code's initial weights
+and batches and holds the whole state after every step of task 0, of task 1 (with the teacher)
+and of the finetuning of task 1, the loss terms before each step, the trainable parameters, the
+weight-decay groups, the scaled learning rates and the lr of every epoch of the schedules.
+Each phase here starts from the recording's weights and runs the functions ``Run`` runs:
+``begin_task`` / ``begin_finetuning``, ``build_optimizer`` at ``task_lr`` / ``finetuning_lr``,
+``loss_settings`` and ``train_one_epoch``, on the configuration parsed from the option files.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, SHARED_DIR, required_path
+from torch import Tensor
+
+from continual.config import finetuning_lr, parse_config, schedule_epochs, task_lr
+from continual.dytox import DyTox
+from continual.engine import train_one_epoch
+from continual.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
+from continual.reference import read_reference_checkpoint
+from continual.task_loop import (
+    begin_finetuning, begin_task, loss_settings, mixup_active, model_config, precision_of,
+)
+
+FIXTURE_ENV = "DYTOX_TRAINING_FIXTURE"
+# Tolerances of the fixture's README: max over keys of max|ours - ref| / (1 + max|ref|). A wrong rule
+# (weight-decay group, lr, loss weight, frozen parameter) moves a parameter by about 1e-3 per step.
+STATE_TOLERANCE = {"task0": 2e-4, "task1": 5e-5, "finetune": 5e-5}
+LOSS_TOLERANCE = 1e-6
+LOSS_TERMS = ("classification", "kd", "div")
+
+
+def fixture_dir() -> Path:
+    configured = os.environ.get(FIXTURE_ENV)
+    folder = Path(configured) if configured else SHARED_DIR / "fixtures" / "reference_training"
+    hint = f"set {FIXTURE_ENV} or put ../shared beside the repo"
+    for name in ("trajectory.pt", "config.json", "init_task0.pth", "init_task1.pth", "after_task0.pth"):
+        required_path(folder / name, hint)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def recording() -> dict:
+    return torch.load(fixture_dir() / "trajectory.pt", weights_only=True)
+
+
+def command_line(option_files: list[str], override: dict[str, object], batch: int) -> list[str]:
+    """The recording's configuration as this project's command line (flags win over the files)."""
+    argv = ["--options", *(str(REPO_ROOT / f) for f in option_files)]
+    for key, value in override.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    # The recording scales every task's lr by its own batch of `batch` images (the published files
+    # set incremental_batch_size 128, which the recording did not apply).
+    return argv + ["--incremental-batch-size", str(batch)]
+
+
+@pytest.fixture(scope="module")
+def cfg() -> argparse.Namespace:
+    recorded = json.loads((fixture_dir() / "config.json").read_text())
+    return parse_config(command_line(recorded["options"], recorded["override"], recorded["batch"]))
+
+
+def reference_state(name: str) -> dict[str, Tensor]:
+    return read_reference_checkpoint(fixture_dir() / name)[0]
+
+
+def fresh_model(cfg: argparse.Namespace) -> DyTox:
+    """The model the task loop builds for task 0 from the configuration."""
+    return DyTox(model_config(cfg), cfg.initial_increment)
+
+
+def paths(model: DyTox, plain: bool) -> DyTox:
+    """The default fast paths, or the published arithmetic (``--no-fused-attention --no-joint-tokens``)."""
+    if plain:
+        model.config = dataclasses.replace(model.config, fused_attention=False, joint_tokens=False)
+    return model
+
+
+def state_error(state: dict[str, Tensor], reference: dict[str, Tensor]) -> float:
+    assert state.keys() == reference.keys()
+    return max(((state[k] - reference[k]).abs().max() / (1 + reference[k].abs().max())).item() for k in reference)
+
+
+def decay_groups(model: DyTox, optimizer: torch.optim.Optimizer) -> dict[str, list[str]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups: dict[str, list[str]] = {"decay": [], "no_decay": []}
+    for group in optimizer.param_groups:
+        key = "decay" if group["weight_decay"] > 0 else "no_decay"
+        groups[key] += [names[id(p)] for p in group["params"]]
+    return {key: sorted(value) for key, value in groups.items()}
+
+
+def replay(
+    phase: str, model: DyTox, teacher: DyTox | None, lr: float, cfg: argparse.Namespace, recording: dict,
+) -> None:
+    """The recorded steps of ``phase``, each a one-batch epoch of the loop's ``train_one_epoch``."""
+    optimizer = build_optimizer(model, cfg, lr)
+    assert lr == pytest.approx(recording[f"{phase}_lr"], rel=1e-12)
+    if f"{phase}_param_groups" in recording:
+        assert decay_groups(model, optimizer) == {k: sorted(v) for k, v in recording[f"{phase}_param_groups"].items()}
+    settings = loss_settings(cfg, mixup_active(cfg))
+    precision = precision_of(cfg, torch.device("cpu"))
+    batches, states, losses = (recording[f"{phase}_{kind}"] for kind in ("batches", "states", "losses"))
+    for step, ((images, targets), state, expected) in enumerate(zip(batches, states, losses, strict=True)):
+        stats = train_one_epoch(model, teacher, [(images, targets)], optimizer, settings, precision)
+        assert all(module.training for module in model.modules()), "the loop trains in train mode throughout"
+        for term in LOSS_TERMS:
+            if expected[term] is None:
+                assert term not in stats.losses, (phase, step, term)
+            else:
+                assert stats.losses[term] == pytest.approx(expected[term], abs=LOSS_TOLERANCE), (phase, step, term)
+        error = state_error(model.state_dict(), state)
+        assert error <= STATE_TOLERANCE[phase], f"{phase} step {step}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
+def test_task0_steps_give_the_recorded_weights_and_losses(cfg: argparse.Namespace, recording: dict,
+                                                          plain: bool) -> None:
+    model = paths(fresh_model(cfg), plain)
+    model.load_state_dict(reference_state("init_task0.pth"))
+    assert begin_task(model, cfg, 0, cfg.initial_increment) is None
+    assert all(p.requires_grad for p in model.parameters())
+    replay("task0", model, None, task_lr(cfg, 0, world_size=1), cfg, recording)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
+def test_task1_steps_with_the_teacher_give_the_recorded_weights_and_losses(cfg: argparse.Namespace,
+                                                                           recording: dict, plain: bool) -> None:
+    model = paths(fresh_model(cfg), plain)
+    after_task0 = reference_state("after_task0.pth")
+    model.load_state_dict(after_task0)
+    teacher = begin_task(model, cfg, 1, cfg.increment)
+    assert teacher is not None and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert state_error(teacher.state_dict(), after_task0) == 0  # copied before the expansion
+    model.load_state_dict(reference_state("init_task1.pth"))  # the recording's fresh token and heads
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable == sorted(recording["task1_trainable"])
+    replay("task1", model, teacher, task_lr(cfg, 1, world_size=1), cfg, recording)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
+def test_finetuning_steps_give_the_recorded_weights_and_losses(cfg: argparse.Namespace, recording: dict,
+                                                               plain: bool) -> None:
+    """Balanced finetuning: freeze_ft [sab] leaves the old heads and old tokens trainable, no teacher,
+    no divergence head (head_div_mode tr), a constant lr."""
+    model = paths(fresh_model(cfg), plain)
+    model.expand(cfg.increment)
+    model.load_state_dict(recording["task1_states"][-1])
+    begin_finetuning(model, cfg)
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable == sorted(recording["finetune_trainable"])
+    assert not model.divergence_active() and not cfg.finetuning_teacher
+    replay("finetune", model, None, finetuning_lr(cfg, 1, world_size=1), cfg, recording)
+
+
+@pytest.mark.parametrize("task", [0, 1])
+def test_learning_rate_of_every_epoch_follows_the_recorded_schedule(cfg: argparse.Namespace, recording: dict,
+                                                                    task: int) -> None:
+    """Epoch e trains at the schedule's value for e - 1 (published stepping), and task 0's schedule
+    spans ``epochs`` although task 0 trains ``base_epochs`` (500 in the published data files)."""
+    optimizer = build_optimizer(fresh_model(cfg), cfg, task_lr(cfg, task, world_size=1))
+    scheduler = build_scheduler(optimizer, cfg, schedule_epochs(cfg, task))
+    expected = recording[f"task{task}_lr_per_epoch"]
+    lrs = []
+    for epoch in range(len(expected)):
+        set_epoch_lr(scheduler, epoch, cfg.sched_step_fix)
+        lrs.append(current_lr(optimizer))
+    assert lrs == pytest.approx(expected, rel=1e-9)
+
+
+def ks_distance(a: Tensor, b: Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    a, b = a.flatten().double().sort().values, b.flatten().double().sort().values
+    points = torch.cat([a, b])
+    gap = torch.searchsorted(a, points, right=True) / len(a) - torch.searchsorted(b, points, right=True) / len(b)
+    return gap.abs().max().item()
+
+
+def test_fresh_parameters_are_drawn_like_the_published_ones(cfg: argparse.Namespace) -> None:
+    """Every parameter of a new model (task 0) and every new one of an expansion (task 1) follows the
+    published initialisation: a two-sample KS test (level 0.001) against the recording's initial
+    weights. Heads and the divergence head use PyTorch's Linear init (uniform in +-1/sqrt(fan_in)),
+    not the ViT truncated normal of the blocks."""
+    init0, init1 = reference_state("init_task0.pth"), reference_state("init_task1.pth")
+    new_in_task1 = [k for k in init1 if k not in init0 or init1[k].shape != init0[k].shape]
+    assert new_in_task1  # task token, head and divergence head of task 1
+    ours: dict[str, list[Tensor]] = {}
+    for seed in range(20):
+        torch.manual_seed(seed)
+        model = fresh_model(cfg)
+        first = model.state_dict()
+        model.expand(cfg.increment)
+        second = model.state_dict()
+        for key in init0:
+            ours.setdefault(key, []).append(first[key])
+        for key in new_in_task1:
+            ours.setdefault("task1:" + key, []).append(second[key])
+    references = {**init0, **{"task1:" + k: init1[k] for k in new_in_task1}}
+    for key, reference in references.items():
+        pooled = torch.cat([t.flatten() for t in ours[key]])
+        n, m = reference.numel(), pooled.numel()
+        bound = 1.95 * ((n + m) / (n * m)) ** 0.5  # KS critical value at level 0.001
+        assert ks_distance(reference, pooled) <= bound, key
+    head = torch.cat([t.flatten() for t in ours["head.0.head.weight"]])
+    assert head.abs().max() <= 1 / cfg.embed_dim**0.5 and head.std() > 0.07  # uniform, not std 0.02
