@@ -18,32 +18,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_common import REPO, mean_std, read_rows, run_main
+
 OPTIONS = ["options/data/fashion_mnist_5x2.yaml", "options/model/cpu_small.yaml"]
 
 
 def run_seed(seed: int, out_dir: Path, extra: list[str]) -> dict:
-    name = f"bench_seed{seed}"
-    command = [
-        sys.executable, "main.py", "--options", *OPTIONS, "--seed", str(seed), "--name", name,
-        "--output-basedir", str(out_dir / "outputs"), "--log-dir", str(out_dir / "logs"), "--no-progress", *extra,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    start = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, env=env, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    run_dir = max((out_dir / "outputs").glob(f"*/*/*_{name}"))  # the newest run of this seed
-    rows = read_rows(run_dir / "log.jsonl")
-    return {"seed": seed, "seconds": seconds, "rows": rows, "phases": phase_seconds(rows, run_dir, seconds)}
-
-
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    result = run_main(OPTIONS, seed, f"bench_seed{seed}", out_dir, extra)
+    result["phases"] = phase_seconds(result["rows"], Path(result["run_dir"]), result["seconds"])
+    return result
 
 
 def phase_seconds(rows: list[dict], run_dir: Path, wall: float) -> dict[str, float]:
@@ -63,11 +48,6 @@ def phase_seconds(rows: list[dict], run_dir: Path, wall: float) -> dict[str, flo
         / max(stepping["train"] + stepping["finetune"], 1e-9),
         "memory selection share of task time": total["memory"] / max(sum(total.values()), 1e-9),
     }
-
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
 
 
 def report(results: list[dict]) -> None:
