@@ -228,8 +228,8 @@ class DyTox(nn.Module):
         so the random stream is consumed as in the published per-task decoding.
         """
         device = self.pos_embed.device
-        sabs = [block.draw_masks(batch, device) for block in self.sabs]
-        per_token = [[block.draw_masks(batch, device) for block in self.tabs] for _ in range(self.nb_tasks)]
+        sabs = [block.drop_path.draw_block(batch, device) for block in self.sabs]
+        per_token = [[block.drop_path.draw_block(batch, device) for block in self.tabs] for _ in range(self.nb_tasks)]
         tabs = [stack_token_masks([masks[j] for masks in per_token]) for j in range(len(self.tabs))]
         return DropPathMasks(sabs, tabs)
 

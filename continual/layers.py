@@ -342,6 +342,11 @@ class StochasticDepth(nn.Module):
         mask = torch.empty(rows, 1, 1, device=device).bernoulli_(keep)
         return mask.div_(keep) if keep > 0.0 else mask
 
+    def draw_block(self, rows: int, device: torch.device) -> BranchMasks:
+        """The masks of a block's two residual branches, attention then MLP (the published order)."""
+        attn_mask = self.draw(rows, device)
+        return attn_mask, self.draw(rows, device)
+
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return x if mask is None else x * mask.to(x.dtype)
 
@@ -372,14 +377,9 @@ class SelfAttentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.mlp.apply(init_linear_and_norm)
 
-    def draw_masks(self, batch: int, device: torch.device) -> BranchMasks:
-        """Per-sample keep masks (B, 1, 1) of the attention and MLP residuals, drawn in that order."""
-        attn_mask = self.drop_path.draw(batch, device)
-        return attn_mask, self.drop_path.draw(batch, device)
-
     def forward(self, x: Tensor, fused: bool = True, masks: BranchMasks | None = None) -> Tensor:
-        """Patches (B, N, C) -> (B, N, C); ``masks`` are drawn here when not given."""
-        attn_mask, mlp_mask = masks if masks is not None else self.draw_masks(x.shape[0], x.device)
+        """Patches (B, N, C) -> (B, N, C); ``masks``, (B, 1, 1) per branch, are drawn here when not given."""
+        attn_mask, mlp_mask = masks if masks is not None else self.drop_path.draw_block(x.shape[0], x.device)
         x = x + self.drop_path(self.attn(self.norm1(x), fused=fused), attn_mask)
         return x + self.drop_path(mlp_forward(self.mlp, self.norm2(x), fused), mlp_mask)  # (B, N, C)
 
@@ -408,18 +408,13 @@ class TaskAttentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.mlp.apply(init_linear_and_norm)
 
-    def draw_masks(self, batch: int, device: torch.device) -> BranchMasks:
-        """Keep masks (B, 1, 1) of one task token's attention and MLP residuals, drawn in that order."""
-        attn_mask = self.drop_path.draw(batch, device)
-        return attn_mask, self.drop_path.draw(batch, device)
-
     def forward(self, tokens: Tensor, patches: Tensor, fused: bool = True, masks: BranchMasks | None = None) -> Tensor:
         """Task tokens (B or 1, T, C) and patches (B, N, C) -> task tokens (B, T, C).
 
         ``masks`` are (B, T, 1) keep masks, one per (sample, task token); drawn here when not given.
         """
         if masks is None:
-            drawn = [self.draw_masks(patches.shape[0], patches.device) for _ in range(tokens.shape[1])]
+            drawn = [self.drop_path.draw_block(patches.shape[0], patches.device) for _ in range(tokens.shape[1])]
             masks = stack_token_masks(drawn)
         attn_mask, mlp_mask = masks
         tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), self.norm1(patches), fused=fused), attn_mask)

@@ -289,7 +289,7 @@ def test_dytox_versions_differ_only_in_mixup_and_sam() -> None:
     assert {k: v for k, v in plus.items() if base.get(k) != v} == {
         "mixup": 0.8, "mixup_prob": 1.0, "mixup_switch_prob": 0.5}
     assert {k: v for k, v in plusplus.items() if plus.get(k) != v} == {
-        "sam_rho": 3.0, "sam_adaptive": True, "sam_skip_first": True, "sam_mode": ["tr", "ft"]}
+        "sam_rho": 3.0, "sam_adaptive": True, "sam_skip_first": True, "sam_mode": ["tr"]}
 
 
 def test_fashion_mnist_benchmark_values() -> None:

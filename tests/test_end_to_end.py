@@ -286,3 +286,29 @@ def test_auto_resume_with_several_orders_does_not_rerun_finished_orders(orders_r
     assert sorted(orders_run.glob("*_multi_order?")) == folders  # no new folder
     assert [(f / "epochs.jsonl").read_text() for f in folders] == epochs_before  # nothing trained again
     assert len(list(orders_run.glob("*_multi_orders_summary.json"))) == 2  # a new aggregate, same values
+
+
+def test_fast_and_plain_paths_train_the_same_run(tmp_path: Path) -> None:
+    """A whole run (two tasks: teacher, frozen old parts, divergence head, finetuning, stochastic depth
+    0.1 as published) in the default fast mode and in the published arithmetic: every epoch's loss
+    terms and the final weights agree to float32 rounding. Random exemplars keep the memory
+    identical (iCaRL herding can reorder near-tied exemplars on rounding-level feature differences)."""
+    common = DEMO + ["--max-task", "2", "--base-epochs", "2", "--epochs", "2", "--finetuning-epochs", "1",
+                     "--train-per-class", "24", "--num-workers", "0", "--seed", "3", "--rehearsal", "random",
+                     "--no-plots", "--no-tensorboard", "--log-dir", str(tmp_path / "logs")]
+    runs = {}
+    for mode, flags in (("fast", []), ("plain", ["--no-fused-attention", "--no-joint-tokens"])):
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert run_main(common + flags + ["--name", mode, "--output-basedir", str(tmp_path / mode)]) == 0
+        folder = next((tmp_path / mode).glob(f"digits/demo/*_{mode}"))
+        runs[mode] = (rows_of(folder / "epochs.jsonl"), checkpoint.load_task_checkpoint(
+            checkpoint.checkpoint_path(folder, 1))[0].state_dict())
+    (fast_epochs, fast_weights), (plain_epochs, plain_weights) = runs["fast"], runs["plain"]
+    assert [(e["task"], e["phase"]) for e in fast_epochs] == [(e["task"], e["phase"]) for e in plain_epochs]
+    assert {e["phase"] for e in fast_epochs} == {"train", "finetune"} and any("kd" in e for e in fast_epochs)
+    for fast, plain in zip(fast_epochs, plain_epochs):
+        for term in ("classification", "kd", "div", "total"):
+            if term in plain:
+                assert fast[term] == pytest.approx(plain[term], rel=1e-5, abs=1e-7), (fast["task"], fast["epoch"], term)
+    for key, value in plain_weights.items():
+        assert (fast_weights[key] - value).abs().max() <= 1e-4 * (1 + value.abs().max()), key
