@@ -15,8 +15,11 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, shared_path
 
+import main
 from continual.config import amp_enabled, parse_config
+from continual.datasets import DatasetError
 from continual.dytox import grown_model
+from continual.engine import cpu_has_fast_bfloat16
 from continual.task_loop import model_config
 
 # The published parser's defaults (main.py, get_args_parser) of the options that change the computation.
@@ -174,3 +177,18 @@ def test_parameter_counts_of_the_published_imagenet_model(data: str, classes: in
     for tasks in sorted({1, paper_tasks, 10}):
         assert count(tasks) == IMAGENET_SHARED + tasks * per_task, tasks
     assert math.floor(count(paper_tasks) / 1e4) / 100 == paper
+
+
+def test_published_imagenet_mixed_precision_on_a_cpu_is_a_start_up_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture,
+) -> None:
+    """no_amp: false stays as published; on a CPU without bfloat16 instructions the run says so first."""
+    argv = ["--options", str(REPO_ROOT / "options/data/imagenet100_10-10.yaml"),
+            str(REPO_ROOT / "options/model/imagenet_dytox.yaml"), "--device", "cpu",
+            "--data-path", str(tmp_path / "nowhere"), "--output-basedir", str(tmp_path / "out")]
+    assert amp_enabled(parse_config(argv))
+    with pytest.raises(DatasetError, match="nowhere"):
+        main.main(argv)
+    warned = "bfloat16 runs emulated" in capsys.readouterr().err
+    assert warned == (not cpu_has_fast_bfloat16())
+    assert not (tmp_path / "out").exists()
