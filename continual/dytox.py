@@ -227,9 +227,9 @@ class DyTox(nn.Module):
         token, each TAB: attention then MLP), each draw the shape timm's DropPath draws there,
         so the random stream is consumed as in the published per-task decoding.
         """
-        device = self.pos_embed.device
-        sabs = [block.drop_path.draw_block(batch, device) for block in self.sabs]
-        per_token = [[block.drop_path.draw_block(batch, device) for block in self.tabs] for _ in range(self.nb_tasks)]
+        like = self.pos_embed  # the masks take the model's device and dtype
+        sabs = [block.drop_path.draw_block(batch, like) for block in self.sabs]
+        per_token = [[block.drop_path.draw_block(batch, like) for block in self.tabs] for _ in range(self.nb_tasks)]
         tabs = [stack_token_masks([masks[j] for masks in per_token]) for j in range(len(self.tabs))]
         return DropPathMasks(sabs, tabs)
 

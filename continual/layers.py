@@ -334,18 +334,19 @@ class StochasticDepth(nn.Module):
             raise ValueError(f"drop_path rate must be in [0, 1], got {rate}")
         self.rate = rate
 
-    def draw(self, rows: int, device: torch.device) -> Tensor | None:
-        """A keep mask (rows, 1, 1) of 0 and 1 / keep, or None when nothing is dropped (eval, rate 0)."""
+    def draw(self, rows: int, like: Tensor) -> Tensor | None:
+        """A keep mask (rows, 1, 1) of 0 and 1 / keep on the device and dtype of ``like``, or None when
+        nothing is dropped (eval mode, rate 0)."""
         if not self.training or self.rate == 0.0:
             return None
         keep = 1.0 - self.rate
-        mask = torch.empty(rows, 1, 1, device=device).bernoulli_(keep)
+        mask = like.new_empty(rows, 1, 1).bernoulli_(keep)
         return mask.div_(keep) if keep > 0.0 else mask
 
-    def draw_block(self, rows: int, device: torch.device) -> BranchMasks:
+    def draw_block(self, rows: int, like: Tensor) -> BranchMasks:
         """The masks of a block's two residual branches, attention then MLP (the published order)."""
-        attn_mask = self.draw(rows, device)
-        return attn_mask, self.draw(rows, device)
+        attn_mask = self.draw(rows, like)
+        return attn_mask, self.draw(rows, like)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return x if mask is None else x * mask.to(x.dtype)
@@ -379,7 +380,7 @@ class SelfAttentionBlock(nn.Module):
 
     def forward(self, x: Tensor, fused: bool = True, masks: BranchMasks | None = None) -> Tensor:
         """Patches (B, N, C) -> (B, N, C); ``masks``, (B, 1, 1) per branch, are drawn here when not given."""
-        attn_mask, mlp_mask = masks if masks is not None else self.drop_path.draw_block(x.shape[0], x.device)
+        attn_mask, mlp_mask = masks if masks is not None else self.drop_path.draw_block(x.shape[0], x)
         x = x + self.drop_path(self.attn(self.norm1(x), fused=fused), attn_mask)
         return x + self.drop_path(mlp_forward(self.mlp, self.norm2(x), fused), mlp_mask)  # (B, N, C)
 
@@ -414,7 +415,7 @@ class TaskAttentionBlock(nn.Module):
         ``masks`` are (B, T, 1) keep masks, one per (sample, task token); drawn here when not given.
         """
         if masks is None:
-            drawn = [self.drop_path.draw_block(patches.shape[0], patches.device) for _ in range(tokens.shape[1])]
+            drawn = [self.drop_path.draw_block(patches.shape[0], patches) for _ in range(tokens.shape[1])]
             masks = stack_token_masks(drawn)
         attn_mask, mlp_mask = masks
         tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), self.norm1(patches), fused=fused), attn_mask)
