@@ -16,7 +16,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from continual.layers import BranchMasks, PatchEmbed, SelfAttentionBlock, TaskAttentionBlock, stack_token_masks
+from continual.layers import BranchMasks, PatchEmbed, SelfAttentionBlock, TaskAttentionBlock
 
 HEAD_MODES = ("1-1", "1-n", "n-1", "n-n", "")
 PHASES = ("train", "finetune")
@@ -88,6 +88,14 @@ class DropPathMasks:
     def for_token(self, block: int, token: int) -> BranchMasks:
         """Decoder block ``block``'s masks for task token ``token`` alone, (B, 1, 1)."""
         return tuple(None if m is None else m[:, token : token + 1] for m in self.tabs[block])  # type: ignore[return-value]
+
+
+def stack_token_masks(per_token: list[BranchMasks]) -> BranchMasks:
+    """One block's masks of each task token, (B, 1, 1) each, as the (B, T, 1) masks of the joint pass."""
+    def stack(masks: list[Tensor | None]) -> Tensor | None:
+        return None if masks[0] is None else torch.cat(masks, dim=1)  # type: ignore[arg-type]
+
+    return stack([m[0] for m in per_token]), stack([m[1] for m in per_token])
 
 
 class ContinualClassifier(nn.Module):

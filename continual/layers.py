@@ -378,9 +378,9 @@ class SelfAttentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.mlp.apply(init_linear_and_norm)
 
-    def forward(self, x: Tensor, fused: bool = True, masks: BranchMasks | None = None) -> Tensor:
-        """Patches (B, N, C) -> (B, N, C); ``masks``, (B, 1, 1) per branch, are drawn here when not given."""
-        attn_mask, mlp_mask = masks if masks is not None else self.drop_path.draw_block(x.shape[0], x)
+    def forward(self, x: Tensor, fused: bool = True, *, masks: BranchMasks) -> Tensor:
+        """Patches (B, N, C) -> (B, N, C); ``masks``: (B, 1, 1) per branch, from ``drop_path.draw_block``."""
+        attn_mask, mlp_mask = masks
         x = x + self.drop_path(self.attn(self.norm1(x), fused=fused), attn_mask)
         return x + self.drop_path(mlp_forward(self.mlp, self.norm2(x), fused), mlp_mask)  # (B, N, C)
 
@@ -409,22 +409,11 @@ class TaskAttentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.mlp.apply(init_linear_and_norm)
 
-    def forward(self, tokens: Tensor, patches: Tensor, fused: bool = True, masks: BranchMasks | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, patches: Tensor, fused: bool = True, *, masks: BranchMasks) -> Tensor:
         """Task tokens (B or 1, T, C) and patches (B, N, C) -> task tokens (B, T, C).
 
-        ``masks`` are (B, T, 1) keep masks, one per (sample, task token); drawn here when not given.
+        ``masks`` are (B, T, 1) keep masks, one per (sample, task token) (see ``DyTox.draw_drop_path_masks``).
         """
-        if masks is None:
-            drawn = [self.drop_path.draw_block(patches.shape[0], patches) for _ in range(tokens.shape[1])]
-            masks = stack_token_masks(drawn)
         attn_mask, mlp_mask = masks
         tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), self.norm1(patches), fused=fused), attn_mask)
         return tokens + self.drop_path(mlp_forward(self.mlp, self.norm2(tokens), fused), mlp_mask)  # (B, T, C)
-
-
-def stack_token_masks(per_token: list[BranchMasks]) -> BranchMasks:
-    """One block's masks of each task token, (B, 1, 1) each, as (B, T, 1) masks of the joint pass."""
-    def stack(masks: list[Tensor | None]) -> Tensor | None:
-        return None if masks[0] is None else torch.cat(masks, dim=1)  # type: ignore[arg-type]
-
-    return stack([m[0] for m in per_token]), stack([m[1] for m in per_token])

@@ -178,7 +178,7 @@ FAST_PATHS = [(True, False), (False, True), (True, True)]  # (fused attention, j
 
 @pytest.mark.parametrize(("freeze", "depth"), [
     ([], 3), (["old_task_tokens", "old_heads"], 3), (["sab"], 3),
-    (["old_task_tokens", "old_heads"], 4),  # two TABs: the second gets per-image task tokens
+    ([], 4), (["old_task_tokens", "old_heads"], 4),  # two TABs: the second gets per-image task tokens
 ])
 @pytest.mark.parametrize("drop_path", [0.0, 0.5])
 def test_fast_paths_train_like_the_plain_path_with_ten_tasks(freeze: list[str], depth: int, drop_path: float) -> None:
