@@ -9,11 +9,11 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from continual.config import ConfigError, parse_config
-from continual.distributed import cleanup, setup
-from continual.host_memory import retain_freed_memory
-from continual.orders import run_all
-from continual.preemption import Preempted
+from continual.config.options import ConfigError, parse_config
+from continual.runtime.distributed import cleanup, setup
+from continual.runtime.host_memory import retain_freed_memory
+from continual.train.orders import run_all
+from continual.runtime.preemption import Preempted
 
 
 @record  # under torchrun, the failing rank's traceback becomes the run's reported root cause

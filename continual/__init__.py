@@ -1,5 +1,4 @@
-"""DyTox: transformers for continual learning with dynamic token expansion (Douillard et al., CVPR 2022)."""
-from continual.dytox import DyTox, DyToxConfig, DyToxOutput
-from continual.reference import load_reference_checkpoint
+"""DyTox: transformers for continual learning with dynamic token expansion (Douillard et al., CVPR 2022).
 
-__all__ = ["DyTox", "DyToxConfig", "DyToxOutput", "load_reference_checkpoint"]
+The subpackages, from the bottom up (README, "Layout"): see each one's docstring.
+"""

@@ -14,7 +14,7 @@ memory is its own):
   task token, glibc's default allocator behaviour. No fast path.
 - ``fast``: the defaults of ``main.py``: fused Q/K/V projection, positional map
   once per forward, joint decoding of all task tokens, freed host memory kept
-  for reuse (``continual.host_memory``).
+  for reuse (``continual.runtime.host_memory``).
 - ``fast-amp``: ``fast`` under bfloat16 autocast (``--amp``).
 - ``fast-model``: the model's fast paths with glibc's default allocator behaviour,
   to tell the two sources of speed apart.
@@ -48,11 +48,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from continual.config import parse_config  # noqa: E402
-from continual.dytox import DyTox, grown_model  # noqa: E402
-from continual.engine import Precision, evaluate, train_one_epoch  # noqa: E402
-from continual.host_memory import retain_freed_memory  # noqa: E402
-from continual.task_loop import loss_settings, model_config  # noqa: E402
+from continual.config.options import parse_config  # noqa: E402
+from continual.model.dytox import DyTox, grown_model  # noqa: E402
+from continual.train.epoch import Precision, evaluate, train_one_epoch  # noqa: E402
+from continual.runtime.host_memory import retain_freed_memory  # noqa: E402
+from continual.train.loop import loss_settings, model_config  # noqa: E402
 
 OPTIONS = ["--options", "options/model/cifar_dytox.yaml"]
 MODES = {

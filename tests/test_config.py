@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from continual import config
-from continual.config import ConfigError, parse_config, validate_config
+from continual.config import options as config
+from continual.config.options import ConfigError, parse_config, validate_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_FILES = sorted((REPO_ROOT / "options" / "data").glob("*.yaml"))

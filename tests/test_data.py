@@ -22,11 +22,11 @@ from timm.data.auto_augment import AugmentOp, RandAugment
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-from continual import datasets as ds
-from continual.datasets import DatasetError, build_dataset
-from continual.scenarios import (build_scenario, build_scenarios, memory_taskset,
+from continual.data import datasets as ds
+from continual.data.datasets import DatasetError, build_dataset
+from continual.data.scenarios import (build_scenario, build_scenarios, memory_taskset,
                                  task_increments, taskset_with_memory)
-from continual.transforms import build_test_transform, build_transform
+from continual.data.transforms import build_test_transform, build_transform
 
 PUBLISHED_AUG = dict(color_jitter=0.4, aa="rand-m9-mstd0.5-inc1", interpolation="bicubic",
                      reprob=0.0, remode="pixel", recount=1)

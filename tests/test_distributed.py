@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from continual.config import memory_mode, parse_config
-from continual.distributed import setup
-from continual.scenarios import build_scenarios
-from continual.task_loop import run
+from continual.config.options import memory_mode, parse_config
+from continual.runtime.distributed import setup
+from continual.data.scenarios import build_scenarios
+from continual.train.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / "helpers"

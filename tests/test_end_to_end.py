@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 import main
-from continual import checkpoint
-from continual.datasets import DatasetError
-from continual.metrics import backward_transfer, forgetting
-from continual.summary import TASK_KEYS
+from continual.state import checkpoints as checkpoint
+from continual.data.datasets import DatasetError
+from continual.method.metrics import backward_transfer, forgetting
+from continual.report.summary import TASK_KEYS
 
 OPTIONS = Path(__file__).resolve().parents[1] / "options"
 DEMO = ["--options", str(OPTIONS / "data/digits_demo.yaml"), str(OPTIONS / "model/demo_tiny.yaml")]
@@ -180,9 +180,9 @@ def test_eval_reports_the_accuracy_of_a_saved_checkpoint(demo_run: Path, capsys:
     assert run_main(argv) == 0
     printed = capsys.readouterr().out
     assert "checkpoint of task 1 (4 classes" in printed and "task-IL  task-pred" in printed
-    from continual.config import parse_config
-    from continual.distributed import setup
-    from continual.task_loop import run
+    from continual.config.options import parse_config
+    from continual.runtime.distributed import setup
+    from continual.train.loop import run
     rows = run(parse_config(argv), setup("cpu"))
     for key in ("acc1", "acc5", "acc_old", "acc_new", "acc_task_incremental", "acc_task_prediction"):
         assert rows[0][key] == pytest.approx(saved[1][key]), key

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import shared_path
-from continual.losses import (
+from continual.method.losses import (
     LossTerms,
     bce_with_logits,
     build_criterion,

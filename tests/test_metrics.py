@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from continual.config import ConfigError, parse_config
-from continual.engine import EpochProgress
-from continual.metrics import (
+from continual.config.options import ConfigError, parse_config
+from continual.train.epoch import EpochProgress
+from continual.method.metrics import (
     EvalCounts, TaskAccuracy, average_incremental_accuracy, backward_transfer, forgetting, mean_and_std,
     task_of_class,
 )
-from continual.orders import check_orders_run, config_for_order, listed_orders, orders_summary
-from continual.progress import EpochBar, bar_postfix, bars_wanted, epoch_bar
-from continual.report import format_duration, format_params, format_percent, orders_report, run_report, task_table
-from continual.summary import run_summary
-from continual.task_loop import Outcome
+from continual.train.orders import check_orders_run, config_for_order, listed_orders, orders_summary
+from continual.report.progress import EpochBar, bar_postfix, bars_wanted, epoch_bar
+from continual.report.table import format_duration, format_params, format_percent, orders_report, run_report, task_table
+from continual.report.summary import run_summary
+from continual.train.loop import Outcome
 
 # Two tasks of two classes: classes 0, 1 are task 0; classes 2, 3 are task 1.
 CLASS_TASKS = task_of_class([2, 2])
@@ -229,7 +229,7 @@ def test_bar_shows_running_losses_lr_and_throughput() -> None:
 
 @pytest.mark.parametrize("flags", [[], ["--no-plots", "--no-tensorboard"]])
 def test_run_results_follow_the_plots_and_tensorboard_options(tmp_path: Path, flags: list[str]) -> None:
-    from continual.results import RunResults
+    from continual.report.results import RunResults
 
     cfg = parse_config(flags + ["--name", "hand"])
     assert cfg.plots is cfg.tensorboard is (not flags)  # on by default

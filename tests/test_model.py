@@ -11,8 +11,8 @@ import torch
 
 from timm.layers import DropPath
 
-from continual.dytox import DropPathMasks, DyTox, DyToxConfig
-from continual.layers import _GeluThenLinear, _MixedAttention
+from continual.model.dytox import DropPathMasks, DyTox, DyToxConfig
+from continual.model.layers import _GeluThenLinear, _MixedAttention
 
 SMALL = DyToxConfig(
     embed_dim=48, depth=3, num_heads=4, patch_size=4, input_size=16, local_up_to_layer=2, head_div=True,

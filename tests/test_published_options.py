@@ -16,11 +16,11 @@ import yaml
 from conftest import REPO_ROOT, shared_path
 
 import main
-from continual.config import amp_enabled, parse_config
-from continual.datasets import DatasetError
-from continual.dytox import grown_model
-from continual.engine import cpu_has_fast_bfloat16
-from continual.task_loop import model_config
+from continual.config.options import amp_enabled, parse_config
+from continual.data.datasets import DatasetError
+from continual.model.dytox import grown_model
+from continual.train.epoch import cpu_has_fast_bfloat16
+from continual.train.loop import model_config
 
 # The published parser's defaults (main.py, get_args_parser) of the options that change the computation.
 PUBLISHED_DEFAULTS = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import shared_path
 
-from continual import load_reference_checkpoint
+from continual.state.reference import load_reference_checkpoint
 
 FIXTURE = "fixtures/reference_dytox"
 PATHS = [(False, False), (True, False), (False, True), (True, True)]  # (fused, joint)

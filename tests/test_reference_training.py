@@ -22,12 +22,12 @@ import torch
 from conftest import REPO_ROOT, SHARED_DIR, required_path
 from torch import Tensor
 
-from continual.config import finetuning_lr, parse_config, schedule_epochs, task_lr
-from continual.dytox import DyTox
-from continual.engine import train_one_epoch
-from continual.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
-from continual.reference import read_reference_checkpoint
-from continual.task_loop import (
+from continual.config.options import finetuning_lr, parse_config, schedule_epochs, task_lr
+from continual.model.dytox import DyTox
+from continual.train.epoch import train_one_epoch
+from continual.train.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
+from continual.state.reference import read_reference_checkpoint
+from continual.train.loop import (
     begin_finetuning, begin_task, loss_settings, mixup_active, model_config, precision_of,
 )
 

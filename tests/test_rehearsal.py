@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import shared_path
-from continual.rehearsal import (
+from continual.method.rehearsal import (
     FEATURE_KIND,
     Memory,
     closest_to_mean,

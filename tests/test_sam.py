@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import main
-from continual.config import ConfigError, parse_config
-from continual.engine import SamPlan, _clip_and_step, _sam_step
-from continual.losses import LossTerms
-from continual.sam import SAM, sam_rho_for_task
+from continual.config.options import ConfigError, parse_config
+from continual.train.epoch import SamPlan, _clip_and_step, _sam_step
+from continual.method.losses import LossTerms
+from continual.method.sam import SAM, sam_rho_for_task
 
 OPTIONS = Path(__file__).resolve().parents[1] / "options"
 
@@ -171,14 +171,14 @@ def test_published_dytox_plus_option_files_run_two_tasks(tmp_path: Path, model_f
 
 
 def test_without_mixup_the_plain_targets_and_criterion_are_used() -> None:
-    from continual.losses import bce_with_logits, soft_target_cross_entropy
-    from continual.task_loop import build_mixer, mixup_active
+    from continual.method.losses import bce_with_logits, soft_target_cross_entropy
+    from continual.train.loop import build_mixer, mixup_active
 
     plain = parse_config(["--mixup", "0", "--cutmix", "0", "--bce-loss"])
     assert not mixup_active(plain) and build_mixer(plain, 10) is None
     mixed = parse_config(["--mixup", "0.8", "--cutmix", "0", "--no-bce-loss"])
     mixer = build_mixer(mixed, 10)
     assert mixer is not None and mixer.num_classes == 10 and mixer.mixup_alpha == 0.8
-    from continual.losses import build_criterion
+    from continual.method.losses import build_criterion
     assert build_criterion(True, 0.1, False) is bce_with_logits
     assert build_criterion(False, 0.1, True) is soft_target_cross_entropy

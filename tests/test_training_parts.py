@@ -13,15 +13,15 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from continual import checkpoint
-from continual.config import parse_config
-from continual.dytox import DyTox, DyToxConfig
-from continual.engine import LossSettings, Precision, evaluate, train_one_epoch
-from continual.losses import bce_with_logits
-from continual.metrics import EvalCounts, TaskAccuracy, average_incremental_accuracy, forgetting, task_of_class
-from continual.optim import build_optimizer, build_scheduler, current_lr, schedule_index, set_epoch_lr
-from continual.rehearsal import Memory
-from continual.samplers import RepeatedAugSampler, build_train_loader
+from continual.state import checkpoints as checkpoint
+from continual.config.options import parse_config
+from continual.model.dytox import DyTox, DyToxConfig
+from continual.train.epoch import LossSettings, Precision, evaluate, train_one_epoch
+from continual.method.losses import bce_with_logits
+from continual.method.metrics import EvalCounts, TaskAccuracy, average_incremental_accuracy, forgetting, task_of_class
+from continual.train.optim import build_optimizer, build_scheduler, current_lr, schedule_index, set_epoch_lr
+from continual.method.rehearsal import Memory
+from continual.data.samplers import RepeatedAugSampler, build_train_loader
 
 TINY = DyToxConfig(embed_dim=32, depth=2, num_heads=4, patch_size=4, input_size=8, local_up_to_layer=1,
                    head_div=True, head_div_mode=("tr",))
@@ -237,7 +237,7 @@ def test_freed_host_memory_is_kept_for_reuse_on_glibc() -> None:
     """mallopt accepts both thresholds; in a fresh process, a freed 64 MiB tensor leaves the resident size up."""
     code = (
         "import os, torch\n"
-        "from continual.host_memory import retain_freed_memory\n"
+        "from continual.runtime.host_memory import retain_freed_memory\n"
         "assert retain_freed_memory()\n"
         "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
         "before = rss(); x = torch.ones(16 * 2**20); del x\n"
@@ -249,7 +249,7 @@ def test_freed_host_memory_is_kept_for_reuse_on_glibc() -> None:
 
 
 def test_precision_warns_about_emulated_bfloat16_and_ignored_amp() -> None:
-    from continual.engine import cpu_has_fast_bfloat16
+    from continual.train.epoch import cpu_has_fast_bfloat16
 
     notes = Precision(torch.device("cpu"), True).warnings()
     assert any("bfloat16" in note for note in notes) == (not cpu_has_fast_bfloat16())

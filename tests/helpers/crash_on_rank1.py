@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import main  # noqa: E402
-from continual import task_loop  # noqa: E402
+from continual.train import loop as task_loop  # noqa: E402
 
 original_memory_phase = task_loop.Run.memory_phase
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import main  # noqa: E402
-from continual import engine  # noqa: E402
+from continual.train import epoch as engine  # noqa: E402
 
 checked = engine.check_finite
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from continual.dytox import DyTox, DyToxConfig, grown_model
+from continual.model.dytox import DyTox, DyToxConfig, grown_model
 
 
 def read_reference_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, object]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from continual.checkpoint import atomic_write
+from continual.state.checkpoints import atomic_write
 
 ACCURACY_CURVE = "accuracy_curve.png"
 ACCURACY_MATRIX = "accuracy_matrix.png"

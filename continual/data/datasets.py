@@ -3,7 +3,7 @@
 Every supported name is a row of `DATASETS`; an unknown name is a `ValueError`
 listing the valid ones. Each row says how to read the raw samples, how many
 classes the benchmark has and how to normalise its images (used by
-`continual.transforms`).
+`continual.data.transforms`).
 
 What `build_dataset` returns:
 
@@ -22,7 +22,7 @@ files when they are missing (users who are online); offline, a missing dataset
 is a `DatasetError` that names the path and the expected layout.
 
 Labels are the dataset's class ids `0..C-1`; a scenario's `class_order`
-remaps them later (see `continual.scenarios`).
+remaps them later (see `continual.data.scenarios`).
 """
 from __future__ import annotations
 
@@ -183,10 +183,10 @@ def _read_cifar_pickle(path: Path) -> RawSamples:
 
 def imagenet100_wnids() -> list[str]:
     """The 100 ImageNet-100 WNIDs shipped with the package; label i = line i."""
-    text = resources.files("continual").joinpath("data_files", IMAGENET100_CLASS_FILE).read_text()
+    text = resources.files("continual.data").joinpath("files", IMAGENET100_CLASS_FILE).read_text()
     wnids = [line.strip() for line in text.splitlines() if line.strip()]
     if len(wnids) != 100 or len(set(wnids)) != 100:
-        raise DatasetError(f"package file data_files/{IMAGENET100_CLASS_FILE} must list "
+        raise DatasetError(f"package file continual/data/files/{IMAGENET100_CLASS_FILE} must list "
                            f"100 distinct WNIDs, found {len(wnids)} lines")
     return wnids
 

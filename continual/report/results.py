@@ -10,9 +10,9 @@ import argparse
 import time
 from pathlib import Path
 
-from continual.plots import write_plots
-from continual.summary import run_summary, write_summary
-from continual.tensorboard_scalars import ScalarLog
+from continual.report.plots import write_plots
+from continual.report.summary import run_summary, write_summary
+from continual.report.tensorboard import ScalarLog
 
 
 class RunResults:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from continual.distributed import DistContext, broadcast_object
-from continual.metrics import mean_and_std
-from continual.report import orders_report
-from continual.run_log import run_name, write_json
-from continual.task_loop import Outcome, run, train
+from continual.runtime.distributed import DistContext, broadcast_object
+from continual.method.metrics import mean_and_std
+from continual.report.table import orders_report
+from continual.report.run_log import run_name, write_json
+from continual.train.loop import Outcome, run, train
 
 
 def listed_orders(cfg: argparse.Namespace) -> list[list[int]] | None:

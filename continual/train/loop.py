@@ -24,34 +24,34 @@ from continuum.tasks import TaskSet
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from continual import checkpoint
-from continual.config import (
+from continual.state import checkpoints as checkpoint
+from continual.config.options import (
     amp_enabled, config_to_dict, finetuning_lr, memory_mode, save_config, schedule_epochs, task_batch_size, task_epochs,
     task_lr,
 )
-from continual.distributed import (
+from continual.runtime.distributed import (
     DistContext, all_reduce_sum, barrier, broadcast_object, gather_objects, shard, wrap_for_training,
 )
-from continual.dytox import DyTox, DyToxConfig, config_from_dict, grown_model
-from continual.engine import EpochProgress, EpochStats, LossSettings, Precision, SamPlan, evaluate, train_one_epoch
-from continual.losses import build_criterion
-from continual.metrics import (
+from continual.model.dytox import DyTox, DyToxConfig, config_from_dict, grown_model
+from continual.train.epoch import EpochProgress, EpochStats, LossSettings, Precision, SamPlan, evaluate, train_one_epoch
+from continual.method.losses import build_criterion
+from continual.method.metrics import (
     EvalCounts, TaskAccuracy, average_incremental_accuracy, backward_transfer, forgetting,
 )
-from continual.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
-from continual.preemption import Preempted, StopRequest
-from continual.progress import bars_wanted, epoch_bar
-from continual.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
-from continual.resume import (
+from continual.train.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
+from continual.runtime.preemption import Preempted, StopRequest
+from continual.report.progress import bars_wanted, epoch_bar
+from continual.method.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
+from continual.state.run_state import (
     Position, capture_rng, config_differences, find_run_to_resume, load_latest_state, memory_from_plain,
     memory_to_plain, restore_rng, save_state,
 )
-from continual.report import run_report, task_table
-from continual.results import RunResults
-from continual.run_log import JsonLinesLog, run_name
-from continual.sam import SAM, sam_rho_for_task
-from continual.samplers import build_eval_loader, build_train_loader, set_sampler_epoch
-from continual.scenarios import build_scenarios, memory_taskset, taskset_with_memory
+from continual.report.table import run_report, task_table
+from continual.report.results import RunResults
+from continual.report.run_log import JsonLinesLog, run_name
+from continual.method.sam import SAM, sam_rho_for_task
+from continual.data.samplers import build_eval_loader, build_train_loader, set_sampler_epoch
+from continual.data.scenarios import build_scenarios, memory_taskset, taskset_with_memory
 
 
 # Options of the published command line that this implementation parses but does not run yet.
@@ -73,7 +73,7 @@ def check_supported(cfg: argparse.Namespace, ctx: DistContext) -> None:
         problems.append("DyTox's decoder is class attention: class_attention must be true")
     if cfg.class_order is not None and cfg.class_order and isinstance(cfg.class_order[0], list):
         problems.append("class_order holds several orders: one run takes one order "
-                        "(main.py runs each order of the list, see continual.orders)")
+                        "(main.py runs each order of the list, see continual.train.orders)")
     if problems:
         raise ValueError("unsupported configuration:\n  - " + "\n  - ".join(problems))
 
@@ -445,7 +445,7 @@ class Run:
 
     def save_state(self, position: Position, teacher: DyTox | None, fit: dict | None = None,
                    timings: dict[str, float] | None = None) -> None:
-        """Everything this process needs to continue at ``position`` exactly (see continual.resume)."""
+        """Everything this process needs to continue at ``position`` exactly (see continual.state.run_state)."""
         self.sequence += 1
         state = {
             "sequence": self.sequence,

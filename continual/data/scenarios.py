@@ -37,8 +37,8 @@ from continuum import ClassIncremental
 from continuum.datasets import InMemoryDataset
 from continuum.tasks import BaseTaskSet, TaskSet
 
-from continual.datasets import build_dataset
-from continual.transforms import build_transform
+from continual.data.datasets import build_dataset
+from continual.data.transforms import build_transform
 
 
 class DataConfig(Protocol):

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from continual.dytox import DyTox, config_from_dict, grown_model
-from continual.rehearsal import Memory
+from continual.model.dytox import DyTox, config_from_dict, grown_model
+from continual.method.rehearsal import Memory
 
 FORMAT = "dytox-continual/1"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from continual.run_log import write_json
+from continual.report.run_log import write_json
 
 SUMMARY_FILE = "summary.json"
 

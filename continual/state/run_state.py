@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from continual.checkpoint import atomic_write
+from continual.state.checkpoints import atomic_write
 
 FORMAT = "dytox-continual-state/1"
 PHASES = ("begin", "train", "memory", "finetune", "eval")

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from continual.dytox import DyToxOutput
-from continual.losses import Criterion, LossTerms, check_finite, dytox_loss
-from continual.metrics import EvalCounts, task_of_class
-from continual.sam import SAM
+from continual.model.dytox import DyToxOutput
+from continual.method.losses import Criterion, LossTerms, check_finite, dytox_loss
+from continual.method.metrics import EvalCounts, task_of_class
+from continual.method.sam import SAM
 
 Mixer = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 

@@ -32,7 +32,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms
 
-from continual.datasets import dataset_normalization
+from continual.data.datasets import dataset_normalization
 
 SMALL_IMAGE_MAX_SIZE = 32  # at or below this size: CIFAR-style crop and no resize at test
 SMALL_IMAGE_PADDING = 4

@@ -12,7 +12,7 @@ from types import FrameType
 
 import torch
 
-from continual.distributed import all_reduce_sum
+from continual.runtime.distributed import all_reduce_sum
 
 
 class Preempted(Exception):

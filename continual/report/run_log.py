@@ -16,7 +16,7 @@ import math
 from datetime import datetime
 from pathlib import Path
 
-from continual.checkpoint import atomic_write
+from continual.state.checkpoints import atomic_write
 
 
 def run_name(data_set: str, log_category: str, name: str, now: datetime | None = None) -> Path:

@@ -16,7 +16,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from continual.layers import BranchMasks, PatchEmbed, SelfAttentionBlock, TaskAttentionBlock
+from continual.model.layers import BranchMasks, PatchEmbed, SelfAttentionBlock, TaskAttentionBlock
 
 HEAD_MODES = ("1-1", "1-n", "n-1", "n-n", "")
 PHASES = ("train", "finetune")
