@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import sys
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
-from continual.config.options import ConfigError, parse_config
-from continual.runtime.distributed import cleanup, setup
+from continual.config import ConfigError, parse_config
+from continual.runtime.distributed import cleanup, record_errors, setup
 from continual.runtime.host_memory import retain_freed_memory
-from continual.train.orders import run_all
 from continual.runtime.preemption import Preempted
+from continual.train.orders import run_orders, settings_per_run
+from continual.train.session import run
 
 
-@record  # under torchrun, the failing rank's traceback becomes the run's reported root cause
+@record_errors  # under torchrun, the failing rank's traceback becomes the run's reported root cause
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
+        runs = settings_per_run(cfg)  # one per class order, all checked before any work
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -27,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
         retain_freed_memory()
     ctx = setup(cfg.device)
     try:
-        run_all(cfg, ctx)  # one run, or one per class order
+        if len(runs) == 1:
+            run(runs[0], ctx)
+        else:
+            run_orders(cfg, runs, ctx)
+    except ConfigError as error:  # found once the run folder is read: e.g. a resume with other options
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except Preempted as stopped:
         return 130 if stopped.signal_name == "SIGINT" else 143  # the shell's codes for these signals
     finally:

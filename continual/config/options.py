@@ -1,52 +1,24 @@
-"""Configuration of a DyTox run: options, YAML option files, validation.
+"""The option table: every option of the command line and of the YAML files, declared once.
 
-One source of configuration (STYLE rule 1): parser defaults, then the YAML
-files named by ``--options`` in order (later files win), then explicit
-command-line flags, which always win wherever they appear. YAML values are
-converted and checked exactly like command-line values (type and choices) and
-installed as parser defaults *before* the real parse (as timm does), so a file
-can never silently override the command line nor skip validation.
-
-Every option is declared once, in the ``OPTION_GROUPS`` table below; the
-parser and the YAML checks are both built from it, so they cannot disagree.
-The parsed namespace is never mutated: per-task values (scaled learning rate,
-batch size, epochs) are computed by the functions at the end of this module.
+The parser (``build_parser``) and the YAML checks (``continual.config.files``)
+are both built from ``OPTION_GROUPS``, so they cannot disagree. The defaults
+are the published parser's (pinned in tests/config/test_published_options.py).
 """
 from __future__ import annotations
 
 import argparse
-import difflib
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """An unreadable or invalid option file, or an inconsistent configuration."""
-
+from continual.vocabulary import FREEZE_NAMES, HEAD_MODES, PHASE_OPTIONS, REHEARSAL_METHODS
 
 # Explicit tables of accepted names: anything else is an error, never a fallback.
 DATASETS = ("cifar", "imagenet100", "imagenet1000", "fashion_mnist", "digits")
-IND_CLF_MODES = ("1-1", "1-n", "n-1", "n-n", "")
-FREEZE_NAMES = (
-    "all", "old_task_tokens", "task_tokens", "sab", "tab", "old_heads", "heads", "head_div",
-)
-REHEARSAL_METHODS = (
-    "random", "closest_all", "closest_token", "furthest_all", "furthest_token",
-    "icarl_all", "icarl_token",
-)
-PHASES = ("tr", "ft")  # "tr": training on the task, "ft": balanced finetuning.
+ENCODERS = ("convit",)
 SAM_BATCHES = ("main", "memory")
 FINETUNING_MODES = ("", "balanced")
 MIXUP_MODES = ("batch", "pair", "elem")
-
-# Reference batch of the linear learning-rate scaling rule (SPEC §2.4).
-LR_REFERENCE_BATCH = 512.0
-
 
 # --------------------------------------------------------------------------- #
 # Value types shared by the command line and the YAML files
@@ -185,7 +157,7 @@ DATA_OPTIONS = (
 )
 
 MODEL_OPTIONS = (
-    _value("model", str, "convit", "backbone", choices=("convit",)),
+    _value("model", str, "convit", "encoder architecture", choices=ENCODERS),
     _value("embed_dim", int, 768, "token width"),
     _value("depth", int, 12, "number of blocks (encoder + decoder)"),
     _value("num_heads", int, 12, "attention heads"),
@@ -198,7 +170,8 @@ MODEL_OPTIONS = (
     _value("drop", float, 0.0, "dropout rate"),
     _value("attn_drop", float, 0.0, "attention dropout rate"),
     _value("drop_path", float, 0.1, "stochastic depth rate"),
-    _value("norm", str, "layer", "normalisation layer", choices=("layer",)),
+    _value("norm", str, "layer", "normalisation layer (no effect: the published parser has it and never reads it)",
+           choices=("layer",)),
     _bool("fused_attention", True, "fast attention arithmetic (plain: the published step-by-step arithmetic)"),
     _bool("joint_tokens", True, "decode all task tokens in one masked pass (plain: one pass per task)"),
 )
@@ -206,10 +179,10 @@ MODEL_OPTIONS = (
 DYTOX_OPTIONS = (
     _bool("dytox", False, "dynamic task-token expansion"),
     _value("ind_clf", str, "1-1", "independent classifiers mode ('' for none)",
-           choices=IND_CLF_MODES),
+           choices=HEAD_MODES),
     _value("head_div", float, 0.0, "weight of the divergence head loss"),
     _list("head_div_mode", str, ["tr", "ft"], "phases using the divergence head",
-          choices=PHASES),
+          choices=PHASE_OPTIONS),
     _list("freeze_task", str, [], "what to freeze when a task is added", nargs="*",
           choices=FREEZE_NAMES),
     _list("freeze_ft", str, [], "what to freeze during finetuning", nargs="*",
@@ -291,7 +264,7 @@ SAM_OPTIONS = (
     _value("sam_second", str, "main", "batch of SAM's second step", choices=SAM_BATCHES),
     _bool("sam_skip_first", False, "no SAM on the first task"),
     _value("sam_final", float, None, "SAM radius at the last task (linear from sam_rho)"),
-    _list("sam_mode", str, ["tr", "ft"], "phases using SAM", choices=PHASES),
+    _list("sam_mode", str, ["tr", "ft"], "phases using SAM", choices=PHASE_OPTIONS),
     _value("look_sam_k", int, 0, "look-SAM: full SAM step every k steps (0: off)"),
     _value("look_sam_alpha", float, 0.7, "look-SAM: weight of the stored SAM direction between full steps"),
 )
@@ -404,325 +377,3 @@ def build_parser() -> argparse.ArgumentParser:
         for option in options:
             _add_option(group, option)
     return parser
-
-
-# --------------------------------------------------------------------------- #
-# YAML option files
-# --------------------------------------------------------------------------- #
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one map (PyYAML keeps the last)."""
-
-
-def _construct_unique_map(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
-    """Build a map, raising on duplicate keys so a file cannot contradict itself."""
-    keys = [loader.construct_object(key_node) for key_node, _ in node.value]
-    duplicates = sorted({str(k) for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise yaml.constructor.ConstructorError(
-            None, None, f"duplicate keys {duplicates}", node.start_mark)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_map)
-
-
-def load_config_file(path: Path | str) -> dict[str, object]:
-    """Read a YAML map of ``option: value`` (an option file or a saved config).
-
-    An empty file is an empty map; anything else that is not a map of string
-    keys is a ConfigError naming the file.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read option file {path}: {exc}") from exc
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a map of option: value, got {type(data).__name__}")
-    bad_keys = [key for key in data if not isinstance(key, str)]
-    if bad_keys:
-        raise ConfigError(f"{path}: option names must be strings, got {bad_keys!r}")
-    return data
-
-
-def _unknown_key_message(key: str, path: Path) -> str:
-    """Name the key and the file, and suggest the closest option."""
-    message = f"{path}: unknown option {key!r}"
-    if key == "options":
-        return message + " (option files cannot include other option files)"
-    underscored = key.replace("-", "_")
-    if underscored in OPTIONS:
-        return message + f" (keys use underscores: {underscored!r})"
-    close = difflib.get_close_matches(key, [d for d in OPTIONS if d != "options"], n=1)
-    return message + (f" (did you mean {close[0]!r}?)" if close else "")
-
-
-def _convert_item(option: Option, item: object) -> object:
-    """Convert one scalar the way argparse converts one command-line word."""
-    if isinstance(item, (list, dict)):
-        raise ValueError(f"expected a single value, got {type(item).__name__}")
-    if isinstance(item, bool):
-        raise ValueError("expected a value, got a boolean")
-    converted = option.type(str(item))
-    if option.choices is not None and converted not in option.choices:
-        choices = ", ".join(repr(c) for c in option.choices)
-        raise ValueError(f"{converted!r} is not one of {choices}")
-    return converted
-
-
-def _convert_yaml_value(option: Option, value: object) -> object:
-    """Check and convert a YAML value with the option's own type and choices."""
-    if value is None:
-        if option.accepts_null:
-            return None
-        raise ValueError("null is not allowed for this option")
-    if option.yaml_value is not None:
-        return option.yaml_value(value)
-    if option.type is None:
-        if not isinstance(value, bool):
-            raise ValueError("expected true or false")
-        return value
-    if option.nargs is None:
-        return _convert_item(option, value)
-    items = value if isinstance(value, list) else [value]
-    if option.nargs == "+" and not items:
-        raise ValueError("expected at least one value")
-    return [_convert_item(option, item) for item in items]
-
-
-def _read_option_file(path: Path) -> dict[str, object]:
-    """Validated ``dest -> value`` of one option file; errors name key and file."""
-    values: dict[str, object] = {}
-    for key, value in load_config_file(path).items():
-        option = OPTIONS.get(key)
-        if option is None or key == "options":
-            raise ConfigError(_unknown_key_message(key, path))
-        try:
-            values[key] = _convert_yaml_value(option, value)
-        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-            raise ConfigError(f"{path}: option {key!r}: invalid value {value!r}: {exc}") from exc
-    return values
-
-
-def _read_option_files(paths: list[str]) -> dict[str, object]:
-    """Merge option files in order: a later file overrides an earlier one."""
-    merged: dict[str, object] = {}
-    for path in paths:
-        merged.update(_read_option_file(Path(path)))
-    return merged
-
-
-def parse_config(argv: list[str] | None = None) -> argparse.Namespace:
-    """Resolve defaults < option files (in order) < explicit command-line flags.
-
-    The first parse validates the command line and finds ``--options``; the
-    files' values then become parser defaults, so the second parse lets every
-    explicit flag win, wherever it appears. Command-line errors exit like
-    argparse (status 2); file and consistency errors raise ConfigError.
-    """
-    parser = build_parser()
-    files = parser.parse_args(argv).options
-    parser.set_defaults(**_read_option_files(files))
-    cfg = parser.parse_args(argv)
-    validate_config(cfg)
-    return cfg
-
-
-# --------------------------------------------------------------------------- #
-# Cross-option validation
-# --------------------------------------------------------------------------- #
-
-_POSITIVE = ("initial_increment", "increment", "batch_size", "grad_accum_steps", "world_size",
-             "input_size", "embed_dim", "depth", "num_heads", "patch_size", "eval_every")
-_NON_NEGATIVE = ("memory_size", "train_per_class", "num_workers", "epochs", "base_epochs",
-                 "finetuning_epochs", "warmup_epochs", "start_task", "save_every_epoch",
-                 "replay_memory", "look_sam_k", "sam_rho")
-_OPTIONAL_POSITIVE = ("incremental_batch_size", "max_task")
-_NAME_LISTS = {"freeze_task": FREEZE_NAMES, "freeze_ft": FREEZE_NAMES,
-               "head_div_mode": PHASES, "sam_mode": PHASES}
-
-
-def _check_signs(cfg: argparse.Namespace) -> None:
-    """Counts and sizes that must be positive, budgets that must be >= 0."""
-    for dest in _POSITIVE:
-        if getattr(cfg, dest) <= 0:
-            raise ConfigError(f"option {dest!r} must be positive, got {getattr(cfg, dest)}")
-    for dest in _NON_NEGATIVE:
-        if getattr(cfg, dest) < 0:
-            raise ConfigError(f"option {dest!r} must be >= 0, got {getattr(cfg, dest)}")
-    for dest in _OPTIONAL_POSITIVE:
-        value = getattr(cfg, dest)
-        if value is not None and value <= 0:
-            raise ConfigError(f"option {dest!r} must be positive when set, got {value}")
-
-
-def _check_names(cfg: argparse.Namespace) -> None:
-    """List options whose items must come from an explicit table."""
-    for dest, table in _NAME_LISTS.items():
-        unknown = [name for name in getattr(cfg, dest) if name not in table]
-        if unknown:
-            raise ConfigError(f"option {dest!r}: unknown name(s) {unknown}; "
-                              f"expected names from {list(table)}")
-    if cfg.rehearsal not in REHEARSAL_METHODS:
-        raise ConfigError(f"option 'rehearsal': unknown method {cfg.rehearsal!r}; "
-                          f"expected one of {list(REHEARSAL_METHODS)}")
-
-
-def _check_one_order(order: list[int]) -> None:
-    """A class order must be a permutation of 0..n-1 (no duplicate, no gap)."""
-    duplicates = sorted({label for label in order if order.count(label) > 1})
-    if duplicates:
-        raise ConfigError(f"option 'class_order': duplicate classes {duplicates}")
-    if sorted(order) != list(range(len(order))):
-        raise ConfigError(f"option 'class_order': not a permutation of 0..{len(order) - 1}")
-
-
-def _check_class_order(cfg: argparse.Namespace) -> None:
-    """One order, or several orders (a list of lists), each a permutation."""
-    if cfg.class_order is None:
-        return
-    if not cfg.class_order:
-        raise ConfigError("option 'class_order': empty order")
-    orders = cfg.class_order if isinstance(cfg.class_order[0], list) else [cfg.class_order]
-    for order in orders:
-        _check_one_order(order)
-    lengths = sorted({len(order) for order in orders})
-    if len(lengths) > 1:  # caught now rather than when a later order's run starts
-        raise ConfigError(f"option 'class_order': the orders have different lengths {lengths}; "
-                          f"each order must list every class of the dataset")
-
-
-def validate_config(cfg: argparse.Namespace) -> None:
-    """Check consistency between options; raise ConfigError naming the option(s)."""
-    _check_signs(cfg)
-    _check_names(cfg)
-    _check_class_order(cfg)
-    chosen = [name for name in ("global_memory", "distributed_memory", "published_memory") if getattr(cfg, name)]
-    if len(chosen) > 1:
-        raise ConfigError(f"options {chosen} exclude each other: choose one memory mode")
-    if cfg.grad_accum_steps > 1 and cfg.sam_rho > 0:
-        raise ConfigError("options 'grad_accum_steps' > 1 and 'sam_rho' > 0 cannot be combined: "
-                          "SAM's two passes are defined on one batch")
-    _check_sam(cfg)
-
-
-def _check_sam(cfg: argparse.Namespace) -> None:
-    """SAM options only mean something with sam_rho > 0, and only in the combinations the paper uses."""
-    if cfg.sam_rho == 0:
-        set_without_rho = [name for name, is_set in (
-            ("sam_adaptive", cfg.sam_adaptive), ("look_sam_k", cfg.look_sam_k > 0),
-            ("sam_final", cfg.sam_final is not None), ("sam_skip_first", cfg.sam_skip_first),
-            ("sam_first", cfg.sam_first != "main"), ("sam_second", cfg.sam_second != "main"),
-        ) if is_set]
-        if set_without_rho:
-            raise ConfigError(f"option(s) {set_without_rho} need sharpness-aware minimisation: set sam_rho > 0")
-        return
-    if cfg.sam_final is not None and cfg.sam_final < 0:
-        raise ConfigError(f"option 'sam_final' must be >= 0, got {cfg.sam_final}")
-    if cfg.sam_first == "memory" and cfg.sam_second == "memory":
-        raise ConfigError("options 'sam_first' and 'sam_second' cannot both be 'memory': "
-                          "one of the two SAM passes uses the training batch")
-    if cfg.look_sam_k > 0 and cfg.sam_first == "memory":
-        raise ConfigError("look-SAM ('look_sam_k' > 0) takes its single passes on the training batch: "
-                          "it cannot be combined with sam_first: memory")
-
-
-# --------------------------------------------------------------------------- #
-# Saving
-# --------------------------------------------------------------------------- #
-
-def _plain(value: object, key: str) -> object:
-    """Plain YAML data only, so a saved config loads with yaml.safe_load."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(item, key) for item in value]
-    raise ConfigError(f"option {key!r}: value of type {type(value).__name__} is not plain data")
-
-
-def config_to_dict(cfg: argparse.Namespace) -> dict[str, object]:
-    """The configuration as a plain-data dict (a copy: the namespace is untouched)."""
-    return {key: _plain(value, key) for key, value in vars(cfg).items()}
-
-
-def save_config(cfg: argparse.Namespace, path: Path) -> None:
-    """Write the resolved configuration as YAML next to the run, atomically.
-
-    Written to ``<path>.tmp`` then moved into place, so a crash never leaves a
-    half-written config that a resumed run would read.
-    """
-    path = Path(path)
-    data = config_to_dict(cfg)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(data, handle, sort_keys=False, default_flow_style=None)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- #
-# Per-task derived values (functions, never mutations of the config)
-# --------------------------------------------------------------------------- #
-
-def memory_mode(cfg: argparse.Namespace, world_size: int) -> str:
-    """'global', 'distributed' or 'published' (several processes, none chosen: the published one)."""
-    if cfg.global_memory:
-        return "global"
-    if cfg.distributed_memory:
-        return "distributed"
-    return "published" if world_size > 1 or cfg.published_memory else "global"
-
-
-def scaled_lr(base_lr: float, batch_size: int, world_size: int, accum_steps: int = 1) -> float:
-    """Linear scaling rule: base_lr * effective batch / 512 (SPEC §2.4)."""
-    return base_lr * batch_size * world_size * accum_steps / LR_REFERENCE_BATCH
-
-
-def task_batch_size(cfg: argparse.Namespace, task_id: int) -> int:
-    """Batch size per process: ``incremental_batch_size`` after the first task if set."""
-    if task_id > 0 and cfg.incremental_batch_size is not None:
-        return cfg.incremental_batch_size
-    return cfg.batch_size
-
-
-def task_epochs(cfg: argparse.Namespace, task_id: int) -> int:
-    """``base_epochs`` for the first task, ``epochs`` for the later ones."""
-    return cfg.base_epochs if task_id == 0 else cfg.epochs
-
-
-def schedule_epochs(cfg: argparse.Namespace, task_id: int) -> int:
-    """Length of a task's learning-rate schedule: ``epochs`` for every task, as published (task 0
-    then trains ``base_epochs`` epochs on it); ``sched_epochs_fix`` gives task 0 ``base_epochs``."""
-    return task_epochs(cfg, task_id) if cfg.sched_epochs_fix else cfg.epochs
-
-
-def task_lr(cfg: argparse.Namespace, task_id: int, world_size: int) -> float:
-    """Scaled learning rate of a task: ``lr`` first, then ``incremental_lr`` (or ``lr``)."""
-    base = cfg.lr if task_id == 0 or cfg.incremental_lr is None else cfg.incremental_lr
-    return scaled_lr(base, task_batch_size(cfg, task_id), world_size, cfg.grad_accum_steps)
-
-
-def finetuning_lr(cfg: argparse.Namespace, task_id: int, world_size: int) -> float:
-    """Scaled learning rate of the balanced finetuning after a task."""
-    return scaled_lr(cfg.finetuning_lr, task_batch_size(cfg, task_id), world_size,
-                     cfg.grad_accum_steps)
-
-
-def amp_enabled(cfg: argparse.Namespace) -> bool:
-    """Mixed precision: off with ``no_amp`` true, on with ``no_amp`` false (the published meaning
-    of ``no_amp: false``), otherwise (unset) on only with ``--amp``."""
-    if cfg.no_amp is None:
-        return cfg.amp
-    return not cfg.no_amp

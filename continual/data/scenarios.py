@@ -1,6 +1,6 @@
 """Class-incremental scenarios (continuum `ClassIncremental`) and rehearsal task sets.
 
-`build_scenarios(cfg)` gives a train and a test scenario with the same class
+`build_scenarios(settings)` gives a train and a test scenario with the same class
 order and increments. continuum remaps labels through `class_order`: the task
 sets yield labels 0..C-1 in *class-order* position (class_order[0] -> 0), and
 `scenario.get_original_targets(y)` maps them back. Memory samples must carry
@@ -30,50 +30,34 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
 
 import numpy as np
 from continuum import ClassIncremental
 from continuum.datasets import InMemoryDataset
 from continuum.tasks import BaseTaskSet, TaskSet
 
+from continual.config.errors import ConfigError
+from continual.config.settings import DataSettings
 from continual.data.datasets import build_dataset
 from continual.data.transforms import build_transform
-
-
-class DataConfig(Protocol):
-    """The configuration fields `build_scenarios` reads (argparse namespace or similar)."""
-
-    data_set: str
-    data_path: str
-    train_per_class: int
-    input_size: int
-    initial_increment: int
-    increment: int
-    class_order: Sequence[int] | None
-    color_jitter: float
-    aa: str | None
-    train_interpolation: str
-    reprob: float
-    remode: str
-    recount: int
 
 
 def task_increments(num_classes: int, initial_increment: int, increment: int) -> list[int]:
     """Classes per task, with continuum's semantics (initial_increment 0 = all equal).
 
-    Raises a ValueError naming the options when they do not split the classes
+    Raises a ConfigError naming the options when they do not split the classes
     exactly (continuum would raise a bare Exception, or build a shorter run).
     """
     if isinstance(increment, bool) or not isinstance(increment, int) or increment <= 0:
-        raise ValueError(f"increment must be a positive integer, got {increment!r}")
+        raise ConfigError(f"increment must be a positive integer, got {increment!r}")
     if isinstance(initial_increment, bool) or not isinstance(initial_increment, int) \
             or not 0 <= initial_increment <= num_classes:
-        raise ValueError(f"initial_increment must be an integer in [0, {num_classes}] "
+        raise ConfigError(f"initial_increment must be an integer in [0, {num_classes}] "
                          f"(0 = same as increment), got {initial_increment!r}")
     remaining = num_classes - initial_increment
     if remaining % increment:
-        raise ValueError(
+        raise ConfigError(
             f"initial_increment={initial_increment} and increment={increment} do not split "
             f"the {num_classes} classes into whole tasks ({remaining} classes after the "
             f"first task are not a multiple of {increment})")
@@ -96,24 +80,24 @@ def _dataset_classes(dataset: InMemoryDataset) -> np.ndarray:
 
 
 def validate_class_order(class_order: Sequence[int] | None, num_classes: int) -> list[int]:
-    """`class_order` as a list, checked to be a permutation of 0..num_classes-1.
+    """`class_order` as a list; None is the identity order.
 
-    None is the identity order. A list of orders (the configuration may hold
-    several, one per run) is refused: the caller picks the run's order first.
+    The configuration already checked that it is a permutation (continual.config.validate); here
+    only the dataset can tell whether it lists each of its classes.
     """
     if class_order is None:
         return list(range(num_classes))
     if any(isinstance(c, (list, tuple, np.ndarray)) for c in class_order):
-        raise ValueError("class_order must be one order (a list of class ids), got a list of "
-                         "orders: select the order of this run first")
+        raise ConfigError("class_order must be one order (a list of class ids), got a list of "
+                          "orders: select the order of this run first")
     order = [int(c) for c in class_order]
     expected = set(range(num_classes))
     duplicates = sorted(c for c, count in Counter(order).items() if count > 1)
     missing = sorted(expected - set(order))
     unknown = sorted(set(order) - expected)
     if duplicates or missing or unknown:
-        raise ValueError(
-            f"class_order must be a permutation of the dataset's {num_classes} classes "
+        raise ConfigError(
+            f"option 'class_order' must be a permutation of the dataset's {num_classes} classes "
             f"0..{num_classes - 1}: duplicated {duplicates[:10]}, missing {missing[:10]}, "
             f"unknown {unknown[:10]} (length {len(order)})")
     return order
@@ -140,20 +124,40 @@ def build_scenario(
     )
 
 
-def build_scenarios(cfg: DataConfig) -> tuple[ClassIncremental, ClassIncremental]:
-    """Train and test scenarios of `cfg.data_set`, same class order and increments."""
-    augment = dict(color_jitter=cfg.color_jitter, aa=cfg.aa, interpolation=cfg.train_interpolation,
-                   reprob=cfg.reprob, remode=cfg.remode, recount=cfg.recount)
+@dataclass(frozen=True)
+class Scenarios:
+    """The train and test scenarios of a run: the same class order and increments."""
+
+    train: ClassIncremental
+    test: ClassIncremental
+
+    @property
+    def classes_per_task(self) -> list[int]:
+        return [int(n) for n in self.train.increments]
+
+    def classes_seen(self, task_id: int) -> int:
+        """Number of classes of tasks 0..task_id."""
+        return sum(self.classes_per_task[: task_id + 1])
+
+
+def build_scenarios(settings: DataSettings) -> tuple[ClassIncremental, ClassIncremental]:
+    """Train and test scenarios of `settings.data_set`, same class order and increments."""
+    augment = dict(color_jitter=settings.color_jitter, aa=settings.aa, interpolation=settings.train_interpolation,
+                   reprob=settings.reprob, remode=settings.remode, recount=settings.recount)
     scenarios = []
     for train in (True, False):
-        dataset = build_dataset(cfg.data_set, cfg.data_path, train,
-                                train_per_class=cfg.train_per_class if train else 0,
-                                input_size=cfg.input_size)
-        transform = build_transform(cfg.data_set, cfg.input_size, train, **augment)
+        dataset = build_dataset(settings.data_set, settings.data_path, train,
+                                train_per_class=settings.train_per_class if train else 0,
+                                input_size=settings.input_size)
+        transform = build_transform(settings.data_set, settings.input_size, train, **augment)
         scenarios.append(build_scenario(
-            dataset, initial_increment=cfg.initial_increment, increment=cfg.increment,
-            class_order=cfg.class_order, transform=transform))
+            dataset, initial_increment=settings.initial_increment, increment=settings.increment,
+            class_order=settings.class_order, transform=transform))
     return scenarios[0], scenarios[1]
+
+
+def load_scenarios(settings: DataSettings) -> Scenarios:
+    return Scenarios(*build_scenarios(settings))
 
 
 def _check_memory(x: np.ndarray, y: np.ndarray, t: np.ndarray, like: np.ndarray) -> None:

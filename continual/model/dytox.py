@@ -17,9 +17,7 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from continual.model.layers import BranchMasks, PatchEmbed, SelfAttentionBlock, TaskAttentionBlock
-
-HEAD_MODES = ("1-1", "1-n", "n-1", "n-n", "")
-PHASES = ("train", "finetune")
+from continual.vocabulary import HEAD_MODES, PHASE_OPTIONS, TRAIN, TRAINING_PHASES, phase_option_name
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,9 @@ class DyToxConfig:
     # "published": the reference's 1-n / n-n averaging (divides the first c_i columns by T - i);
     # "per_class": each class column averaged over the heads that predict it.
     multi_head_average: str = "published"
+    # The fast form of GPSA's attention, "mixed" (CPU) or "sdpa" (GPU): the same function. Whoever
+    # builds the model picks it for the device (continual.runtime.distributed.attention_kernel_for).
+    gpsa_kernel: str = "mixed"
 
     def __post_init__(self) -> None:
         if self.ind_clf not in HEAD_MODES:
@@ -58,8 +59,8 @@ class DyToxConfig:
             )
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if not set(self.head_div_mode) <= {"tr", "ft"}:
-            raise ValueError(f"head_div_mode items must be 'tr' or 'ft', got {self.head_div_mode!r}")
+        if not set(self.head_div_mode) <= set(PHASE_OPTIONS):
+            raise ValueError(f"head_div_mode items must be in {PHASE_OPTIONS}, got {self.head_div_mode!r}")
         if self.multi_head_average not in ("published", "per_class"):
             raise ValueError(f"multi_head_average must be 'published' or 'per_class', got {self.multi_head_average!r}")
 
@@ -129,7 +130,7 @@ class DyTox(nn.Module):
         self.sabs = nn.ModuleList(
             SelfAttentionBlock(
                 dim, num_patches, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop,
-                config.attn_drop, drop_paths[i], config.locality_strength,
+                config.attn_drop, drop_paths[i], config.locality_strength, config.gpsa_kernel,
             )
             for i in range(config.local_up_to_layer)
         )
@@ -189,8 +190,8 @@ class DyTox(nn.Module):
 
     def set_phase(self, phase: str) -> None:
         """'train' or 'finetune': decides whether the divergence head runs (``head_div_mode``)."""
-        if phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        if phase not in TRAINING_PHASES:
+            raise ValueError(f"phase must be one of {TRAINING_PHASES}, got {phase!r}")
         self.phase = phase
 
     # ----------------------------------------------------------------- freezing
@@ -293,7 +294,7 @@ class DyTox(nn.Module):
 
     def divergence_active(self) -> bool:
         mode = self.config.head_div_mode
-        return self.head_div is not None and ("tr" if self.phase == "train" else "ft") in mode
+        return self.head_div is not None and phase_option_name(self.phase) in mode
 
     def forward(self, images: Tensor, masks: DropPathMasks | None = None) -> DyToxOutput:
         """Logits of all seen classes; ``masks`` fixes the stochastic depth of a training forward."""
@@ -318,6 +319,17 @@ def grown_model(config: DyToxConfig, classes_per_task: list[int], weights: dict[
     return model
 
 
-def config_from_dict(fields: dict[str, object]) -> DyToxConfig:
-    """The inverse of ``dataclasses.asdict`` on a DyToxConfig read back from a checkpoint."""
-    return DyToxConfig(**{**fields, "head_div_mode": tuple(fields["head_div_mode"])})
+def config_from_dict(fields: dict[str, object], **changes: object) -> DyToxConfig:
+    """The inverse of ``dataclasses.asdict`` on a DyToxConfig read back from a checkpoint, with
+    ``changes`` (e.g. the GPSA kernel of the device it is loaded on)."""
+    return DyToxConfig(**{**fields, "head_div_mode": tuple(fields["head_div_mode"]), **changes})  # type: ignore[arg-type]
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """All parameters, the trainable ones, and all but the divergence head's (the paper's count)."""
+    params = list(model.named_parameters())
+    return {
+        "total": sum(p.numel() for _, p in params),
+        "trainable": sum(p.numel() for _, p in params if p.requires_grad),
+        "without_head_div": sum(p.numel() for n, p in params if not n.startswith("head_div.")),
+    }

@@ -155,6 +155,10 @@ def relative_offsets(num_patches: int) -> Tensor:
     return torch.stack((dx, dy, dx**2 + dy**2), dim=-1)
 
 
+# The fast forms of GPSA's attention (the same function, different arithmetic).
+CONTENT_KERNELS = ("mixed", "sdpa")
+
+
 class GPSA(nn.Module):
     """Gated positional self-attention (ConViT).
 
@@ -163,8 +167,9 @@ class GPSA(nn.Module):
     positional map for every sample; it does not depend on the sample, so the
     fast path computes it once per forward. The renormalisation divides by a
     convex combination of two softmaxes, i.e. by 1 up to rounding, so the fast
-    path omits it: on CUDA the content half runs in SDPA,
-    (1 - s) SDPA(Q, K, V) + s (P V); on the CPU one mixed map multiplies V.
+    path omits it. ``content_kernel`` picks the fast form when the layer is built:
+    "sdpa", (1 - s) SDPA(Q, K, V) + s (P V), the GPU choice; "mixed", one mixed map
+    times V, the CPU choice (``continual.runtime.distributed.attention_kernel_for``).
     """
 
     def __init__(
@@ -176,10 +181,14 @@ class GPSA(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         locality_strength: float = 1.0,
+        content_kernel: str = "mixed",
     ) -> None:
         super().__init__()
+        if content_kernel not in CONTENT_KERNELS:
+            raise ValueError(f"content_kernel must be one of {CONTENT_KERNELS}, got {content_kernel!r}")
         self.num_heads = num_heads
         self.attn_drop = attn_drop
+        self.content_kernel = content_kernel
         self.qk = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -220,7 +229,7 @@ class GPSA(nn.Module):
         else:
             q, k, v = self._fused_qkv(x)
             gate = torch.sigmoid(self.gating_param).view(-1, 1, 1)  # (H, 1, 1)
-            if v.device.type == "cuda":
+            if self.content_kernel == "sdpa":
                 out = self._sdpa_attention(q, k, v, gate)
             else:
                 out = self._mixed_attention(q, k, v, gate)
@@ -369,10 +378,11 @@ class SelfAttentionBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         locality_strength: float = 1.0,
+        content_kernel: str = "mixed",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = GPSA(dim, num_patches, num_heads, qkv_bias, attn_drop, drop, locality_strength)
+        self.attn = GPSA(dim, num_patches, num_heads, qkv_bias, attn_drop, drop, locality_strength, content_kernel)
         self.drop_path = StochasticDepth(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)

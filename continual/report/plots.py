@@ -13,7 +13,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from continual.state.checkpoints import atomic_write
+from continual.report.records import EpochRecord, TaskResult
+from continual.runtime.files import atomic_write
 
 ACCURACY_CURVE = "accuracy_curve.png"
 ACCURACY_MATRIX = "accuracy_matrix.png"
@@ -26,16 +27,16 @@ def save_figure(figure: Figure, path: Path) -> None:
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
 
 
-def accuracy_curve(rows: list[dict], label: str = "DyTox") -> Figure:
+def accuracy_curve(results: list[TaskResult], label: str = "DyTox") -> Figure:
     """Top-1 accuracy on all seen classes vs number of classes seen, the paper's figure style.
 
     The legend carries the average incremental accuracy, as the paper's figures do.
     """
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
-    classes = [row["classes_seen"] for row in rows]
-    top1 = [row["acc1"] for row in rows]
-    axes.plot(classes, top1, marker="o", linewidth=2, label=f"{label} (Avg {rows[-1]['avg_acc']:.2f})")
+    classes = [result.classes_seen for result in results]
+    top1 = [result.acc1 for result in results]
+    axes.plot(classes, top1, marker="o", linewidth=2, label=f"{label} (Avg {results[-1].avg_acc:.2f})")
     axes.set_xlabel("Number of classes")
     axes.set_ylabel("Top-1 accuracy (%)")
     axes.set_xticks(classes)
@@ -71,7 +72,7 @@ def accuracy_matrix(matrix: list[list[float | None]]) -> Figure:
     return figure
 
 
-def training_curves(epoch_rows: list[dict]) -> Figure:
+def training_curves(epochs: list[EpochRecord]) -> Figure:
     """Loss terms and learning rate per epoch, over the whole run (epochs.jsonl in order).
 
     The x axis counts epochs across tasks and phases; dashed lines mark where a
@@ -79,16 +80,16 @@ def training_curves(epoch_rows: list[dict]) -> Figure:
     """
     figure = Figure(figsize=(8, 6))
     losses, lrs = figure.subplots(2, 1, sharex=True)
-    steps = list(range(len(epoch_rows)))
+    steps = list(range(len(epochs)))
     for term in LOSS_TERMS:
-        if any(term in row for row in epoch_rows):
-            losses.plot(steps, [row.get(term, math.nan) for row in epoch_rows], marker=".", label=term)
-    lrs.plot(steps, [row["lr"] for row in epoch_rows], marker=".", color="tab:gray")
-    for index, row in enumerate(epoch_rows):
-        if row["phase"] == "finetune":
+        if any(term in record.losses for record in epochs):
+            losses.plot(steps, [record.losses.get(term, math.nan) for record in epochs], marker=".", label=term)
+    lrs.plot(steps, [record.lr for record in epochs], marker=".", color="tab:gray")
+    for index, record in enumerate(epochs):
+        if record.phase == "finetune":
             for axes in (losses, lrs):
                 axes.axvspan(index - 0.5, index + 0.5, color="tab:orange", alpha=0.15, linewidth=0)
-        if index > 0 and row["task"] != epoch_rows[index - 1]["task"]:
+        if index > 0 and record.task != epochs[index - 1].task:
             for axes in (losses, lrs):
                 axes.axvline(index - 0.5, color="black", linestyle="--", linewidth=0.8)
     losses.set_ylabel("loss (epoch mean)")
@@ -103,14 +104,14 @@ def training_curves(epoch_rows: list[dict]) -> Figure:
     return figure
 
 
-def write_plots(run_dir: Path, rows: list[dict], epoch_rows: list[dict]) -> list[Path]:
-    """(Re)write the run's PNGs from its task rows and epoch rows; returns their paths."""
+def write_plots(run_dir: Path, results: list[TaskResult], epochs: list[EpochRecord]) -> list[Path]:
+    """(Re)write the run's PNGs from its task results and epoch records; returns their paths."""
     figures = {
-        ACCURACY_CURVE: accuracy_curve(rows),
-        ACCURACY_MATRIX: accuracy_matrix([row["acc_per_task"] for row in rows]),
+        ACCURACY_CURVE: accuracy_curve(results),
+        ACCURACY_MATRIX: accuracy_matrix([result.acc_per_task for result in results]),
     }
-    if epoch_rows:
-        figures[TRAINING_CURVES] = training_curves(epoch_rows)
+    if epochs:
+        figures[TRAINING_CURVES] = training_curves(epochs)
     paths = []
     for name, figure in figures.items():
         save_figure(figure, run_dir / name)

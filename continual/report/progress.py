@@ -14,7 +14,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from continual.train.epoch import EpochProgress
+from continual.report.records import EpochProgress
 
 # Loss-term name in EpochProgress.sums -> short label in the bar.
 BAR_TERMS = {"total": "loss", "kd": "kd", "div": "div"}

@@ -2,15 +2,16 @@
 
 After every epoch: TensorBoard scalars. After every task: ``summary.json``,
 the PNG plots and the task's TensorBoard scalars. All of them are derived from
-the rows of ``log.jsonl`` and ``epochs.jsonl``, which stay the source of truth.
+the records of ``log.jsonl`` and ``epochs.jsonl``, which stay the source of truth.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
+from continual.config.settings import RunSettings
 from continual.report.plots import write_plots
+from continual.report.records import EpochRecord, TaskResult
 from continual.report.summary import run_summary, write_summary
 from continual.report.tensorboard import ScalarLog
 
@@ -18,36 +19,36 @@ from continual.report.tensorboard import ScalarLog
 class RunResults:
     """``summary.json``, plots (``--no-plots``) and TensorBoard (``--no-tensorboard``) of one run folder."""
 
-    def __init__(self, run_dir: Path, cfg: argparse.Namespace, nb_tasks: int, started: float) -> None:
+    def __init__(self, run_dir: Path, settings: RunSettings, nb_tasks: int, started: float) -> None:
         """``started``: ``time.perf_counter()`` when the run began, for its wall time."""
         self.run_dir = run_dir
-        self.name = cfg.name
-        self.options = list(cfg.options)
+        self.name = settings.name
+        self.options = list(settings.options)
         self.nb_tasks = nb_tasks
-        self.plots = cfg.plots
-        self.scalars = ScalarLog(run_dir) if cfg.tensorboard else None
+        self.plots = settings.plots
+        self.scalars = ScalarLog(run_dir) if settings.tensorboard else None
         self.started = started
 
-    def resume_from(self, rows: list[dict], epoch_rows: list[dict]) -> None:
-        """A resumed run starts with the rows saved so far: rebuild the scalars from them."""
+    def resume_from(self, results: list[TaskResult], epochs: list[EpochRecord]) -> None:
+        """A resumed run starts with the records saved so far: rebuild the scalars from them."""
         if self.scalars is not None:
-            self.scalars.replay(rows, epoch_rows)
+            self.scalars.replay(results, epochs)
 
-    def epoch_done(self, index: int, epoch_row: dict) -> None:
+    def epoch_done(self, index: int, record: EpochRecord) -> None:
         if self.scalars is not None:
-            self.scalars.epoch(index, epoch_row)
+            self.scalars.epoch(index, record)
 
-    def task_done(self, rows: list[dict], epoch_rows: list[dict]) -> dict:
-        """Rewrite the summary and plots with the new task row; return the summary."""
-        summary = self.write_summary(rows)
+    def task_done(self, results: list[TaskResult], epochs: list[EpochRecord]) -> dict:
+        """Rewrite the summary and plots with the new task; return the summary."""
+        summary = self.write_summary(results)
         if self.plots:
-            write_plots(self.run_dir, rows, epoch_rows)
+            write_plots(self.run_dir, results, epochs)
         if self.scalars is not None:
-            self.scalars.task(rows[-1])
+            self.scalars.task(results[-1])
         return summary
 
-    def write_summary(self, rows: list[dict]) -> dict:
-        summary = run_summary(rows, name=self.name, options=self.options, nb_tasks=self.nb_tasks,
+    def write_summary(self, results: list[TaskResult]) -> dict:
+        summary = run_summary(results, name=self.name, options=self.options, nb_tasks=self.nb_tasks,
                               wall_seconds=time.perf_counter() - self.started)
         write_summary(self.run_dir, summary)
         return summary

@@ -16,7 +16,8 @@ import math
 from datetime import datetime
 from pathlib import Path
 
-from continual.state.checkpoints import atomic_write
+from continual.report.records import EpochRecord, TaskResult
+from continual.runtime.files import atomic_write
 
 
 def run_name(data_set: str, log_category: str, name: str, now: datetime | None = None) -> Path:
@@ -69,3 +70,36 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except json.JSONDecodeError as error:
         raise ValueError(f"log {path} is not valid JSON lines: {error}") from error
+
+
+class RunLogs:
+    """The two logs of a run folder, typed: ``log.jsonl`` (one TaskResult per task, mirrored under
+    ``--log-dir``) and ``epochs.jsonl`` (one EpochRecord per epoch)."""
+
+    def __init__(self, run_dir: Path, mirror: Path) -> None:
+        self.tasks = JsonLinesLog(run_dir / "log.jsonl", mirror)
+        self.epochs = JsonLinesLog(run_dir / "epochs.jsonl")
+
+    def task_results(self) -> list[TaskResult]:
+        return [TaskResult.from_row(row) for row in self.tasks.rows]
+
+    def epoch_records(self) -> list[EpochRecord]:
+        return [EpochRecord.from_row(row) for row in self.epochs.rows]
+
+    def add_task(self, result: TaskResult) -> None:
+        self.tasks.append(result.to_row())
+
+    def add_epoch(self, record: EpochRecord) -> int:
+        """Append an epoch; returns its index over the whole run."""
+        self.epochs.append(record.to_row())
+        return len(self.epochs.rows) - 1
+
+    def reset(self, results: list[TaskResult], epochs: list[EpochRecord]) -> None:
+        """A resumed run continues from the records saved with its state."""
+        self.tasks.reset([result.to_row() for result in results])
+        self.epochs.reset([record.to_row() for record in epochs])
+
+    def keep_before_task(self, task_id: int) -> None:
+        """On a restart at ``task_id``, forget that task and the later ones (they will be redone)."""
+        self.tasks.keep_before_task(task_id)
+        self.epochs.keep_before_task(task_id)

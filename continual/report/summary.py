@@ -1,6 +1,6 @@
 """``summary.json``: the results of a run in one file, rewritten after every task.
 
-It gathers, from the task rows of ``log.jsonl``, what a results table needs:
+It gathers, from the task records of ``log.jsonl``, what a results table needs:
 the key metrics of each task, the accuracy matrix, Avg, Last, forgetting,
 backward transfer, the final parameter count and the time spent.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from continual.report.records import TaskResult
 from continual.report.run_log import write_json
 
 SUMMARY_FILE = "summary.json"
@@ -19,33 +20,33 @@ TASK_KEYS = (
 )
 
 
-def run_summary(rows: list[dict], *, name: str, options: list[str], nb_tasks: int,
+def run_summary(results: list[TaskResult], *, name: str, options: list[str], nb_tasks: int,
                 wall_seconds: float) -> dict:
-    """The summary of the finished tasks ``rows`` (one log row each, in task order).
+    """The summary of the finished tasks (one log record each, in task order).
 
     ``nb_tasks`` is the number of tasks the run was asked to do, so a reader
     can tell a finished run from an interrupted one. ``wall_seconds`` is the
     time of this invocation; ``phase_seconds`` sums the logged phase timings of
     every task, which also covers the parts done before a resume.
     """
-    last = rows[-1]
+    last = results[-1]
     phase_seconds: dict[str, float] = {}
-    for row in rows:
-        for phase, seconds in row.get("seconds", {}).items():
+    for result in results:
+        for phase, seconds in result.seconds.items():
             phase_seconds[phase] = phase_seconds.get(phase, 0.0) + seconds
     return {
         "name": name,
         "options": list(options),
-        "tasks_done": len(rows),
+        "tasks_done": len(results),
         "nb_tasks": nb_tasks,
-        "tasks": [{key: row.get(key) for key in TASK_KEYS} for row in rows],
-        "accuracy_matrix": [row["acc_per_task"] for row in rows],
-        "avg_acc": last["avg_acc"],
-        "last_acc": last["acc1"],
-        "forgetting": last["forgetting"],
-        "backward_transfer": last["backward_transfer"],
-        "params_total": last["params_total"],
-        "params_without_head_div": last["params_without_head_div"],
+        "tasks": [{key: getattr(result, key) for key in TASK_KEYS} for result in results],
+        "accuracy_matrix": [result.acc_per_task for result in results],
+        "avg_acc": last.avg_acc,
+        "last_acc": last.acc1,
+        "forgetting": last.forgetting,
+        "backward_transfer": last.backward_transfer,
+        "params_total": last.params_total,
+        "params_without_head_div": last.params_without_head_div,
         "wall_seconds": wall_seconds,
         "phase_seconds": phase_seconds,
     }

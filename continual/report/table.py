@@ -6,6 +6,9 @@ rows, and reused for ``--eval`` and for runs over several class orders.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+
+from continual.report.records import EvalResult
 
 # (header, key of the task row, formatter) of each column of the per-task table.
 Column = tuple[str, str, str]
@@ -62,10 +65,15 @@ def format_table(headers: list[str], cells: list[list[str]], left: frozenset[int
     return "\n".join([line(headers), rule, *(line(row) for row in cells)])
 
 
-def task_table(rows: list[dict], columns: tuple[Column, ...] = TASK_COLUMNS) -> str:
-    """One line per task row (top-1 etc. on all classes seen after that task)."""
-    headers = [header for header, _, _ in columns]
-    cells = [[format_cell(row.get(key), kind) for _, key, kind in columns] for row in rows]
+def task_table(results: Sequence[EvalResult]) -> str:
+    """One line per task (top-1 etc. on all classes seen after that task)."""
+    return _rows_table([result.to_row() for result in results])
+
+
+def _rows_table(rows: Sequence[Mapping[str, object]]) -> str:
+    """The task table of rows in the log's layout (a record's ``to_row``, or summary.json's tasks)."""
+    headers = [header for header, _, _ in TASK_COLUMNS]
+    cells = [[format_cell(row.get(key), kind) for _, key, kind in TASK_COLUMNS] for row in rows]
     return format_table(headers, cells)
 
 
@@ -80,7 +88,7 @@ def run_report(summary: dict) -> str:
         f"{format_params(summary['params_without_head_div'])} without the divergence head",
         f"wall time {format_duration(summary['wall_seconds'])}",
     ]
-    return "\n".join([task_table(summary["tasks"]), "", *totals])
+    return "\n".join([_rows_table(summary["tasks"]), "", *totals])
 
 
 def orders_report(aggregate: dict) -> str:

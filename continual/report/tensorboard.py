@@ -15,9 +15,11 @@ import math
 import shutil
 from pathlib import Path
 
+from continual.report.records import EpochRecord, TaskResult
+
 TENSORBOARD_DIR = "tensorboard"
 
-# Task-row key -> TensorBoard tag.
+# TaskResult field -> TensorBoard tag.
 TASK_SCALARS = {
     "acc1": "accuracy/top1",
     "acc5": "accuracy/top5",
@@ -39,7 +41,7 @@ def _finite(value: object) -> bool:
 
 
 class ScalarLog:
-    """A ``SummaryWriter`` on the run folder, fed with task rows and epoch rows."""
+    """A ``SummaryWriter`` on the run folder, fed with task results and epoch records."""
 
     def __init__(self, run_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported only when TensorBoard is wanted
@@ -48,24 +50,26 @@ class ScalarLog:
         shutil.rmtree(folder, ignore_errors=True)  # rebuilt from the logs (see the module docstring)
         self.writer = SummaryWriter(log_dir=str(folder))
 
-    def replay(self, rows: list[dict], epoch_rows: list[dict]) -> None:
-        """Write the rows a resumed run starts with."""
-        for index, row in enumerate(epoch_rows):
-            self.epoch(index, row)
-        for row in rows:
-            self.task(row)
+    def replay(self, results: list[TaskResult], epochs: list[EpochRecord]) -> None:
+        """Write the records a resumed run starts with."""
+        for index, record in enumerate(epochs):
+            self.epoch(index, record)
+        for result in results:
+            self.task(result)
 
-    def epoch(self, index: int, row: dict) -> None:
+    def epoch(self, index: int, record: EpochRecord) -> None:
+        values = {**record.losses, "lr": record.lr, "images_per_s": record.images_per_s}
         for name in EPOCH_SCALARS:
-            if _finite(row.get(name)):
-                self.writer.add_scalar(f"{row['phase']}/{name}", row[name], index)
+            if _finite(values.get(name)):
+                self.writer.add_scalar(f"{record.phase}/{name}", values[name], index)
 
-    def task(self, row: dict) -> None:
-        step = row["task"]
+    def task(self, result: TaskResult) -> None:
+        step = result.task
         for key, tag in TASK_SCALARS.items():
-            if _finite(row.get(key)):
-                self.writer.add_scalar(tag, row[key], step)
-        for j, value in enumerate(row["acc_per_task"]):
+            value = getattr(result, key)
+            if _finite(value):
+                self.writer.add_scalar(tag, value, step)
+        for j, value in enumerate(result.acc_per_task):
             if _finite(value):
                 self.writer.add_scalar(f"accuracy_matrix/task_{j}", value, step)
         self.writer.flush()  # a task is rare and valuable: on disk now, not at the next flush interval

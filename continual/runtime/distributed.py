@@ -11,6 +11,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from continual.runtime.device import resolve_device
+
+# torchrun's wrapper for the entry point: a failing process's traceback reaches torchrun's report.
+record_errors = record
 
 
 @dataclass(frozen=True)
@@ -30,19 +36,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(option: str, local_rank: int) -> torch.device:
-    """``auto`` picks this process's GPU when CUDA is available, else the CPU."""
-    if option == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(option)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {option}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 def setup(device_option: str) -> DistContext:

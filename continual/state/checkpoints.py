@@ -9,9 +9,6 @@ the previous file intact.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +16,10 @@ import torch
 
 from continual.model.dytox import DyTox, config_from_dict, grown_model
 from continual.method.rehearsal import Memory
+from continual.runtime.device import attention_kernel_for
+from continual.runtime.files import atomic_write
 
 FORMAT = "dytox-continual/1"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def checkpoint_path(run_dir: Path, task_id: int) -> Path:
@@ -71,7 +57,9 @@ def load_task_checkpoint(path: Path, device: torch.device | str = "cpu") -> tupl
         raise ValueError(f"checkpoint {path} cannot be read ({error})") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a checkpoint of this project (format {FORMAT})")
-    model = grown_model(config_from_dict(state["model_config"]), state["nb_classes_per_task"], state["model"])
+    device = torch.device(device)
+    config = config_from_dict(state["model_config"], gpsa_kernel=attention_kernel_for(device))
+    model = grown_model(config, state["nb_classes_per_task"], state["model"])
     return model.to(device), state
 
 

@@ -1,165 +1,99 @@
-"""Resumable run state: where a run stands, everything needed to continue it exactly, and its files.
+"""The typed run state: everything one process needs to continue a run exactly where it stopped.
 
-Each process writes ``checkpoints/state_<sequence>_rank<r>.pth`` at every
-phase boundary, every ``--save-every-epoch`` epochs and when stopped by a
-signal. A sequence is complete when every rank's file exists; a resume takes
-the newest complete sequence that loads, and says so when it has to fall back
-to the previous one because a file is truncated or corrupted. Each process
-keeps its last two sequences.
-
-Files hold tensors and plain Python data only (``torch.load(weights_only=True)``).
+``RunState.state_dict`` gives the plain data written to
+``checkpoints/state_<sequence>_rank<r>.pth`` (continual.state.saved_runs) and
+``RunState.from_state_dict`` rebuilds the model, the teacher and the memory
+from it, so the task loop carries no resume plumbing of its own.
 """
 from __future__ import annotations
 
-import random
-import re
-from dataclasses import asdict, dataclass
-from pathlib import Path
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 
-from continual.state.checkpoints import atomic_write
-
-FORMAT = "dytox-continual-state/1"
-PHASES = ("begin", "train", "memory", "finetune", "eval")
-# Options that may differ between the interrupted run and its resumption: they
-# change where files go or how often things are reported, not what is computed.
-SAFE_TO_CHANGE = frozenset({
-    "data_path", "eval_every", "output_basedir", "log_dir", "resume", "start_task", "auto_resume", "num_workers",
-    "pin_mem", "no_progress", "plots", "tensorboard", "retain_freed_memory", "device", "name", "options",
-    "save_every_epoch", "max_task",
-})
-_STATE_FILE = re.compile(r"state_(\d+)_rank(\d+)\.pth$")
+from continual.method.rehearsal import Memory
+from continual.model.dytox import DyTox, config_from_dict, grown_model
+from continual.report.records import EpochProgress, EpochRecord, TaskResult
+from continual.state.saved_runs import Position, memory_from_plain, memory_to_plain
 
 
-@dataclass(frozen=True)
-class Position:
-    """The next thing a run does: ``phase`` of ``task``, from ``epoch`` / ``step`` inside it."""
+@dataclass
+class FitState:
+    """A phase in progress: the optimiser side, and for a stop inside an epoch, that epoch's random
+    state (to replay its batches) and running sums."""
 
-    task: int
-    phase: str = "begin"
-    epoch: int = 0
-    step: int = 0
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    scaler: dict[str, Any] | None
+    sam: dict[str, Any] | None
+    epoch_rng: dict[str, Any] | None = None
+    progress: EpochProgress | None = None
 
-    def __post_init__(self) -> None:
-        if self.phase not in PHASES:
-            raise ValueError(f"unknown phase {self.phase!r}; phases: {PHASES}")
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler, "sam": self.sam,
+            "epoch_rng": self.epoch_rng,
+            "progress": None if self.progress is None else dataclasses.asdict(self.progress),
+        }
 
-    def reached(self, task: int, phase: str) -> bool:
-        """Whether the run, resumed here, still has to run ``phase`` of ``task`` (from some point in it)."""
-        return (task, PHASES.index(phase)) >= (self.task, PHASES.index(self.phase))
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-# ------------------------------------------------------------------------ RNG
-def capture_rng(generator: np.random.Generator) -> dict[str, object]:
-    """Every random state the run draws from, as plain data and tensors."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "cached": cached},
-        "torch": torch.get_rng_state(),
-        "generator": generator.bit_generator.state,
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> FitState:
+        progress = None if state["progress"] is None else EpochProgress(**state["progress"])
+        return cls(state["optimizer"], state["scheduler"], state["scaler"], state["sam"], state["epoch_rng"],
+                   progress)
 
 
-def restore_rng(state: dict[str, object], generator: np.random.Generator) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached"]))
-    torch.set_rng_state(state["torch"])
-    generator.bit_generator.state = state["generator"]
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+@dataclass
+class RunState:
+    """Where the run stands (``position``) and all it has: model, teacher, memory, random state, the
+    records so far, the phase timings of the current task and, inside a phase, its ``fit`` state."""
 
+    position: Position
+    model: DyTox
+    teacher: DyTox | None
+    memory: Memory
+    rng: dict[str, Any]
+    results: list[TaskResult]
+    epochs: list[EpochRecord]
+    timings: dict[str, float]
+    fit: FitState | None = None
 
-# --------------------------------------------------------------------- memory
-def memory_to_plain(x: np.ndarray, y: np.ndarray, t: np.ndarray) -> dict[str, object]:
-    """Images as a tensor (or file paths as strings), labels and task ids as tensors."""
-    images = [str(p) for p in x] if x.dtype.kind in "US" else torch.from_numpy(np.ascontiguousarray(x))
-    return {"x": images, "y": torch.from_numpy(y.astype(np.int64)), "t": torch.from_numpy(t.astype(np.int64))}
+    def state_dict(self, *, sequence: int, world_size: int, config: dict[str, object]) -> dict[str, Any]:
+        return {
+            "sequence": sequence,
+            "position": self.position.as_dict(),
+            "world_size": world_size,
+            "config": config,
+            "model": self.model.state_dict(),
+            "model_config": dataclasses.asdict(self.model.config),
+            "nb_classes_per_task": list(self.model.nb_classes_per_task),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "memory": memory_to_plain(*self.memory.get()),
+            "rng": self.rng,
+            "rows": [result.to_row() for result in self.results],
+            "epoch_rows": [record.to_row() for record in self.epochs],
+            "timings": dict(self.timings),
+            "fit": None if self.fit is None else self.fit.state_dict(),
+        }
 
-
-def memory_from_plain(state: dict[str, object]) -> dict[str, np.ndarray | None]:
-    x = state["x"]
-    y = state["y"].numpy()
-    x = np.asarray(x) if isinstance(x, list) else x.numpy()
-    return {"x": x if len(y) else None, "y": y, "t": state["t"].numpy()}
-
-
-# ---------------------------------------------------------------------- files
-def state_path(run_dir: Path, sequence: int, rank: int) -> Path:
-    return run_dir / "checkpoints" / f"state_{sequence:06d}_rank{rank}.pth"
-
-
-def sequences(run_dir: Path, world_size: int) -> list[int]:
-    """Complete sequences (a file for every rank), newest first."""
-    ranks: dict[int, set[int]] = {}
-    for path in (run_dir / "checkpoints").glob("state_*_rank*.pth"):
-        match = _STATE_FILE.search(path.name)
-        if match:
-            ranks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
-    return sorted((s for s, r in ranks.items() if r >= set(range(world_size))), reverse=True)
-
-
-def save_state(run_dir: Path, sequence: int, rank: int, state: dict[str, object]) -> None:
-    """Write this process's state, then drop its files older than the previous sequence."""
-    atomic_write(state_path(run_dir, sequence, rank), lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
-    for path in (run_dir / "checkpoints").glob(f"state_*_rank{rank}.pth"):
-        match = _STATE_FILE.search(path.name)
-        if match and int(match.group(1)) < sequence - 1:
-            path.unlink(missing_ok=True)
-
-
-def read_state(path: Path) -> dict[str, object]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, corrupted or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read: {error}") from error
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path} is not a run state of this project ({FORMAT})")
-    return state
-
-
-def load_latest_state(
-    run_dir: Path, rank: int, world_size: int, say=print, all_ok=lambda ok: ok
-) -> tuple[int, dict] | None:
-    """(sequence, this rank's state) of the newest complete sequence that loads; None if there is none.
-
-    An unreadable file is reported and the previous sequence is used.
-    ``all_ok(ok)`` tells whether every process could read its file of the
-    sequence (a collective with several processes), so that all of them fall
-    back together.
-    """
-    for sequence in sequences(run_dir, world_size):
-        path = state_path(run_dir, sequence, rank)
-        try:
-            state, ok = read_state(path), True
-        except ValueError as error:
-            say(f"warning: {error}; using the previous checkpoint")
-            state, ok = None, False
-        if all_ok(ok):
-            return sequence, state
-    return None
-
-
-def config_differences(saved: dict[str, object], current: dict[str, object]) -> list[str]:
-    """Options that differ between a saved and a current configuration, except the safe ones."""
-    keys = (set(saved) | set(current)) - SAFE_TO_CHANGE
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
-
-
-def find_run_to_resume(output_basedir: Path, data_set: str, log_category: str, name: str) -> Path | None:
-    """``--auto-resume``: the newest run folder of this name that has a saved state."""
-    pattern = f"*_{name}" if name else "*"
-    folders = sorted((output_basedir / data_set / log_category).glob(pattern), reverse=True)
-    return next((f for f in folders if any((f / "checkpoints").glob("state_*_rank0.pth"))), None)
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device, gpsa_kernel: str) -> RunState:
+        """The state read back; the model and teacher are rebuilt on ``device`` (building them draws
+        random numbers: restore the random state afterwards)."""
+        classes = state["nb_classes_per_task"]
+        config = config_from_dict(state["model_config"], gpsa_kernel=gpsa_kernel)
+        model = grown_model(config, classes, state["model"]).to(device)
+        teacher = None
+        if state["teacher"] is not None:
+            teacher = grown_model(config, classes[:-1], state["teacher"]).to(device)
+            teacher.freeze(["all"])
+        memory = Memory()
+        memory.load_state_dict(memory_from_plain(state["memory"]))
+        return cls(
+            position=Position(**state["position"]), model=model, teacher=teacher, memory=memory, rng=state["rng"],
+            results=[TaskResult.from_row(row) for row in state["rows"]],
+            epochs=[EpochRecord.from_row(row) for row in state["epoch_rows"]],
+            timings=dict(state["timings"]), fit=None if state["fit"] is None else FitState.from_state_dict(state["fit"]),
+        )

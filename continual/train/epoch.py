@@ -9,16 +9,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from continual.model.dytox import DyToxOutput
 from continual.method.losses import Criterion, LossTerms, check_finite, dytox_loss
 from continual.method.metrics import EvalCounts, task_of_class
 from continual.method.sam import SAM
+from continual.report.records import EpochProgress
 
 Mixer = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
-class LossSettings:
+class BatchLoss:
     """How a batch's loss is formed (SPEC §2.5)."""
 
     criterion: Criterion
@@ -85,23 +85,6 @@ class Precision:
 
 
 @dataclass
-class EpochProgress:
-    """Running sums of an epoch; saved with a mid-epoch checkpoint so that the epoch's means stay exact."""
-
-    sums: dict[str, float] = field(default_factory=dict)
-    steps: int = 0
-    images: int = 0
-    seconds: float = 0.0
-    data_seconds: float = 0.0
-
-    def add(self, terms: LossTerms, images: int) -> None:
-        for name, value in terms.to_floats().items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        self.steps += 1
-        self.images += images
-
-
-@dataclass
 class EpochStats:
     """Means of the loss terms over an epoch, where its time went, and whether it stopped early."""
 
@@ -132,13 +115,13 @@ def _teacher_logits(teacher: nn.Module | None, images: Tensor, precision: Precis
 
 
 def batch_loss(
-    model: nn.Module, teacher: nn.Module | None, images: Tensor, targets: Tensor, settings: LossSettings,
+    model: nn.Module, teacher: nn.Module | None, images: Tensor, targets: Tensor, settings: BatchLoss,
     precision: Precision,
 ) -> LossTerms:
     """The DyTox loss terms of one batch; targets are class indices (B,) or MixUp soft targets (B, C)."""
     teacher_logits = _teacher_logits(teacher, images, precision)
     with precision.autocast():
-        out: DyToxOutput = model(images)
+        out = model(images)  # a DyToxOutput
     return dytox_loss(
         out.logits.float(),
         None if out.div_logits is None else out.div_logits.float(),
@@ -219,75 +202,102 @@ def _sync_unless(model: nn.Module, accumulating: bool) -> AbstractContextManager
     return model.no_sync() if accumulating and hasattr(model, "no_sync") else nullcontext()
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How each optimiser step is taken: loss scaling, clipping, MixUp, SAM, gradient accumulation.
+
+    With ``accum_steps`` > 1 the optimiser steps once per group of that many
+    batches, on the mean of their gradients, so one process reproduces the
+    optimisation of ``accum_steps`` processes (the last group may be shorter).
+    """
+
+    scaler: torch.amp.GradScaler | None = None
+    clip_grad: float | None = None
+    mixer: Mixer | None = None
+    sam: SamPlan | None = None
+    accum_steps: int = 1
+
+
+@dataclass
+class EpochCursor:
+    """Where an epoch starts and when it stops early.
+
+    A resumed epoch passes the remaining batches with ``start_step``, its
+    ``nb_batches`` and the saved ``progress``. ``should_stop`` is asked after
+    each optimiser step; when it says yes the epoch ends early and the result
+    carries the step to resume from. ``after_step`` sees the running sums after
+    each step (progress bars). ``where`` names the epoch in errors.
+    """
+
+    where: str = ""
+    nb_batches: int | None = None
+    start_step: int = 0
+    progress: EpochProgress | None = None
+    should_stop: Callable[[], bool] | None = None
+    after_step: Callable[[EpochProgress], None] | None = None
+
+
+def _train_step(
+    model: nn.Module, step: int, batch: tuple[Tensor, Tensor], loss_of: Callable[[Tensor, Tensor], LossTerms],
+    optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter], options: StepOptions, nb_batches: int,
+    where: str,
+) -> tuple[LossTerms, bool]:
+    """One batch: forward, backward and, at the end of an accumulation group, the optimiser step.
+    Returns the loss terms and whether the optimiser stepped."""
+    if options.sam is not None:
+        terms = _sam_step(options.sam, step, loss_of, batch, optimizer, options.scaler, where)
+        _clip_and_step(optimizer, options.scaler, options.clip_grad, parameters)
+        return terms, True
+    group_start = step - step % options.accum_steps
+    group_size = min(options.accum_steps, nb_batches - group_start)
+    ends_group = step + 1 == group_start + group_size
+    if step == group_start:
+        optimizer.zero_grad(set_to_none=True)
+    with _sync_unless(model, not ends_group):
+        terms = loss_of(*batch)
+        check_finite(terms, where)
+        _backward(terms.total / group_size, options.scaler)
+    if ends_group:
+        _clip_and_step(optimizer, options.scaler, options.clip_grad, parameters)
+    return terms, ends_group
+
+
 def train_one_epoch(
     model: nn.Module,
     teacher: nn.Module | None,
     loader: Iterable,
     optimizer: torch.optim.Optimizer,
-    loss_settings: LossSettings,
+    loss_settings: BatchLoss,
     precision: Precision,
-    *,
-    scaler: torch.amp.GradScaler | None = None,
-    clip_grad: float | None = None,
-    mixer: Mixer | None = None,
-    sam: SamPlan | None = None,
-    accum_steps: int = 1,
-    where: str = "",
-    nb_batches: int | None = None,
-    start_step: int = 0,
-    progress: EpochProgress | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    after_step: Callable[[EpochProgress], None] | None = None,
+    options: StepOptions | None = None,
+    cursor: EpochCursor | None = None,
 ) -> EpochStats:
-    """Train ``model`` on the batches of ``loader``; stop with an error on a non-finite loss.
-
-    With ``accum_steps`` > 1 the optimiser steps once per group of that many
-    batches, on the mean of their gradients, so one process reproduces the
-    optimisation of ``accum_steps`` processes (the last group may be shorter).
-    A resumed epoch passes the remaining batches with ``start_step``, its
-    ``nb_batches`` and the saved ``progress``. ``should_stop`` is asked after
-    each optimiser step; when it says yes the epoch ends early and the result
-    carries the step to resume from. ``after_step`` sees the running sums after
-    each step (progress bars).
-    """
+    """Train ``model`` on the batches of ``loader``; stop with an error on a non-finite loss."""
+    options = options or StepOptions()
+    cursor = cursor or EpochCursor()
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    progress = progress or EpochProgress()
-    nb_batches = len(loader) if nb_batches is None else nb_batches
+    progress = cursor.progress or EpochProgress()
+    nb_batches = len(loader) if cursor.nb_batches is None else cursor.nb_batches  # type: ignore[arg-type]
 
     def loss_of(images: Tensor, targets: Tensor) -> LossTerms:
         return batch_loss(model, teacher, images, targets, loss_settings, precision)
 
     start = fetch_start = time.perf_counter()
     elapsed_before = progress.seconds
-    for step, (images, targets, *_) in enumerate(loader, start=start_step):
+    for step, (images, targets, *_) in enumerate(loader, start=cursor.start_step):
         progress.data_seconds += time.perf_counter() - fetch_start
         images = images.to(precision.device, non_blocking=True)
         targets = targets.to(precision.device, non_blocking=True).long()
-        if mixer is not None and len(images) % 2 == 0:  # timm's MixUp needs an even batch
-            images, targets = mixer(images, targets)
-        here = f"{where}, step {step}"
-        if sam is not None:
-            terms = _sam_step(sam, step, loss_of, (images, targets), optimizer, scaler, here)
-            _clip_and_step(optimizer, scaler, clip_grad, parameters)
-            ends_group = True
-        else:
-            group_start = step - step % accum_steps
-            group_size = min(accum_steps, nb_batches - group_start)
-            ends_group = step + 1 == group_start + group_size
-            if step == group_start:
-                optimizer.zero_grad(set_to_none=True)
-            with _sync_unless(model, not ends_group):
-                terms = loss_of(images, targets)
-                check_finite(terms, here)
-                _backward(terms.total / group_size, scaler)
-            if ends_group:
-                _clip_and_step(optimizer, scaler, clip_grad, parameters)
-        progress.add(terms, len(images))
+        if options.mixer is not None and len(images) % 2 == 0:  # timm's MixUp needs an even batch
+            images, targets = options.mixer(images, targets)
+        terms, stepped = _train_step(model, step, (images, targets), loss_of, optimizer, parameters, options,
+                                     nb_batches, f"{cursor.where}, step {step}")
+        progress.add(terms.to_floats(), len(images))
         progress.seconds = elapsed_before + time.perf_counter() - start
-        if after_step is not None:
-            after_step(progress)
-        if ends_group and step + 1 < nb_batches and should_stop is not None and should_stop():
+        if cursor.after_step is not None:
+            cursor.after_step(progress)
+        if stepped and step + 1 < nb_batches and cursor.should_stop is not None and cursor.should_stop():
             return EpochStats.from_progress(progress, next_step=step + 1)
         fetch_start = time.perf_counter()
     progress.seconds = elapsed_before + time.perf_counter() - start

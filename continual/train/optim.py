@@ -1,7 +1,7 @@
 """Optimiser and learning-rate schedule of a task, through timm's factories.
 
 The learning rate is computed per task from the configuration (linear scaling,
-``continual.config.task_lr``), never written back into it.
+``RecipeSettings.lr_of``), never written back into it.
 
 Schedule stepping (SPEC §6b): the published loop steps timm's per-epoch
 scheduler *after* each epoch with the index of the epoch just finished, so
@@ -11,18 +11,18 @@ That off-by-one is the default because the published numbers depend on it;
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
+from continual.config.settings import OptimizerSettings, ScheduleSettings
 
-def build_optimizer(model: nn.Module, cfg: argparse.Namespace, lr: float) -> torch.optim.Optimizer:
+
+def build_optimizer(model: nn.Module, cfg: OptimizerSettings, lr: float) -> torch.optim.Optimizer:
     """timm optimiser over the trainable parameters; no weight decay on biases and norms (timm's rule)."""
-    kwargs = {"eps": cfg.opt_eps} if cfg.opt_eps is not None else {}
+    kwargs: dict[str, object] = {"eps": cfg.opt_eps} if cfg.opt_eps is not None else {}
     if cfg.opt_betas:
         kwargs["betas"] = tuple(cfg.opt_betas)
     return create_optimizer_v2(
@@ -30,7 +30,7 @@ def build_optimizer(model: nn.Module, cfg: argparse.Namespace, lr: float) -> tor
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: argparse.Namespace, epochs: int) -> Scheduler:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleSettings, epochs: int) -> Scheduler:
     """Per-epoch timm schedule (cosine with warm-up in the published options) over ``epochs``."""
     scheduler, _ = create_scheduler_v2(
         optimizer,
@@ -43,7 +43,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: argparse.Namespace, e
         min_lr=cfg.min_lr,
         warmup_lr=cfg.warmup_lr,
         warmup_epochs=cfg.warmup_epochs,
-        noise=cfg.lr_noise,
+        noise=None if cfg.lr_noise is None else list(cfg.lr_noise),
         noise_pct=cfg.lr_noise_pct,
         noise_std=cfg.lr_noise_std,
         noise_seed=cfg.seed,

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from continual.runtime.distributed import DistContext, broadcast_object
+from continual.config.settings import Settings, settings_from
 from continual.method.metrics import mean_and_std
-from continual.report.table import orders_report
 from continual.report.run_log import run_name, write_json
-from continual.train.loop import Outcome, run, train
+from continual.report.table import orders_report
+from continual.runtime.distributed import DistContext, broadcast_object
+from continual.train.session import Outcome, train
 
 
 def listed_orders(cfg: argparse.Namespace) -> list[list[int]] | None:
@@ -39,21 +40,10 @@ def config_for_order(cfg: argparse.Namespace, order: list[int], index: int | Non
     return argparse.Namespace(**{**vars(cfg), "class_order": list(order), "name": name})
 
 
-def check_orders_run(cfg: argparse.Namespace, nb_orders: int) -> None:
-    """Options that name one run folder cannot apply to several runs: refuse before any training."""
-    taken = [flag for flag, used in (("--resume", bool(cfg.resume)), ("--start-task", bool(cfg.start_task)),
-                                     ("--eval", cfg.eval)) if used]
-    if taken:
-        raise ValueError(
-            f"{', '.join(taken)} work(s) on one run folder, but class_order holds {nb_orders} orders: "
-            f"use --auto-resume to continue each order's newest folder (<name>_order<i>), or give one order "
-            f"with --class-order to resume or evaluate that order's folder")
-
-
 def orders_summary(name: str, orders: list[list[int]], outcomes: list[Outcome]) -> dict:
     """Avg and Last of each order's run, and their mean and sample std over the orders."""
-    per_order = [{"order": i, "run_dir": str(outcome.run_dir), "avg_acc": outcome.rows[-1]["avg_acc"],
-                  "last_acc": outcome.rows[-1]["acc1"], "class_order": order}
+    per_order = [{"order": i, "run_dir": str(outcome.run_dir), "avg_acc": outcome.results[-1].avg_acc,
+                  "last_acc": outcome.results[-1].acc1, "class_order": order}
                  for i, (order, outcome) in enumerate(zip(orders, outcomes))]
     aggregate: dict = {"name": name, "std": "sample (ddof=1)", "orders": per_order}
     for key in ("avg_acc", "last_acc"):
@@ -67,28 +57,27 @@ def aggregate_path(cfg: argparse.Namespace) -> Path:
     return Path(cfg.output_basedir) / relative.parent / f"{relative.name}_orders_summary.json"
 
 
-def run_orders(cfg: argparse.Namespace, ctx: DistContext, orders: list[list[int]]) -> dict:
-    """Run each order in turn, then write and print the aggregate (main process)."""
-    check_orders_run(cfg, len(orders))
+def settings_per_run(cfg: argparse.Namespace) -> list[Settings]:
+    """The settings of each run of the configuration (one per listed class order), all checked before
+    the first run starts."""
+    orders = listed_orders(cfg)
+    if orders is None:
+        return [settings_from(cfg)]
+    if len(orders) == 1:
+        return [settings_from(config_for_order(cfg, orders[0], None))]
+    return [settings_from(config_for_order(cfg, order, index)) for index, order in enumerate(orders)]
+
+
+def run_orders(cfg: argparse.Namespace, runs: list[Settings], ctx: DistContext) -> dict:
+    """Train each order's run in turn, then write and print the aggregate (main process)."""
     path = broadcast_object(aggregate_path(cfg))  # rank 0's time stamp
     outcomes = []
-    for index, order in enumerate(orders):
+    for index, settings in enumerate(runs):
         if ctx.is_main:
-            print(f"class order {index + 1} of {len(orders)}", flush=True)
-        outcomes.append(train(config_for_order(cfg, order, index), ctx))
-    aggregate = orders_summary(cfg.name, orders, outcomes)
+            print(f"class order {index + 1} of {len(runs)}", flush=True)
+        outcomes.append(train(settings, ctx))
+    aggregate = orders_summary(cfg.name, listed_orders(cfg) or [], outcomes)
     if ctx.is_main:
         write_json(path, aggregate)
         print(f"\n{orders_report(aggregate)}\nwritten to {path}", flush=True)
     return aggregate
-
-
-def run_all(cfg: argparse.Namespace, ctx: DistContext) -> None:
-    """The entry of main.py: one run, or one run per class order when several are listed."""
-    orders = listed_orders(cfg)
-    if orders is None:
-        run(cfg, ctx)
-    elif len(orders) == 1:
-        run(config_for_order(cfg, orders[0], None), ctx)
-    else:
-        run_orders(cfg, ctx, orders)

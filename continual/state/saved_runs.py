@@ -1,0 +1,136 @@
+"""The files of resumable run states: where a run stands, and which saved state to continue from.
+
+Each process writes ``checkpoints/state_<sequence>_rank<r>.pth`` at every
+phase boundary, every ``--save-every-epoch`` epochs and when stopped by a
+signal. A sequence is complete when every rank's file exists; a resume takes
+the newest complete sequence that loads, and says so when it has to fall back
+to the previous one because a file is truncated or corrupted. Each process
+keeps its last two sequences.
+
+Files hold tensors and plain Python data only (``torch.load(weights_only=True)``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from continual.runtime.files import atomic_write
+from continual.vocabulary import TASK_STEPS
+
+FORMAT = "dytox-continual-state/1"
+# Options that may differ between the interrupted run and its resumption: they
+# change where files go or how often things are reported, not what is computed.
+SAFE_TO_CHANGE = frozenset({
+    "data_path", "eval_every", "output_basedir", "log_dir", "resume", "start_task", "auto_resume", "num_workers",
+    "pin_mem", "no_progress", "plots", "tensorboard", "retain_freed_memory", "device", "name", "options",
+    "save_every_epoch", "max_task",
+})
+_STATE_FILE = re.compile(r"state_(\d+)_rank(\d+)\.pth$")
+
+
+@dataclass(frozen=True)
+class Position:
+    """The next thing a run does: ``phase`` of ``task``, from ``epoch`` / ``step`` inside it."""
+
+    task: int
+    phase: str = "begin"
+    epoch: int = 0
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        if self.phase not in TASK_STEPS:
+            raise ValueError(f"unknown phase {self.phase!r}; phases: {TASK_STEPS}")
+
+    def reached(self, task: int, phase: str) -> bool:
+        """Whether the run, resumed here, still has to run ``phase`` of ``task`` (from some point in it)."""
+        return (task, TASK_STEPS.index(phase)) >= (self.task, TASK_STEPS.index(self.phase))
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------- memory
+def memory_to_plain(x: np.ndarray, y: np.ndarray, t: np.ndarray) -> dict[str, object]:
+    """Images as a tensor (or file paths as strings), labels and task ids as tensors."""
+    images = [str(p) for p in x] if x.dtype.kind in "US" else torch.from_numpy(np.ascontiguousarray(x))
+    return {"x": images, "y": torch.from_numpy(y.astype(np.int64)), "t": torch.from_numpy(t.astype(np.int64))}
+
+
+def memory_from_plain(state: dict[str, object]) -> dict[str, np.ndarray | None]:
+    x = state["x"]
+    y = state["y"].numpy()
+    x = np.asarray(x) if isinstance(x, list) else x.numpy()
+    return {"x": x if len(y) else None, "y": y, "t": state["t"].numpy()}
+
+
+# ---------------------------------------------------------------------- files
+def state_path(run_dir: Path, sequence: int, rank: int) -> Path:
+    return run_dir / "checkpoints" / f"state_{sequence:06d}_rank{rank}.pth"
+
+
+def sequences(run_dir: Path, world_size: int) -> list[int]:
+    """Complete sequences (a file for every rank), newest first."""
+    ranks: dict[int, set[int]] = {}
+    for path in (run_dir / "checkpoints").glob("state_*_rank*.pth"):
+        match = _STATE_FILE.search(path.name)
+        if match:
+            ranks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    return sorted((s for s, r in ranks.items() if r >= set(range(world_size))), reverse=True)
+
+
+def save_state(run_dir: Path, sequence: int, rank: int, state: dict[str, object]) -> None:
+    """Write this process's state, then drop its files older than the previous sequence."""
+    atomic_write(state_path(run_dir, sequence, rank), lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+    for path in (run_dir / "checkpoints").glob(f"state_*_rank{rank}.pth"):
+        match = _STATE_FILE.search(path.name)
+        if match and int(match.group(1)) < sequence - 1:
+            path.unlink(missing_ok=True)
+
+
+def read_state(path: Path) -> dict[str, object]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, corrupted or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read: {error}") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path} is not a run state of this project ({FORMAT})")
+    return state
+
+
+def load_latest_state(
+    run_dir: Path, rank: int, world_size: int, say=print, all_ok=lambda ok: ok
+) -> tuple[int, dict] | None:
+    """(sequence, this rank's state) of the newest complete sequence that loads; None if there is none.
+
+    An unreadable file is reported and the previous sequence is used.
+    ``all_ok(ok)`` tells whether every process could read its file of the
+    sequence (a collective with several processes), so that all of them fall
+    back together.
+    """
+    for sequence in sequences(run_dir, world_size):
+        path = state_path(run_dir, sequence, rank)
+        try:
+            state, ok = read_state(path), True
+        except ValueError as error:
+            say(f"warning: {error}; using the previous checkpoint")
+            state, ok = None, False
+        if all_ok(ok):
+            return sequence, state
+    return None
+
+
+def config_differences(saved: dict[str, object], current: dict[str, object]) -> list[str]:
+    """Options that differ between a saved and a current configuration, except the safe ones."""
+    keys = (set(saved) | set(current)) - SAFE_TO_CHANGE
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def find_run_to_resume(output_basedir: Path, data_set: str, log_category: str, name: str) -> Path | None:
+    """``--auto-resume``: the newest run folder of this name that has a saved state."""
+    pattern = f"*_{name}" if name else "*"
+    folders = sorted((output_basedir / data_set / log_category).glob(pattern), reverse=True)
+    return next((f for f in folders if any((f / "checkpoints").glob("state_*_rank0.pth"))), None)

@@ -1,0 +1,207 @@
+"""One training phase of a task, epoch after epoch: the training phase and the finetuning phase alike.
+
+A phase builds its optimiser, schedule, loss scaler and SAM, trains its
+epochs, and hands the loop a ``FitState`` to save every ``save_every_epoch``
+epochs and when a signal asks the run to stop (inside an epoch too). Resumed
+with that state, it continues at the same step with the same random numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
+
+import numpy as np
+from timm.data import Mixup
+from torch.utils.data import DataLoader, Dataset
+
+from continual.config.settings import MixupSettings, SamSettings, Settings
+from continual.method.losses import build_criterion
+from continual.method.sam import SAM, sam_rho_for_task
+from continual.data.samplers import set_sampler_epoch
+from continual.model.dytox import DyTox
+from continual.report.records import EpochProgress
+from continual.report.progress import epoch_bar
+from continual.runtime.distributed import DistContext, wrap_for_training
+from continual.runtime.seeding import capture_rng, restore_rng
+from continual.state.run_state import FitState
+from continual.state.saved_runs import Position
+from continual.train.epoch import BatchLoss, EpochCursor, EpochStats, Precision, SamPlan, StepOptions, train_one_epoch
+from continual.train.loaders import Loaders, endless
+from continual.train.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
+from continual.vocabulary import phase_option_name
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What a phase trains on and for how long; ``schedule_length`` None is a constant lr."""
+
+    task_id: int
+    name: str  # "train" or "finetune"
+    dataset: Dataset
+    lr: float
+    epochs: int
+    shuffle: bool
+    teacher: DyTox | None
+    schedule_length: int | None
+    memory: Dataset | None = None  # the memory, for SAM passes on memory batches
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A phase resumed from a run state saved at ``position`` (inside the phase when ``fit`` is set),
+    whose random state was ``rng``."""
+
+    position: Position
+    fit: FitState | None
+    rng: dict[str, Any]
+
+
+class RunControl(Protocol):
+    """What a phase asks of the run: save its state, whether to stop, stop, report an epoch."""
+
+    def save(self, position: Position, teacher: DyTox | None, fit: FitState | None = None) -> None: ...
+
+    def stop_requested(self) -> bool: ...
+
+    def preempted(self, where: str) -> NoReturn: ...
+
+    def epoch_done(self, phase: Phase, epoch: int, stats: EpochStats, lr: float) -> None: ...
+
+
+def build_mixer(settings: MixupSettings, nb_classes: int) -> Mixup | None:
+    """timm's MixUp/CutMix over all classes seen so far (DyTox+), or None."""
+    if not settings.active:
+        return None
+    return Mixup(
+        mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
+        cutmix_minmax=None if settings.cutmix_minmax is None else list(settings.cutmix_minmax),
+        prob=settings.mixup_prob, switch_prob=settings.mixup_switch_prob, mode=settings.mixup_mode,
+        label_smoothing=settings.smoothing, num_classes=nb_classes,
+    )
+
+
+def batch_loss_of(settings: Settings, mixup_on: bool) -> BatchLoss:
+    """The loss of a batch from the loss options (the criterion depends on MixUp)."""
+    loss = settings.loss
+    return BatchLoss(
+        criterion=build_criterion(loss.bce_loss, loss.smoothing, mixup_on),
+        auto_kd=loss.auto_kd, kd_weight=loss.kd, tau=loss.distillation_tau, head_div=loss.head_div,
+    )
+
+
+def precision_of(settings: Settings, ctx: DistContext) -> Precision:
+    return Precision(ctx.device, settings.precision.amp, settings.precision.amp_dtype)
+
+
+def sam_wanted(settings: SamSettings, task_id: int, phase: str) -> bool:
+    """SAM runs in this phase when ``sam_rho`` > 0 and ``sam_mode`` / ``sam_skip_first`` allow it."""
+    return (settings.sam_rho > 0 and phase_option_name(phase) in settings.sam_mode
+            and not (settings.sam_skip_first and task_id == 0))
+
+
+@dataclass
+class PhaseTrainer:
+    """Trains the phases of a run; ``control`` is the loop (saving, stopping, reporting)."""
+
+    settings: Settings
+    ctx: DistContext
+    loaders: Loaders
+    rng: np.random.Generator
+    nb_tasks: int
+    control: RunControl
+    bars: bool = False
+
+    def fit(self, model: DyTox, phase: Phase, resume: Resume | None = None) -> list[EpochStats]:
+        """Train ``phase``; ``resume`` continues it from a run state saved inside it."""
+        loader = self.loaders.train(phase.dataset, phase.task_id, phase.shuffle)
+        optimizer = build_optimizer(model, self.settings.optimizer, phase.lr)
+        scheduler = None
+        if phase.schedule_length is not None:
+            scheduler = build_scheduler(optimizer, self.settings.schedule, phase.schedule_length)
+        mixer = build_mixer(self.settings.mixup, model.nb_classes)
+        precision = precision_of(self.settings, self.ctx)
+        options = StepOptions(precision.grad_scaler(), self.settings.optimizer.clip_grad, mixer,
+                              self._sam_plan(phase, optimizer), self.settings.recipe.grad_accum_steps)
+        # The divergence head is the only part that can go unused (when head_div_mode skips this phase).
+        unused = model.head_div is not None and not model.divergence_active()
+        trained = wrap_for_training(model, self.ctx, find_unused=unused)
+        if resume is not None and resume.fit is not None:
+            self._load(resume.fit, optimizer, scheduler, options)
+
+        def fit_state(epoch_rng: dict | None = None, progress: EpochProgress | None = None) -> FitState:
+            return FitState(optimizer.state_dict(), None if scheduler is None else scheduler.state_dict(),
+                            None if options.scaler is None else options.scaler.state_dict(),
+                            None if options.sam is None else options.sam.sam.state_dict(), epoch_rng, progress)
+
+        loss = batch_loss_of(self.settings, mixer is not None)
+        history = []
+        for epoch in range(resume.position.epoch if resume is not None else 0, phase.epochs):
+            set_sampler_epoch(loader, epoch)
+            if scheduler is not None:
+                set_epoch_lr(scheduler, epoch, self.settings.schedule.sched_step_fix)
+            batches, cursor, epoch_rng = self._epoch_start(loader, phase, epoch, resume)
+            with epoch_bar(self.bars, f"task {phase.task_id} {phase.name} {epoch + 1}/{phase.epochs}",
+                           len(loader), current_lr(optimizer)) as after_step:
+                cursor.after_step = after_step
+                stats = train_one_epoch(trained, phase.teacher, batches, optimizer, loss, precision, options, cursor)
+            if stats.next_step is not None:  # a signal: save inside the epoch and stop
+                self.control.save(Position(phase.task_id, phase.name, epoch, stats.next_step), phase.teacher,
+                                  fit_state(epoch_rng, stats.progress))
+                self.control.preempted(f"in task {phase.task_id}, {phase.name} epoch {epoch}, step {stats.next_step}")
+            history.append(stats)
+            self.control.epoch_done(phase, epoch, stats, current_lr(optimizer))
+            self._between_epochs(phase, epoch, fit_state)
+        return history
+
+    def _between_epochs(self, phase: Phase, epoch: int, fit_state: Callable[[], FitState]) -> None:
+        """Save every ``save_every_epoch`` epochs, and stop here when a signal asked for it."""
+        if epoch + 1 >= phase.epochs:
+            return
+        every = self.settings.run.save_every_epoch
+        stopping = self.control.stop_requested()
+        if stopping or (every and (epoch + 1) % every == 0):
+            self.control.save(Position(phase.task_id, phase.name, epoch + 1), phase.teacher, fit_state())
+            if stopping:
+                self.control.preempted(f"after task {phase.task_id}, {phase.name} epoch {epoch}")
+
+    def _epoch_start(self, loader: DataLoader, phase: Phase, epoch: int,
+                     resume: Resume | None) -> tuple[Any, EpochCursor, dict]:
+        """The epoch's batches, its cursor and the random state it starts with; a resumed epoch replays
+        its batches up to the saved step (same sampler order and augmentation seeds), then takes the
+        random state of that step boundary."""
+        where = f"task {phase.task_id}, {phase.name} epoch {epoch}"
+        fresh = EpochCursor(where, len(loader), should_stop=self.control.stop_requested)
+        if resume is None or epoch != resume.position.epoch or resume.position.step == 0 or resume.fit is None:
+            return loader, fresh, capture_rng(self.rng)
+        saved, step = resume.fit, resume.position.step
+        assert saved.epoch_rng is not None, "a run state saved inside an epoch has the epoch's random state"
+        restore_rng(saved.epoch_rng, self.rng)
+        batches = iter(loader)  # draws the workers' seeds from the restored state
+        for _ in range(step):
+            next(batches)
+        restore_rng(resume.rng, self.rng)
+        cursor = EpochCursor(where, len(loader), step, saved.progress, self.control.stop_requested)
+        return batches, cursor, saved.epoch_rng
+
+    def _load(self, saved: FitState, optimizer: object, scheduler: object, options: StepOptions) -> None:
+        optimizer.load_state_dict(saved.optimizer)  # type: ignore[attr-defined]
+        if scheduler is not None:
+            scheduler.load_state_dict(saved.scheduler)  # type: ignore[attr-defined]
+        if options.scaler is not None and saved.scaler:
+            options.scaler.load_state_dict(saved.scaler)
+        if options.sam is not None and saved.sam:
+            options.sam.sam.load_state_dict(saved.sam)
+
+    def _sam_plan(self, phase: Phase, optimizer: object) -> SamPlan | None:
+        sam_settings = self.settings.sam
+        if not sam_wanted(sam_settings, phase.task_id, phase.name):
+            return None
+        rho = sam_rho_for_task(sam_settings.sam_rho, sam_settings.sam_final, phase.task_id, self.nb_tasks)
+        sam = SAM(optimizer, rho, adaptive=sam_settings.sam_adaptive, look_k=sam_settings.look_sam_k,  # type: ignore[arg-type]
+                  look_alpha=sam_settings.look_sam_alpha)
+        memory_batches: Iterator | None = None
+        if "memory" in (sam_settings.sam_first, sam_settings.sam_second) and phase.task_id > 0 \
+                and phase.memory is not None:
+            memory_batches = endless(self.loaders.train(phase.memory, phase.task_id, shuffle=True))
+        return SamPlan(sam, sam_settings.sam_first == "memory", sam_settings.sam_second == "memory", memory_batches)

@@ -1,0 +1,49 @@
+"""The data loaders of a task: training (sampler per the options, seeded workers) and evaluation."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from continual.config.settings import LoaderSettings, RecipeSettings
+from continual.data.samplers import build_eval_loader, build_train_loader, set_sampler_epoch
+from continual.runtime.device import pin_memory_wanted
+from continual.runtime.distributed import DistContext, shard
+from continual.runtime.seeding import seed_worker
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """Loaders with the batch size of each task (SPEC §2.4) for this process."""
+
+    settings: LoaderSettings
+    recipe: RecipeSettings
+    ctx: DistContext
+
+    def train(self, dataset: Dataset, task_id: int, shuffle: bool) -> DataLoader:
+        loader = build_train_loader(
+            dataset, batch_size=self.recipe.batch_size_of(task_id), shuffle=shuffle,
+            repeated_aug=self.settings.repeated_aug, world_size=self.ctx.world_size, rank=self.ctx.rank,
+            seed=self.settings.seed, num_workers=self.settings.num_workers,
+            pin_memory=pin_memory_wanted(self.settings.pin_mem, self.ctx.device),
+        )
+        loader.worker_init_fn = seed_worker
+        return loader
+
+    def eval(self, dataset: Dataset, task_id: int, sharded: bool = False) -> DataLoader:
+        """Dataset order; ``sharded``: this process's share only, every sample on exactly one process."""
+        if sharded and self.ctx.distributed:
+            dataset = Subset(dataset, shard(len(dataset), self.ctx))  # type: ignore[arg-type]
+        batch = int(1.5 * self.recipe.batch_size_of(task_id))  # as published: no gradients, larger batch
+        return build_eval_loader(dataset, batch_size=batch, num_workers=self.settings.num_workers,
+                                 pin_memory=pin_memory_wanted(self.settings.pin_mem, self.ctx.device))
+
+
+def endless(loader: DataLoader) -> Iterator:
+    """Batches of ``loader`` forever, with a new epoch (shuffle) each pass."""
+    epoch = 0
+    while True:
+        set_sampler_epoch(loader, epoch)
+        yield from loader
+        epoch += 1
