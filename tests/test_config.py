@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from continual.config import options as config
-from continual.config.options import ConfigError, parse_config, validate_config
+from continual.config import ConfigError, parse_config
+from continual.config.files import config_to_dict, load_config_file, save_config
+from continual.config.settings import RecipeSettings, amp_enabled, scaled_lr, settings_of
+from continual.config.validate import validate_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_FILES = sorted((REPO_ROOT / "options" / "data").glob("*.yaml"))
@@ -232,13 +234,13 @@ def test_flags_named_no_something() -> None:
 
 
 def test_amp_and_no_amp(tmp_path: Path) -> None:
-    assert config.amp_enabled(parse_config(["--amp"])) is True
-    assert config.amp_enabled(parse_config(["--amp", "--no-amp"])) is False
-    assert config.amp_enabled(parse_config([])) is False  # unset: off without --amp
-    assert config.amp_enabled(parse_config(["--no-no-amp"])) is True  # no_amp false: on, as published
+    assert amp_enabled(parse_config(["--amp"])) is True
+    assert amp_enabled(parse_config(["--amp", "--no-amp"])) is False
+    assert amp_enabled(parse_config([])) is False  # unset: off without --amp
+    assert amp_enabled(parse_config(["--no-no-amp"])) is True  # no_amp false: on, as published
     published_imagenet = write_yaml(tmp_path / "o.yaml", "no_amp: false\n")
-    assert config.amp_enabled(parse_config(["--options", published_imagenet])) is True
-    assert config.amp_enabled(parse_config(["--options", published_imagenet, "--no-amp"])) is False
+    assert amp_enabled(parse_config(["--options", published_imagenet])) is True
+    assert amp_enabled(parse_config(["--options", published_imagenet, "--no-amp"])) is False
 
 
 # --------------------------------------------------------------------------- #
@@ -282,7 +284,7 @@ def test_published_cifar_dytox_values() -> None:
 
 def test_dytox_versions_differ_only_in_mixup_and_sam() -> None:
     def load(name: str) -> dict[str, object]:
-        return config.load_config_file(options_path(f"model/{name}.yaml"))
+        return load_config_file(options_path(f"model/{name}.yaml"))
 
     base, plus = load("cifar_dytox"), load("cifar_dytox_plus")
     plusplus = load("cifar_dytox_plusplus")
@@ -351,8 +353,8 @@ def test_save_config_round_trips_atomically(tmp_path: Path) -> None:
     cfg = parse_config(["--options", options_path("data/cifar100_order1.yaml"),
                         options_path("model/cifar_dytox.yaml"), "--aa", "none"])
     path = tmp_path / "config.yaml"
-    config.save_config(cfg, path)
-    assert config.load_config_file(path) == config.config_to_dict(cfg)
+    save_config(config_to_dict(cfg), path)
+    assert load_config_file(path) == config_to_dict(cfg)
     assert yaml.safe_load(path.read_text()) == vars(cfg)
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
@@ -360,21 +362,21 @@ def test_save_config_round_trips_atomically(tmp_path: Path) -> None:
 def test_save_config_replaces_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("stale: true\n")
-    config.save_config(parse_config(["--seed", "4"]), path)
-    assert config.load_config_file(path)["seed"] == 4
+    save_config(config_to_dict(parse_config(["--seed", "4"])), path)
+    assert load_config_file(path)["seed"] == 4
     assert not path.with_suffix(".yaml.tmp").exists()
 
 
 def test_config_to_dict_is_a_copy() -> None:
     cfg = parse_config([])
-    data = config.config_to_dict(cfg)
+    data = config_to_dict(cfg)
     data["head_div_mode"].append("x")
     assert cfg.head_div_mode == ["tr", "ft"]
 
 
 def test_config_to_dict_rejects_non_plain_values() -> None:
     with pytest.raises(ConfigError, match="data_path"):
-        config.config_to_dict(with_values(data_path=Path("/data")))
+        config_to_dict(with_values(data_path=Path("/data")))
 
 
 def test_parsing_twice_gives_equal_configs(two_files: tuple[str, str]) -> None:
@@ -391,24 +393,24 @@ def test_parsing_twice_gives_equal_configs(two_files: tuple[str, str]) -> None:
 # --------------------------------------------------------------------------- #
 
 def test_scaled_lr_values() -> None:
-    assert config.scaled_lr(5e-4, 128, 2) == pytest.approx(2.5e-4)
-    assert config.scaled_lr(5e-4, 128, 1) == pytest.approx(1.25e-4)
-    assert config.scaled_lr(5e-4, 128, 1, accum_steps=4) == pytest.approx(5e-4)
-    assert config.scaled_lr(5e-5, 512, 1) == pytest.approx(5e-5)
+    assert scaled_lr(5e-4, 128, 2) == pytest.approx(2.5e-4)
+    assert scaled_lr(5e-4, 128, 1) == pytest.approx(1.25e-4)
+    assert scaled_lr(5e-4, 128, 1, accum_steps=4) == pytest.approx(5e-4)
+    assert scaled_lr(5e-5, 512, 1) == pytest.approx(5e-5)
 
 
 def test_per_task_values_do_not_mutate_config() -> None:
     cfg = parse_config(["--lr", "1e-3", "--incremental-lr", "2e-4", "--batch-size", "256",
                         "--incremental-batch-size", "64", "--base-epochs", "9", "--epochs", "4"])
     before = vars(cfg).copy()
-    assert config.task_lr(cfg, 0, world_size=2) == pytest.approx(1e-3 * 256 * 2 / 512)
-    assert config.task_lr(cfg, 1, world_size=2) == pytest.approx(2e-4 * 64 * 2 / 512)
-    assert config.task_batch_size(cfg, 0) == 256 and config.task_batch_size(cfg, 3) == 64
-    assert config.task_epochs(cfg, 0) == 9 and config.task_epochs(cfg, 1) == 4
-    assert config.finetuning_lr(cfg, 1, world_size=1) == pytest.approx(5e-5 * 64 / 512)
+    assert settings_of(RecipeSettings, cfg).lr_of(0, world_size=2) == pytest.approx(1e-3 * 256 * 2 / 512)
+    assert settings_of(RecipeSettings, cfg).lr_of(1, world_size=2) == pytest.approx(2e-4 * 64 * 2 / 512)
+    assert settings_of(RecipeSettings, cfg).batch_size_of(0) == 256 and settings_of(RecipeSettings, cfg).batch_size_of(3) == 64
+    assert settings_of(RecipeSettings, cfg).epochs_of(0) == 9 and settings_of(RecipeSettings, cfg).epochs_of(1) == 4
+    assert settings_of(RecipeSettings, cfg).finetuning_lr_of(1, world_size=1) == pytest.approx(5e-5 * 64 / 512)
     assert vars(cfg) == before
 
 
 def test_incremental_lr_defaults_to_lr() -> None:
     cfg = parse_config(["--lr", "1e-3"])
-    assert config.task_lr(cfg, 2, world_size=1) == pytest.approx(1e-3 * 128 / 512)
+    assert settings_of(RecipeSettings, cfg).lr_of(2, world_size=1) == pytest.approx(1e-3 * 128 / 512)

@@ -5,16 +5,16 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from continual.config.options import memory_mode, parse_config
+from continual.config import parse_config, settings_from
+from continual.config.settings import MemorySettings, settings_of
 from continual.runtime.distributed import setup
 from continual.data.scenarios import build_scenarios
-from continual.train.loop import run
+from continual.train.session import run
 
 REPO = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -56,7 +56,7 @@ def test_two_processes_with_global_memory(tmp_path: Path) -> None:
     assert sorted(p.name for p in (folder / "memory").iterdir()) == ["memory_0.npz", "memory_1.npz"]
     assert "global memory" in result.stdout
     # The sharded, all-reduced counts equal a single-process evaluation of the same checkpoint.
-    evaluated = run(parse_config(DEMO + ["--eval", "--resume", str(folder)]), setup("cpu"))[0]
+    evaluated = run(settings_from(parse_config(DEMO + ["--eval", "--resume", str(folder)])), setup("cpu"))[0].to_row()
     for key in ("acc1", "acc5", "acc_old", "acc_new", "acc_task_incremental", "acc_task_prediction"):
         assert evaluated[key] == pytest.approx(log[-1][key]), key
 
@@ -77,8 +77,9 @@ def test_two_processes_with_per_process_memory(tmp_path: Path, flag: str, mode: 
 
 
 def test_published_memory_mode_is_the_multi_process_default() -> None:
-    cfg = types.SimpleNamespace(global_memory=False, distributed_memory=False, published_memory=False)
-    assert memory_mode(cfg, 2) == "published" and memory_mode(cfg, 1) == "global"
+    memory = settings_of(MemorySettings, parse_config([]))
+    assert not (memory.global_memory or memory.distributed_memory or memory.published_memory)
+    assert memory.mode(2) == "published" and memory.mode(1) == "global"
 
 
 def test_one_process_with_accumulation_takes_the_same_step_as_two_processes(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -180,10 +181,10 @@ def test_eval_reports_the_accuracy_of_a_saved_checkpoint(demo_run: Path, capsys:
     assert run_main(argv) == 0
     printed = capsys.readouterr().out
     assert "checkpoint of task 1 (4 classes" in printed and "task-IL  task-pred" in printed
-    from continual.config.options import parse_config
+    from continual.config import parse_config, settings_from
     from continual.runtime.distributed import setup
-    from continual.train.loop import run
-    rows = run(parse_config(argv), setup("cpu"))
+    from continual.train.session import run
+    rows = [record.to_row() for record in run(settings_from(parse_config(argv)), setup("cpu"))]
     for key in ("acc1", "acc5", "acc_old", "acc_new", "acc_task_incremental", "acc_task_prediction"):
         assert rows[0][key] == pytest.approx(saved[1][key]), key
     assert rows[0]["acc_per_task"] == pytest.approx(saved[1]["acc_per_task"])
@@ -205,9 +206,11 @@ def test_resume_needs_the_previous_checkpoint(tmp_path: Path) -> None:
     (["--eval"], "--eval needs --resume"),
     (["--no-dytox"], "only DyTox"),
 ])
-def test_unsupported_or_inconsistent_options_fail_before_any_work(tmp_path: Path, flags: list, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        run_main(DEMO + flags + ["--output-basedir", str(tmp_path)])
+def test_unsupported_or_inconsistent_options_fail_before_any_work(tmp_path: Path, flags: list, message: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main(DEMO + flags + ["--output-basedir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1  # one clean line
     assert list(tmp_path.iterdir()) == []
 
 
@@ -267,11 +270,13 @@ def test_orders_aggregate_has_the_mean_and_sample_std(orders_run: Path) -> None:
     assert aggregate["std"] == "sample (ddof=1)" and [o["class_order"] for o in aggregate["orders"]] == ORDERS
 
 
-def test_resume_with_several_orders_is_refused_before_any_work(tmp_path: Path) -> None:
+def test_resume_with_several_orders_is_refused_before_any_work(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     orders_file = tmp_path / "two_orders.yaml"
     orders_file.write_text(f"class_order: {ORDERS}\n")
-    with pytest.raises(ValueError, match="--resume.*class_order holds 2 orders"):
-        run_main(DEMO + [str(orders_file), "--resume", str(tmp_path), "--output-basedir", str(tmp_path / "out")])
+    argv = DEMO + [str(orders_file), "--resume", str(tmp_path), "--output-basedir", str(tmp_path / "out")]
+    assert run_main(argv) == 2
+    assert re.search("--resume.*class_order holds 2 orders", capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
 

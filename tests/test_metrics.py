@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from continual.config.options import ConfigError, parse_config
-from continual.train.epoch import EpochProgress
+from continual.config import ConfigError, parse_config
+from continual.config.settings import RunSettings, settings_of
+from continual.report.records import EpochProgress, TaskResult
 from continual.method.metrics import (
     EvalCounts, TaskAccuracy, average_incremental_accuracy, backward_transfer, forgetting, mean_and_std,
     task_of_class,
 )
-from continual.train.orders import check_orders_run, config_for_order, listed_orders, orders_summary
+from continual.train.orders import config_for_order, listed_orders, orders_summary
 from continual.report.progress import EpochBar, bar_postfix, bars_wanted, epoch_bar
 from continual.report.table import format_duration, format_params, format_percent, orders_report, run_report, task_table
 from continual.report.summary import run_summary
-from continual.train.loop import Outcome
+from continual.train.session import Outcome
 
 # Two tasks of two classes: classes 0, 1 are task 0; classes 2, 3 are task 1.
 CLASS_TASKS = task_of_class([2, 2])
@@ -97,12 +98,24 @@ def test_sample_std_over_orders() -> None:
     assert mean == 71.5 and math.isnan(std)
 
 
-def hand_rows() -> list[dict]:
-    """Task rows as the task loop logs them (NaN old accuracy written as null), for MATRIX."""
+def task_result(**fields: object) -> TaskResult:
+    """A TaskResult with ``fields``, zeros and empties elsewhere."""
+    defaults: dict[str, object] = {
+        "task": 0, "classes_seen": 0, "acc1": 0.0, "acc5": 0.0, "acc_per_task": [], "acc_old": None, "acc_new": 0.0,
+        "acc_task_incremental": 0.0, "acc_task_prediction": 0.0, "avg_acc": 0.0, "forgetting": 0.0,
+        "backward_transfer": 0.0, "params_total": 0, "params_trainable": 0, "params_without_head_div": 0,
+        "memory_size": 0, "memory_per_class": {}, "seconds": {}, "eval_images": 0, "world_size": 1,
+        "memory_mode": "global", "memory_total": 0, "memory_fingerprints": [],
+    }
+    return TaskResult(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
+def hand_rows() -> list[TaskResult]:
+    """Task results as the task loop logs them (NaN old accuracy read back as null), for MATRIX."""
     rows = []
     for task, (per_task, top1) in enumerate(zip(MATRIX, [80.0, 82.0, 62.0])):
         matrix = MATRIX[: task + 1]
-        rows.append({
+        rows.append(task_result(**{
             "task": task, "classes_seen": 10 * (task + 1), "acc1": top1, "acc5": 95.0 - task,
             "acc_per_task": per_task, "acc_old": None if task == 0 else 55.5, "acc_new": per_task[-1],
             "acc_task_incremental": 90.0 + task, "acc_task_prediction": 85.25,
@@ -110,7 +123,7 @@ def hand_rows() -> list[dict]:
             "forgetting": forgetting(matrix), "backward_transfer": backward_transfer(matrix),
             "params_total": 10_733_584 + task, "params_without_head_div": 10_700_000,
             "seconds": {"train": 10.0, "eval": 1.0 + task},
-        })
+        }))
     return rows
 
 
@@ -152,7 +165,7 @@ def test_number_formats() -> None:
 
 
 def test_orders_summary_and_report() -> None:
-    outcomes = [Outcome(Path(f"/runs/x_order{i}"), [{"avg_acc": avg, "acc1": last}], None)
+    outcomes = [Outcome(Path(f"/runs/x_order{i}"), [task_result(avg_acc=avg, acc1=last)], None)
                 for i, (avg, last) in enumerate([(70.0, 55.0), (74.0, 59.0), (72.0, 60.0)])]
     orders = [[0, 1, 2], [2, 1, 0], [1, 0, 2]]
     aggregate = orders_summary("x", orders, outcomes)
@@ -186,10 +199,11 @@ def test_orders_of_different_lengths_are_refused_at_parse_time(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("flags", [["--resume", "somewhere"], ["--eval"], ["--start-task", "2"]])
-def test_one_folder_options_are_refused_with_several_orders(flags: list[str]) -> None:
-    cfg = parse_config(flags)
-    with pytest.raises(ValueError, match=f"{flags[0]}.*class_order holds 3 orders.*--auto-resume"):
-        check_orders_run(cfg, 3)
+def test_one_folder_options_are_refused_with_several_orders(flags: list[str], tmp_path: Path) -> None:
+    options = tmp_path / "orders.yaml"
+    options.write_text("class_order: [[0, 1, 2], [2, 0, 1], [1, 2, 0]]\n")
+    with pytest.raises(ConfigError, match=f"{flags[0]}.*class_order holds 3 orders.*--auto-resume"):
+        parse_config(flags + ["--options", str(options)])
 
 
 class FakeStream(io.StringIO):
@@ -233,7 +247,7 @@ def test_run_results_follow_the_plots_and_tensorboard_options(tmp_path: Path, fl
 
     cfg = parse_config(flags + ["--name", "hand"])
     assert cfg.plots is cfg.tensorboard is (not flags)  # on by default
-    results = RunResults(tmp_path, cfg, 3, started=0.0)
+    results = RunResults(tmp_path, settings_of(RunSettings, cfg), 3, started=0.0)
     summary = results.task_done(hand_rows(), [])
     results.close()
     assert json.loads((tmp_path / "summary.json").read_text())["last_acc"] == summary["last_acc"] == 62.0

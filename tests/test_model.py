@@ -12,7 +12,7 @@ import torch
 from timm.layers import DropPath
 
 from continual.model.dytox import DropPathMasks, DyTox, DyToxConfig
-from continual.model.layers import _GeluThenLinear, _MixedAttention
+from continual.model.layers import GeluThenLinear, MixedAttention
 
 SMALL = DyToxConfig(
     embed_dim=48, depth=3, num_heads=4, patch_size=4, input_size=16, local_up_to_layer=2, head_div=True,
@@ -347,8 +347,8 @@ def test_memory_saving_attention_and_mlp_have_exact_gradients() -> None:
     q, k, v = rand(2, 3, 5, 4), rand(2, 3, 5, 4), rand(2, 3, 5, 4)
     positional = rand(3, 5, 5).softmax(-1).detach().requires_grad_()
     gate = torch.rand(3, 1, 1, dtype=torch.float64, generator=generator).requires_grad_()
-    assert torch.autograd.gradcheck(_MixedAttention.apply, (q, k, v, positional, gate))
-    assert torch.autograd.gradcheck(_GeluThenLinear.apply, (rand(2, 5, 8), rand(3, 8), rand(3)))
+    assert torch.autograd.gradcheck(MixedAttention.apply, (q, k, v, positional, gate))
+    assert torch.autograd.gradcheck(GeluThenLinear.apply, (rand(2, 5, 8), rand(3, 8), rand(3)))
 
 
 def test_frozen_encoder_records_no_autograd_graph() -> None:

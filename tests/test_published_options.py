@@ -16,11 +16,11 @@ import yaml
 from conftest import REPO_ROOT, shared_path
 
 import main
-from continual.config.options import amp_enabled, parse_config
+from continual.config import parse_config
+from continual.config.settings import amp_enabled, model_config
 from continual.data.datasets import DatasetError
 from continual.model.dytox import grown_model
 from continual.train.epoch import cpu_has_fast_bfloat16
-from continual.train.loop import model_config
 
 # The published parser's defaults (main.py, get_args_parser) of the options that change the computation.
 PUBLISHED_DEFAULTS = {

@@ -5,9 +5,9 @@ same format through ``DYTOX_TRAINING_FIXTURE``) starts from the published code's
 and batches and holds the whole state after every step of task 0, of task 1 (with the teacher)
 and of the finetuning of task 1, the loss terms before each step, the trainable parameters, the
 weight-decay groups, the scaled learning rates and the lr of every epoch of the schedules.
-Each phase here starts from the recording's weights and runs the functions ``Run`` runs:
-``begin_task`` / ``begin_finetuning``, ``build_optimizer`` at ``task_lr`` / ``finetuning_lr``,
-``loss_settings`` and ``train_one_epoch``, on the configuration parsed from the option files.
+Each phase here starts from the recording's weights and runs the functions the task loop runs:
+``begin_task`` / ``begin_finetuning``, ``build_optimizer`` at ``lr_of`` / ``finetuning_lr_of``,
+``batch_loss_of`` and ``train_one_epoch``, on the settings made from the option files.
 """
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ import torch
 from conftest import REPO_ROOT, SHARED_DIR, required_path
 from torch import Tensor
 
-from continual.config.options import finetuning_lr, parse_config, schedule_epochs, task_lr
+from continual.config import parse_config, settings_from
+from continual.config.settings import model_config
+from continual.method.dytox_learner import begin_finetuning, begin_task
 from continual.model.dytox import DyTox
 from continual.train.epoch import train_one_epoch
 from continual.train.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
 from continual.state.reference import read_reference_checkpoint
-from continual.train.loop import (
-    begin_finetuning, begin_task, loss_settings, mixup_active, model_config, precision_of,
-)
+from continual.train.fit import batch_loss_of, precision_of
 
 FIXTURE_ENV = "DYTOX_TRAINING_FIXTURE"
 # Tolerances of the fixture's README: max over keys of max|ours - ref| / (1 + max|ref|). A wrong rule
@@ -109,15 +109,16 @@ def replay(
     phase: str, model: DyTox, teacher: DyTox | None, lr: float, cfg: argparse.Namespace, recording: dict,
 ) -> None:
     """The recorded steps of ``phase``, each a one-batch epoch of the loop's ``train_one_epoch``."""
-    optimizer = build_optimizer(model, cfg, lr)
+    settings = settings_from(cfg)
+    optimizer = build_optimizer(model, settings.optimizer, lr)
     assert lr == pytest.approx(recording[f"{phase}_lr"], rel=1e-12)
     if f"{phase}_param_groups" in recording:
         assert decay_groups(model, optimizer) == {k: sorted(v) for k, v in recording[f"{phase}_param_groups"].items()}
-    settings = loss_settings(cfg, mixup_active(cfg))
-    precision = precision_of(cfg, torch.device("cpu"))
+    loss = batch_loss_of(settings.loss, settings.mixup.active)
+    precision = precision_of(settings.precision, torch.device("cpu"))
     batches, states, losses = (recording[f"{phase}_{kind}"] for kind in ("batches", "states", "losses"))
     for step, ((images, targets), state, expected) in enumerate(zip(batches, states, losses, strict=True)):
-        stats = train_one_epoch(model, teacher, [(images, targets)], optimizer, settings, precision)
+        stats = train_one_epoch(model, teacher, [(images, targets)], optimizer, loss, precision)
         assert all(module.training for module in model.modules()), "the loop trains in train mode throughout"
         for term in LOSS_TERMS:
             if expected[term] is None:
@@ -133,9 +134,10 @@ def test_task0_steps_give_the_recorded_weights_and_losses(cfg: argparse.Namespac
                                                           plain: bool) -> None:
     model = paths(fresh_model(cfg), plain)
     model.load_state_dict(reference_state("init_task0.pth"))
-    assert begin_task(model, cfg, 0, cfg.initial_increment) is None
+    settings = settings_from(cfg)
+    assert begin_task(model, settings.learner, settings.loss.distills, 0, cfg.initial_increment) is None
     assert all(p.requires_grad for p in model.parameters())
-    replay("task0", model, None, task_lr(cfg, 0, world_size=1), cfg, recording)
+    replay("task0", model, None, settings.recipe.lr_of(0, world_size=1), cfg, recording)
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
@@ -144,14 +146,15 @@ def test_task1_steps_with_the_teacher_give_the_recorded_weights_and_losses(cfg: 
     model = paths(fresh_model(cfg), plain)
     after_task0 = reference_state("after_task0.pth")
     model.load_state_dict(after_task0)
-    teacher = begin_task(model, cfg, 1, cfg.increment)
+    settings = settings_from(cfg)
+    teacher = begin_task(model, settings.learner, settings.loss.distills, 1, cfg.increment)
     assert teacher is not None and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
     assert state_error(teacher.state_dict(), after_task0) == 0  # copied before the expansion
     model.load_state_dict(reference_state("init_task1.pth"))  # the recording's fresh token and heads
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     assert trainable == sorted(recording["task1_trainable"])
-    replay("task1", model, teacher, task_lr(cfg, 1, world_size=1), cfg, recording)
+    replay("task1", model, teacher, settings.recipe.lr_of(1, world_size=1), cfg, recording)
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
@@ -162,11 +165,12 @@ def test_finetuning_steps_give_the_recorded_weights_and_losses(cfg: argparse.Nam
     model = paths(fresh_model(cfg), plain)
     model.expand(cfg.increment)
     model.load_state_dict(recording["task1_states"][-1])
-    begin_finetuning(model, cfg)
+    settings = settings_from(cfg)
+    begin_finetuning(model, settings.learner)
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     assert trainable == sorted(recording["finetune_trainable"])
     assert not model.divergence_active() and not cfg.finetuning_teacher
-    replay("finetune", model, None, finetuning_lr(cfg, 1, world_size=1), cfg, recording)
+    replay("finetune", model, None, settings.recipe.finetuning_lr_of(1, world_size=1), cfg, recording)
 
 
 @pytest.mark.parametrize("task", [0, 1])
@@ -174,8 +178,9 @@ def test_learning_rate_of_every_epoch_follows_the_recorded_schedule(cfg: argpars
                                                                     task: int) -> None:
     """Epoch e trains at the schedule's value for e - 1 (published stepping), and task 0's schedule
     spans ``epochs`` although task 0 trains ``base_epochs`` (500 in the published data files)."""
-    optimizer = build_optimizer(fresh_model(cfg), cfg, task_lr(cfg, task, world_size=1))
-    scheduler = build_scheduler(optimizer, cfg, schedule_epochs(cfg, task))
+    settings = settings_from(cfg)
+    optimizer = build_optimizer(fresh_model(cfg), settings.optimizer, settings.recipe.lr_of(task, world_size=1))
+    scheduler = build_scheduler(optimizer, settings.schedule, settings.recipe.schedule_epochs(task))
     expected = recording[f"task{task}_lr_per_epoch"]
     lrs = []
     for epoch in range(len(expected)):

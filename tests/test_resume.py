@@ -47,8 +47,15 @@ def folder_of(base: Path) -> Path:
 
 def outputs(folder: Path) -> dict:
     def rows(name: str) -> list[dict]:
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
-                for line in (folder / name).read_text().splitlines()]
+        """Rows without timings; a task row keeps which phases it timed (all of them, also after a resume)."""
+        out = []
+        for line in (folder / name).read_text().splitlines():
+            row = json.loads(line)
+            if isinstance(row["seconds"], dict):
+                assert all(seconds > 0 for seconds in row["seconds"].values()), row["seconds"]
+                row["phases"] = sorted(row["seconds"])
+            out.append({k: v for k, v in row.items() if k not in TIMINGS})
+        return out
 
     state = torch.load(folder / "checkpoints/checkpoint_2.pth", weights_only=True)["model"]
     with np.load(folder / "memory/memory_2.npz") as memory:

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import main
-from continual.config.options import ConfigError, parse_config
-from continual.train.epoch import SamPlan, _clip_and_step, _sam_step
+from continual.config import ConfigError, parse_config
+from continual.train.epoch import SamPlan, clip_and_step, sam_step
 from continual.method.losses import LossTerms
 from continual.method.sam import SAM, sam_rho_for_task
 
@@ -43,13 +43,13 @@ def sam_update(model: nn.Module, optimizer: torch.optim.Optimizer, plan: SamPlan
         passes.append(1)
         return LossTerms(classification=loss_at(model, images, targets))
 
-    _sam_step(plan, step, loss_of, (x, y), optimizer, None, "test")
-    _clip_and_step(optimizer, None, clip, [p for p in model.parameters() if p.requires_grad])
+    sam_step(plan, step, loss_of, (x, y), optimizer, None, "test")
+    clip_and_step(optimizer, None, clip, [p for p in model.parameters() if p.requires_grad])
     return len(passes)
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_one_sam_step_equals_the_hand_computed_update(adaptive: bool) -> None:
+def test_onesam_step_equals_the_hand_computed_update(adaptive: bool) -> None:
     model, x, y = tiny_problem()
     w = {n: p.detach().clone() for n, p in model.named_parameters()}
     rho, lr = 0.5, 0.1
@@ -104,8 +104,8 @@ def test_frozen_parameters_are_neither_perturbed_nor_updated() -> None:
         return LossTerms(classification=loss_at(model, images, targets))
 
     weight = model.weight.detach().clone()
-    _sam_step(SamPlan(SAM(optimizer, 0.5, adaptive=True)), 0, loss_of, (x, y), optimizer, None, "test")
-    _clip_and_step(optimizer, None, None, [model.weight])
+    sam_step(SamPlan(SAM(optimizer, 0.5, adaptive=True)), 0, loss_of, (x, y), optimizer, None, "test")
+    clip_and_step(optimizer, None, None, [model.weight])
     assert len(seen) == 2 and all(torch.equal(b, bias) for b in seen)
     assert torch.equal(model.bias, bias) and not torch.equal(model.weight, weight)
 
@@ -130,7 +130,7 @@ def test_memory_batches_feed_the_pass_that_asks_for_them() -> None:
         return LossTerms(classification=loss_at(model, images, targets))
 
     plan = SamPlan(SAM(optimizer, 0.5), second_on_memory=True, memory_batches=iter([(memory_x, memory_y)]))
-    _sam_step(plan, 0, loss_of, (x, y), optimizer, None, "test")
+    sam_step(plan, 0, loss_of, (x, y), optimizer, None, "test")
     assert batches == [5, 4]
 
 
@@ -172,11 +172,12 @@ def test_published_dytox_plus_option_files_run_two_tasks(tmp_path: Path, model_f
 
 def test_without_mixup_the_plain_targets_and_criterion_are_used() -> None:
     from continual.method.losses import bce_with_logits, soft_target_cross_entropy
-    from continual.train.loop import build_mixer, mixup_active
+    from continual.config.settings import MixupSettings, settings_of
+    from continual.train.fit import build_mixer
 
-    plain = parse_config(["--mixup", "0", "--cutmix", "0", "--bce-loss"])
-    assert not mixup_active(plain) and build_mixer(plain, 10) is None
-    mixed = parse_config(["--mixup", "0.8", "--cutmix", "0", "--no-bce-loss"])
+    plain = settings_of(MixupSettings, parse_config(["--mixup", "0", "--cutmix", "0", "--bce-loss"]))
+    assert not plain.active and build_mixer(plain, 10) is None
+    mixed = settings_of(MixupSettings, parse_config(["--mixup", "0.8", "--cutmix", "0", "--no-bce-loss"]))
     mixer = build_mixer(mixed, 10)
     assert mixer is not None and mixer.num_classes == 10 and mixer.mixup_alpha == 0.8
     from continual.method.losses import build_criterion

@@ -14,9 +14,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from continual.state import checkpoints as checkpoint
-from continual.config.options import parse_config
+from continual.config import parse_config
 from continual.model.dytox import DyTox, DyToxConfig
-from continual.train.epoch import LossSettings, Precision, evaluate, train_one_epoch
+from continual.train.epoch import BatchLoss, EpochCursor, Precision, StepOptions, evaluate, train_one_epoch
 from continual.method.losses import bce_with_logits
 from continual.method.metrics import EvalCounts, TaskAccuracy, average_incremental_accuracy, forgetting, task_of_class
 from continual.train.optim import build_optimizer, build_scheduler, current_lr, schedule_index, set_epoch_lr
@@ -159,8 +159,8 @@ def tiny_batches(n: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(4, 3, 8, 8, generator=generator), torch.tensor([0, 1, 3, 4])) for _ in range(n)]
 
 
-def settings() -> LossSettings:
-    return LossSettings(criterion=bce_with_logits, auto_kd=True, kd_weight=0.0, tau=1.0, head_div=0.1)
+def settings() -> BatchLoss:
+    return BatchLoss(criterion=bce_with_logits, auto_kd=True, kd_weight=0.0, tau=1.0, head_div=0.1)
 
 
 def test_training_epoch_updates_trainable_parameters_and_reports_losses() -> None:
@@ -186,7 +186,7 @@ def test_non_finite_loss_stops_with_the_place() -> None:
     optimizer = build_optimizer(model, schedule_cfg(), 1e-3)
     with pytest.raises(FloatingPointError, match="task 3, train epoch 7, step 0"):
         train_one_epoch(model, None, tiny_batches(), optimizer, settings(), Precision(torch.device("cpu"), False),
-                        where="task 3, train epoch 7")
+                        cursor=EpochCursor(where="task 3, train epoch 7"))
 
 
 def test_evaluate_runs_without_autocast_when_amp_is_off() -> None:
@@ -226,7 +226,7 @@ def test_mixup_batches_train_with_soft_targets_and_the_divergence_head() -> None
 
     optimizer = build_optimizer(model, schedule_cfg(), 1e-3)
     stats = train_one_epoch(model, None, tiny_batches(), optimizer, settings(), Precision(torch.device("cpu"), False),
-                            mixer=recording_mixer)
+                            StepOptions(mixer=recording_mixer))
     assert len(calls) == 2 and calls[0].shape == (4, 5)
     torch.testing.assert_close(calls[0].sum(dim=1), torch.ones(4))
     assert set(stats.losses) == {"classification", "div", "total"} and np.isfinite(stats.losses["total"])

@@ -24,7 +24,7 @@ LR_REFERENCE_BATCH = 512.0
 T = TypeVar("T")
 
 
-def _take(cls: type[T], cfg: argparse.Namespace, **values: Any) -> T:
+def settings_of(cls: type[T], cfg: argparse.Namespace, **values: Any) -> T:
     """``cls`` with each field read from the option of the same name (lists become tuples), or from
     ``values`` where given."""
     fields = {}
@@ -32,6 +32,11 @@ def _take(cls: type[T], cfg: argparse.Namespace, **values: Any) -> T:
         value = values[field.name] if field.name in values else getattr(cfg, field.name)
         fields[field.name] = tuple(value) if isinstance(value, list) else value
     return cls(**fields)
+
+
+def scaled_lr(base_lr: float, batch_size: int, world_size: int, accum_steps: int = 1) -> float:
+    """Linear scaling rule: base_lr * effective batch / 512 (SPEC §2.4)."""
+    return base_lr * batch_size * world_size * accum_steps / LR_REFERENCE_BATCH
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,7 @@ class RecipeSettings:
         return self.scaled(self.finetuning_lr, task_id, world_size)
 
     def scaled(self, base_lr: float, task_id: int, world_size: int) -> float:
-        """base_lr * effective batch / 512."""
-        return base_lr * self.batch_size_of(task_id) * world_size * self.grad_accum_steps / LR_REFERENCE_BATCH
+        return scaled_lr(base_lr, self.batch_size_of(task_id), world_size, self.grad_accum_steps)
 
 
 @dataclass(frozen=True)
@@ -311,17 +315,17 @@ def settings_from(cfg: argparse.Namespace) -> Settings:
         raise ConfigError(f"model options: {error}") from error
     return Settings(
         model=model,
-        data=_take(DataSettings, cfg),
-        recipe=_take(RecipeSettings, cfg),
-        optimizer=_take(OptimizerSettings, cfg),
-        schedule=_take(ScheduleSettings, cfg),
-        loader=_take(LoaderSettings, cfg),
-        loss=_take(LossSettings, cfg),
-        mixup=_take(MixupSettings, cfg),
-        sam=_take(SamSettings, cfg),
-        memory=_take(MemorySettings, cfg),
-        learner=_take(LearnerSettings, cfg),
+        data=settings_of(DataSettings, cfg),
+        recipe=settings_of(RecipeSettings, cfg),
+        optimizer=settings_of(OptimizerSettings, cfg),
+        schedule=settings_of(ScheduleSettings, cfg),
+        loader=settings_of(LoaderSettings, cfg),
+        loss=settings_of(LossSettings, cfg),
+        mixup=settings_of(MixupSettings, cfg),
+        sam=settings_of(SamSettings, cfg),
+        memory=settings_of(MemorySettings, cfg),
+        learner=settings_of(LearnerSettings, cfg),
         precision=PrecisionSettings(amp_enabled(cfg), cfg.amp_dtype, bool(cfg.amp and cfg.no_amp)),
-        run=_take(RunSettings, cfg),
+        run=settings_of(RunSettings, cfg),
         options=config_to_dict(cfg),
     )

@@ -107,10 +107,6 @@ def check_runnable(cfg: argparse.Namespace) -> None:
 
 def _check_run_request(cfg: argparse.Namespace) -> None:
     """``--start-task`` and ``--eval`` work on one existing run folder."""
-    if cfg.start_task and not cfg.resume:
-        raise ConfigError("--start-task needs --resume DIR (the run folder whose checkpoints to start from)")
-    if cfg.eval and not cfg.resume:
-        raise ConfigError("--eval needs --resume DIR (the run folder whose checkpoint to evaluate)")
     orders = cfg.class_order if cfg.class_order and isinstance(cfg.class_order[0], list) else []
     taken = [flag for flag, used in (("--resume", bool(cfg.resume)), ("--start-task", bool(cfg.start_task)),
                                      ("--eval", cfg.eval)) if used]
@@ -119,6 +115,10 @@ def _check_run_request(cfg: argparse.Namespace) -> None:
             f"{', '.join(taken)} work(s) on one run folder, but class_order holds {len(orders)} orders: "
             f"use --auto-resume to continue each order's newest folder (<name>_order<i>), or give one order "
             f"with --class-order to resume or evaluate that order's folder")
+    if cfg.start_task and not cfg.resume:
+        raise ConfigError("--start-task needs --resume DIR (the run folder whose checkpoints to start from)")
+    if cfg.eval and not cfg.resume:
+        raise ConfigError("--eval needs --resume DIR (the run folder whose checkpoint to evaluate)")
 
 
 def check_world_size(option: int, world_size: int) -> None:

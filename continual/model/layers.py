@@ -60,7 +60,7 @@ def attention(
     return weights @ v
 
 
-class _GeluThenLinear(torch.autograd.Function):
+class GeluThenLinear(torch.autograd.Function):
     """linear(gelu(h), W, b) that keeps only h for the backward pass and recomputes gelu(h) there.
 
     The plain MLP keeps both h and gelu(h), each four times the block width: at
@@ -86,7 +86,7 @@ class _GeluThenLinear(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias
 
 
-class _MixedAttention(torch.autograd.Function):
+class MixedAttention(torch.autograd.Function):
     """lerp(softmax(Q K^T / sqrt(d)), P, s) V keeping only Q, K, V and the content map for the backward pass.
 
     Autograd would also keep the mixed map (B, H, N, N) and a scaled copy of Q;
@@ -126,7 +126,7 @@ def mlp_forward(mlp: Mlp, x: Tensor, fused: bool) -> Tensor:
     )
     if plain_only:
         return mlp(x)
-    return _GeluThenLinear.apply(mlp.fc1(x), mlp.fc2.weight, mlp.fc2.bias)
+    return GeluThenLinear.apply(mlp.fc1(x), mlp.fc2.weight, mlp.fc2.bias)
 
 
 class PatchEmbed(nn.Module):
@@ -254,10 +254,10 @@ class GPSA(nn.Module):
         On the CPU, at the 64 tokens of the CIFAR model, this beat the SDPA form
         (which needs a second product with V) by about 17 % in training and was on
         par in evaluation (one SAB, batch 128). With gradients it goes through
-        ``_MixedAttention``, which keeps less for the backward pass.
+        ``MixedAttention``, which keeps less for the backward pass.
         """
         if torch.is_grad_enabled() and not torch.is_autocast_enabled(v.device.type):
-            return _MixedAttention.apply(q, k, v, self.positional_attention(), gate)
+            return MixedAttention.apply(q, k, v, self.positional_attention(), gate)
         content = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
         positional = self.positional_attention().to(content.dtype)  # autocast leaves it in float32
         return torch.lerp(content, positional, gate.to(content.dtype)) @ v

@@ -155,7 +155,7 @@ def _backward(loss: Tensor, scaler: torch.amp.GradScaler | None) -> None:
     (loss if scaler is None else scaler.scale(loss)).backward()
 
 
-def _clip_and_step(
+def clip_and_step(
     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, clip_grad: float | None,
     parameters: list[nn.Parameter],
 ) -> None:
@@ -170,7 +170,7 @@ def _clip_and_step(
         scaler.update()
 
 
-def _sam_step(
+def sam_step(
     plan: SamPlan, step: int, loss_of: Callable[[Tensor, Tensor], LossTerms], main: tuple[Tensor, Tensor],
     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, where: str,
 ) -> LossTerms:
@@ -245,8 +245,8 @@ def _train_step(
     """One batch: forward, backward and, at the end of an accumulation group, the optimiser step.
     Returns the loss terms and whether the optimiser stepped."""
     if options.sam is not None:
-        terms = _sam_step(options.sam, step, loss_of, batch, optimizer, options.scaler, where)
-        _clip_and_step(optimizer, options.scaler, options.clip_grad, parameters)
+        terms = sam_step(options.sam, step, loss_of, batch, optimizer, options.scaler, where)
+        clip_and_step(optimizer, options.scaler, options.clip_grad, parameters)
         return terms, True
     group_start = step - step % options.accum_steps
     group_size = min(options.accum_steps, nb_batches - group_start)
@@ -258,7 +258,7 @@ def _train_step(
         check_finite(terms, where)
         _backward(terms.total / group_size, options.scaler)
     if ends_group:
-        _clip_and_step(optimizer, options.scaler, options.clip_grad, parameters)
+        clip_and_step(optimizer, options.scaler, options.clip_grad, parameters)
     return terms, ends_group
 
 

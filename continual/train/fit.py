@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 import numpy as np
+import torch
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset
 
-from continual.config.settings import MixupSettings, SamSettings, Settings
+from continual.config.settings import LossSettings, MixupSettings, PrecisionSettings, SamSettings, Settings
 from continual.method.losses import build_criterion
 from continual.method.sam import SAM, sam_rho_for_task
 from continual.data.samplers import set_sampler_epoch
@@ -81,17 +82,16 @@ def build_mixer(settings: MixupSettings, nb_classes: int) -> Mixup | None:
     )
 
 
-def batch_loss_of(settings: Settings, mixup_on: bool) -> BatchLoss:
+def batch_loss_of(loss: LossSettings, mixup_on: bool) -> BatchLoss:
     """The loss of a batch from the loss options (the criterion depends on MixUp)."""
-    loss = settings.loss
     return BatchLoss(
         criterion=build_criterion(loss.bce_loss, loss.smoothing, mixup_on),
         auto_kd=loss.auto_kd, kd_weight=loss.kd, tau=loss.distillation_tau, head_div=loss.head_div,
     )
 
 
-def precision_of(settings: Settings, ctx: DistContext) -> Precision:
-    return Precision(ctx.device, settings.precision.amp, settings.precision.amp_dtype)
+def precision_of(settings: PrecisionSettings, device: torch.device) -> Precision:
+    return Precision(device, settings.amp, settings.amp_dtype)
 
 
 def sam_wanted(settings: SamSettings, task_id: int, phase: str) -> bool:
@@ -120,7 +120,7 @@ class PhaseTrainer:
         if phase.schedule_length is not None:
             scheduler = build_scheduler(optimizer, self.settings.schedule, phase.schedule_length)
         mixer = build_mixer(self.settings.mixup, model.nb_classes)
-        precision = precision_of(self.settings, self.ctx)
+        precision = precision_of(self.settings.precision, self.ctx.device)
         options = StepOptions(precision.grad_scaler(), self.settings.optimizer.clip_grad, mixer,
                               self._sam_plan(phase, optimizer), self.settings.recipe.grad_accum_steps)
         # The divergence head is the only part that can go unused (when head_div_mode skips this phase).
@@ -134,7 +134,7 @@ class PhaseTrainer:
                             None if options.scaler is None else options.scaler.state_dict(),
                             None if options.sam is None else options.sam.sam.state_dict(), epoch_rng, progress)
 
-        loss = batch_loss_of(self.settings, mixer is not None)
+        loss = batch_loss_of(self.settings.loss, mixer is not None)
         history = []
         for epoch in range(resume.position.epoch if resume is not None else 0, phase.epochs):
             set_sampler_epoch(loader, epoch)

@@ -87,7 +87,7 @@ def start_run(settings: Settings, ctx: DistContext, started: float) -> tuple[Tas
     if settings.run.deterministic:
         set_deterministic(ctx.device)
     seed_everything(settings.run.seed + ctx.rank)
-    for note in precision_of(settings, ctx).warnings(amp_requested_but_disabled=settings.precision.amp_overridden):
+    for note in precision_of(settings.precision, ctx.device).warnings(amp_requested_but_disabled=settings.precision.amp_overridden):
         if ctx.is_main:
             print(f"warning: {note}", file=sys.stderr, flush=True)
     scenarios = load_scenarios(settings.data)  # fails fast on missing or malformed data

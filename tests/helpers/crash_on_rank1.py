@@ -6,18 +6,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import main  # noqa: E402
-from continual.train import loop as task_loop  # noqa: E402
+from continual.train.loop import TaskLoop  # noqa: E402
 
-original_memory_phase = task_loop.Run.memory_phase
+original_memory_phase = TaskLoop.memory_phase
 
 
-def memory_phase_failing_on_rank1(self: task_loop.Run, task_id: int) -> None:
+def memory_phase_failing_on_rank1(self: TaskLoop, task_id: int, *args: object) -> None:
     if self.ctx.rank == 1:
         raise RuntimeError("injected failure on rank 1")
-    original_memory_phase(self, task_id)
+    original_memory_phase(self, task_id, *args)  # type: ignore[arg-type]
 
 
-task_loop.Run.memory_phase = memory_phase_failing_on_rank1
+TaskLoop.memory_phase = memory_phase_failing_on_rank1  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(main.main(sys.argv[1:]))

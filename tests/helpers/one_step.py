@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from continual.runtime.distributed import cleanup, setup, wrap_for_training  # noqa: E402
 from continual.model.dytox import DyTox, DyToxConfig  # noqa: E402
-from continual.train.epoch import LossSettings, Precision, train_one_epoch  # noqa: E402
+from continual.train.epoch import BatchLoss, Precision, StepOptions, train_one_epoch  # noqa: E402
 from continual.method.losses import bce_with_logits  # noqa: E402
 
 CONFIG = DyToxConfig(embed_dim=32, depth=2, num_heads=4, patch_size=4, input_size=8, local_up_to_layer=1,
@@ -39,9 +39,9 @@ def main(mode: str, out: Path) -> None:
     trained = wrap_for_training(model, ctx, find_unused=False)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
-    settings = LossSettings(criterion=bce_with_logits, auto_kd=True, kd_weight=0.0, tau=1.0, head_div=0.1)
+    settings = BatchLoss(criterion=bce_with_logits, auto_kd=True, kd_weight=0.0, tau=1.0, head_div=0.1)
     train_one_epoch(trained, None, loader, optimizer, settings, Precision(torch.device("cpu"), False),
-                    accum_steps=accum)
+                    StepOptions(accum_steps=accum))
     if ctx.is_main:
         after = {name: p.detach().clone() for name, p in model.named_parameters()}
         trainable = [name for name, p in model.named_parameters() if p.requires_grad]
