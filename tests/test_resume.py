@@ -57,10 +57,22 @@ def outputs(folder: Path) -> dict:
             out.append({k: v for k, v in row.items() if k not in TIMINGS})
         return out
 
+    check_phase_seconds(folder)
     state = torch.load(folder / "checkpoints/checkpoint_2.pth", weights_only=True)["model"]
     with np.load(folder / "memory/memory_2.npz") as memory:
         arrays = {key: memory[key] for key in ("x", "y", "t")}
     return {"model": state, "memory": arrays, "log": rows("log.jsonl"), "epochs": rows("epochs.jsonl")}
+
+
+def check_phase_seconds(folder: Path) -> None:
+    """A phase lasts at least as long as its epochs, also when it was resumed: the seconds spent before
+    a stop are kept in the run state, not lost."""
+    epochs = [json.loads(line) for line in (folder / "epochs.jsonl").read_text().splitlines()]
+    for line in (folder / "log.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        for phase in ("train", "finetune"):
+            spent = sum(e["seconds"] for e in epochs if e["task"] == row["task"] and e["phase"] == phase)
+            assert row["seconds"].get(phase, 0.0) >= spent, (row["task"], phase, row["seconds"], spent)
 
 
 def assert_same_run(got: dict, expected: dict) -> None:
