@@ -1,14 +1,22 @@
-"""Shared test helpers: locating ../shared and keeping tests fast and deterministic."""
+"""Shared test helpers: locating ../shared, keeping tests fast and deterministic, and the dataset folders
+that several test files of tests/data use.
+
+No other conftest.py: test files import these names with ``from conftest import ...``, and pytest
+imports every conftest.py outside a package under the same module name.
+"""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
+HELPERS = REPO_ROOT / "tests" / "helpers"  # scripts that tests run as subprocesses
 
 
 def shared_path(relative: str) -> Path:
@@ -37,3 +45,43 @@ def _deterministic_torch():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------
+# Dataset folders: synthetic CIFAR-100, real Fashion-MNIST (tests/data)
+# ---------------------------------------------------------------------------
+
+CIFAR_TRAIN_PER_CLASS, CIFAR_TEST_PER_CLASS = 3, 2
+
+
+def _write_cifar_split(path: Path, per_class: int, rng: np.random.Generator) -> None:
+    labels = np.repeat(np.arange(100), per_class)
+    data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+    # First image: constant planes R=10, G=20, B=30 to check the channel layout.
+    data[0, :1024], data[0, 1024:2048], data[0, 2048:] = 10, 20, 30
+    with path.open("wb") as handle:
+        pickle.dump({"data": data, "fine_labels": labels.tolist()}, handle)
+
+
+@pytest.fixture
+def cifar_root(tmp_path: Path) -> Path:
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    _write_cifar_split(folder / "train", CIFAR_TRAIN_PER_CLASS, rng)
+    _write_cifar_split(folder / "test", CIFAR_TEST_PER_CLASS, rng)
+    with (folder / "meta").open("wb") as handle:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, handle)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def fashion_root() -> Path:
+    return shared_path("data/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def fashion_train(fashion_root: Path):
+    from continual.data.datasets import build_dataset  # here: collecting the other tests needs no package import
+
+    return build_dataset("fashion_mnist", fashion_root, True, train_per_class=1000, input_size=32)

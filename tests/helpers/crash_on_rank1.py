@@ -1,4 +1,4 @@
-"""main.py with a failure injected on rank 1 at the memory phase, for tests/test_distributed.py."""
+"""main.py with a failure injected on rank 1 at the memory phase, for tests/program/test_multi_process.py."""
 from __future__ import annotations
 
 import sys

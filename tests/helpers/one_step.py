@@ -1,4 +1,4 @@
-"""One optimisation step of a small DyTox, for tests/test_distributed.py.
+"""One optimisation step of a small DyTox, for tests/program/test_multi_process.py.
 
     torchrun --nproc-per-node 2 one_step.py ddp OUT   # each process trains on its own batch
     python one_step.py accumulate OUT                 # one process, both batches, 2 accumulation steps

@@ -1,4 +1,4 @@
-"""main.py that sends itself SIGTERM right after a given training step, for tests/test_resume.py.
+"""main.py that sends itself SIGTERM right after a given training step, for tests/program/test_resume.py.
 
 The step is named by DYTOX_TEST_SIGTERM_AT, e.g. "task 1, train epoch 1, step 3",
 so that the stop lands inside an epoch at a known point (a signal sent from

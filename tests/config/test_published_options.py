@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, shared_path
 
 import main
+from conftest import REPO_ROOT, shared_path
 from continual.config import parse_config
 from continual.config.settings import amp_enabled, model_config
 from continual.data.datasets import DatasetError
@@ -44,7 +44,7 @@ PUBLISHED_DEFAULTS = {
     "log_category": "misc",
 }
 # Not compared: the memory mode (explicit here, SPEC §2.6) and the decoding path (joint decoding is
-# the same function as the published per-task loop, tests/test_model.py); data_set is compared
+# the same function as the published per-task loop, tests/model/test_dytox.py); data_set is compared
 # case-insensitively (the published files spell it CIFAR).
 
 _MODEL_COMMON = {
@@ -163,7 +163,7 @@ def test_parameter_counts_of_the_published_imagenet_model(data: str, classes: in
     head. After 10 tasks: 11.06M (ImageNet-100) and 11.41M (ImageNet-1000). The paper's figures
     (millions, truncated) are 11.01M and 11.36M: the counts before any expansion and after 9 tasks
     respectively (the published log takes its count once, before the loop: SPEC §6), whereas its
-    CIFAR figures are the counts after the last task (tests/test_model.py)."""
+    CIFAR figures are the counts after the last task (tests/model/test_dytox.py)."""
     cfg = parse_config(["--options", str(REPO_ROOT / "options/data" / f"{data}.yaml"),
                         str(REPO_ROOT / "options/model/imagenet_dytox.yaml")])
     config = model_config(cfg)

@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 import torch
-from conftest import shared_path
 
+from conftest import shared_path
 from continual.state.reference import load_reference_checkpoint
 
 FIXTURE = "fixtures/reference_dytox"

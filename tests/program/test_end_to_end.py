@@ -1,4 +1,5 @@
-"""A real 3-task DyTox run on the offline digits data, resume from its checkpoints, and early errors."""
+"""A real 3-task DyTox run on the offline digits data, resume from its checkpoints, early errors, and
+runs of the DyTox+ / DyTox++ option files."""
 from __future__ import annotations
 
 import contextlib
@@ -13,12 +14,14 @@ import pytest
 import yaml
 
 import main
-from continual.state import checkpoints as checkpoint
+from conftest import REPO_ROOT
+from continual.config import parse_config
 from continual.data.datasets import DatasetError
 from continual.method.metrics import backward_transfer, forgetting
 from continual.report.summary import TASK_KEYS
+from continual.state import checkpoints as checkpoint
 
-OPTIONS = Path(__file__).resolve().parents[1] / "options"
+OPTIONS = REPO_ROOT / "options"
 DEMO = ["--options", str(OPTIONS / "data/digits_demo.yaml"), str(OPTIONS / "model/demo_tiny.yaml")]
 SHORT = ["--max-task", "3", "--base-epochs", "8", "--epochs", "4", "--finetuning-epochs", "2", "--seed", "0"]
 
@@ -317,3 +320,27 @@ def test_fast_and_plain_paths_train_the_same_run(tmp_path: Path) -> None:
                 assert fast[term] == pytest.approx(plain[term], rel=1e-5, abs=1e-7), (fast["task"], fast["epoch"], term)
     for key, value in plain_weights.items():
         assert (fast_weights[key] - value).abs().max() <= 1e-4 * (1 + value.abs().max()), key
+
+
+# ---------------------------------------------------------------------------
+# The published DyTox+ and DyTox++ model files (mixup, SAM), two tasks each
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_file", ["cifar_dytox_plus", "cifar_dytox_plusplus", "imagenet_dytox_plus"])
+def test_published_dytox_plus_option_files_run_two_tasks(tmp_path: Path, model_file: str) -> None:
+    """The published model options on the offline digits, shortened by flags (few images, one epoch)."""
+    argv = [
+        "--options", str(OPTIONS / "data/digits_demo.yaml"), str(OPTIONS / f"model/{model_file}.yaml"),
+        "--max-task", "2", "--base-epochs", "1", "--epochs", "1", "--finetuning-epochs", "1",
+        "--train-per-class", "16", "--memory-size", "20", "--input-size", "32", "--num-workers", "0",
+        "--name", "plus", "--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs"),
+        "--no-amp",  # the ImageNet files' mixed precision would be emulated bfloat16 on this CPU
+    ]
+    cfg = parse_config(argv)
+    assert cfg.mixup == 0.8 and cfg.sam_rho == (3.0 if model_file.endswith("plusplus") else 0.0)
+    assert main.main(argv) == 0
+    log = next(tmp_path.glob("digits/demo/*_plus/log.jsonl"))
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["task"] for r in rows] == [0, 1] and rows[1]["classes_seen"] == 4
+    epochs = [json.loads(line) for line in log.with_name("epochs.jsonl").read_text().splitlines()]
+    assert {e["phase"] for e in epochs} == {"train", "finetune"}

@@ -10,26 +10,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import HELPERS, REPO_ROOT
 from continual.config import parse_config, settings_from
-from continual.config.settings import MemorySettings, settings_of
-from continual.runtime.distributed import setup
 from continual.data.scenarios import build_scenarios
+from continual.runtime.distributed import setup
 from continual.train.session import run
 
-REPO = Path(__file__).resolve().parents[1]
-HELPERS = Path(__file__).resolve().parent / "helpers"
-DEMO = ["--options", str(REPO / "options/data/digits_demo.yaml"), str(REPO / "options/model/demo_tiny.yaml"),
+DEMO = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"), str(REPO_ROOT / "options/model/demo_tiny.yaml"),
         "--max-task", "2", "--base-epochs", "2", "--epochs", "1", "--finetuning-epochs", "1"]
 TIMEOUT = 300
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
             "MASTER_PORT": str(29500 + os.getpid() % 1000)}
 
 
 def train_sh(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    argv = ["bash", str(REPO / "train.sh"), "cpu", "2", *DEMO, *args, "--output-basedir", str(tmp_path / "out"),
+    argv = ["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", *DEMO, *args, "--output-basedir", str(tmp_path / "out"),
             "--log-dir", str(tmp_path / "logs")]
     return subprocess.run(argv, capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
 
@@ -76,12 +74,6 @@ def test_two_processes_with_per_process_memory(tmp_path: Path, flag: str, mode: 
         "memory_0_rank0.npz", "memory_0_rank1.npz", "memory_1_rank0.npz", "memory_1_rank1.npz"]
 
 
-def test_published_memory_mode_is_the_multi_process_default() -> None:
-    memory = settings_of(MemorySettings, parse_config([]))
-    assert not (memory.global_memory or memory.distributed_memory or memory.published_memory)
-    assert memory.mode(2) == "published" and memory.mode(1) == "global"
-
-
 def test_one_process_with_accumulation_takes_the_same_step_as_two_processes(tmp_path: Path) -> None:
     script = str(HELPERS / "one_step.py")
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", environment()["MASTER_PORT"],
@@ -111,5 +103,5 @@ def test_a_crash_on_one_rank_ends_the_run_with_its_error(tmp_path: Path) -> None
 
 
 def test_train_sh_rejects_a_malformed_gpu_list() -> None:
-    result = subprocess.run(["bash", str(REPO / "train.sh"), "0;1", "--options"], capture_output=True, text=True)
+    result = subprocess.run(["bash", str(REPO_ROOT / "train.sh"), "0;1", "--options"], capture_output=True, text=True)
     assert result.returncode == 2 and "comma-separated list of GPU ids" in result.stderr

@@ -1,20 +1,13 @@
-"""SAM, ASAM and look-SAM steps against hand-computed updates; DyTox+ / DyTox++ option files end to end."""
+"""SAM, ASAM and look-SAM steps against hand-computed updates; the rho of each task."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-import main
-from continual.config import ConfigError, parse_config
-from continual.train.epoch import SamPlan, clip_and_step, sam_step
 from continual.method.losses import LossTerms
 from continual.method.sam import SAM, sam_rho_for_task
-
-OPTIONS = Path(__file__).resolve().parents[1] / "options"
+from continual.train.epoch import SamPlan, clip_and_step, sam_step
 
 
 def tiny_problem() -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
@@ -137,49 +130,3 @@ def test_memory_batches_feed_the_pass_that_asks_for_them() -> None:
 def test_rho_goes_linearly_to_sam_final() -> None:
     assert [sam_rho_for_task(3.0, 1.0, t, 5) for t in range(5)] == [3.0, 2.5, 2.0, 1.5, 1.0]
     assert sam_rho_for_task(3.0, None, 4, 5) == 3.0
-
-
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--sam-adaptive"], "sam_rho > 0"),
-    (["--look-sam-k", "2"], "sam_rho > 0"),
-    (["--sam-rho", "1", "--sam-first", "memory", "--sam-second", "memory"], "both be 'memory'"),
-    (["--sam-rho", "1", "--look-sam-k", "2", "--sam-first", "memory"], "look-SAM"),
-])
-def test_combinations_the_paper_does_not_define_are_rejected(flags: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        parse_config(flags)
-
-
-@pytest.mark.parametrize("model_file", ["cifar_dytox_plus", "cifar_dytox_plusplus", "imagenet_dytox_plus"])
-def test_published_dytox_plus_option_files_run_two_tasks(tmp_path: Path, model_file: str) -> None:
-    """The published model options on the offline digits, shortened by flags (few images, one epoch)."""
-    argv = [
-        "--options", str(OPTIONS / "data/digits_demo.yaml"), str(OPTIONS / f"model/{model_file}.yaml"),
-        "--max-task", "2", "--base-epochs", "1", "--epochs", "1", "--finetuning-epochs", "1",
-        "--train-per-class", "16", "--memory-size", "20", "--input-size", "32", "--num-workers", "0",
-        "--name", "plus", "--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs"),
-        "--no-amp",  # the ImageNet files' mixed precision would be emulated bfloat16 on this CPU
-    ]
-    cfg = parse_config(argv)
-    assert cfg.mixup == 0.8 and cfg.sam_rho == (3.0 if model_file.endswith("plusplus") else 0.0)
-    assert main.main(argv) == 0
-    log = next(tmp_path.glob("digits/demo/*_plus/log.jsonl"))
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["task"] for r in rows] == [0, 1] and rows[1]["classes_seen"] == 4
-    epochs = [json.loads(line) for line in log.with_name("epochs.jsonl").read_text().splitlines()]
-    assert {e["phase"] for e in epochs} == {"train", "finetune"}
-
-
-def test_without_mixup_the_plain_targets_and_criterion_are_used() -> None:
-    from continual.method.losses import bce_with_logits, soft_target_cross_entropy
-    from continual.config.settings import MixupSettings, settings_of
-    from continual.train.fit import build_mixer
-
-    plain = settings_of(MixupSettings, parse_config(["--mixup", "0", "--cutmix", "0", "--bce-loss"]))
-    assert not plain.active and build_mixer(plain, 10) is None
-    mixed = settings_of(MixupSettings, parse_config(["--mixup", "0.8", "--cutmix", "0", "--no-bce-loss"]))
-    mixer = build_mixer(mixed, 10)
-    assert mixer is not None and mixer.num_classes == 10 and mixer.mixup_alpha == 0.8
-    from continual.method.losses import build_criterion
-    assert build_criterion(True, 0.1, False) is bce_with_logits
-    assert build_criterion(False, 0.1, True) is soft_target_cross_entropy

@@ -1,20 +1,20 @@
-"""Configuration: precedence, YAML validation, option files, saving, derived values."""
+"""Option files: YAML values and their errors, the project's option files, saving a configuration."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 import yaml
+from support import with_values, write_yaml
 
+from conftest import REPO_ROOT
 from continual.config import ConfigError, parse_config
 from continual.config.files import config_to_dict, load_config_file, save_config
-from continual.config.settings import RecipeSettings, amp_enabled, scaled_lr, settings_of
 from continual.config.validate import validate_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_FILES = sorted((REPO_ROOT / "options" / "data").glob("*.yaml"))
 MODEL_FILES = sorted((REPO_ROOT / "options" / "model").glob("*.yaml"))
+
 
 # Realistic runs: data setting + class order + model version.
 COMBOS = [
@@ -32,64 +32,8 @@ COMBOS = [
 ]
 
 
-def write_yaml(path: Path, text: str) -> str:
-    """Write an option file and return its path as a command-line word."""
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
 def options_path(relative: str) -> str:
     return str(REPO_ROOT / "options" / relative)
-
-
-# --------------------------------------------------------------------------- #
-# Precedence
-# --------------------------------------------------------------------------- #
-
-@pytest.fixture
-def two_files(tmp_path: Path) -> tuple[str, str]:
-    a = write_yaml(tmp_path / "a.yaml", "epochs: 100\nlr: 0.001\nname: from_a\nseed: 3\n")
-    b = write_yaml(tmp_path / "b.yaml", "lr: 0.002\nname: from_b\n")
-    return a, b
-
-
-def test_defaults_without_files() -> None:
-    cfg = parse_config([])
-    assert cfg.epochs == 500 and cfg.lr == 5e-4 and cfg.data_set == "cifar"
-    assert cfg.head_div_mode == ["tr", "ft"] and cfg.freeze_task == []
-    assert cfg.pin_mem is True and cfg.class_order is None and cfg.options == []
-
-
-def test_later_file_wins_over_earlier_and_defaults(two_files: tuple[str, str]) -> None:
-    cfg = parse_config(["--options", *two_files])
-    assert cfg.epochs == 100  # only in A
-    assert cfg.seed == 3
-    assert cfg.lr == pytest.approx(0.002)  # B beats A
-    assert cfg.name == "from_b"
-    assert cfg.batch_size == 128  # default untouched
-    assert cfg.options == list(two_files)
-
-
-@pytest.mark.parametrize("cli_first", [True, False])
-def test_command_line_wins_wherever_it_appears(two_files: tuple[str, str], cli_first: bool) -> None:
-    flags = ["--lr", "0.1", "--name", "cli", "--epochs", "7"]
-    files = ["--options", *two_files]
-    cfg = parse_config(flags + files if cli_first else files + flags)
-    assert cfg.lr == pytest.approx(0.1)
-    assert cfg.name == "cli"
-    assert cfg.epochs == 7
-    assert cfg.seed == 3  # still from A
-
-
-def test_command_line_bool_beats_yaml_bool(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path / "m.yaml", "bce_loss: true\nrepeated_aug: false\n")
-    assert parse_config(["--options", path]).bce_loss is True
-    cfg = parse_config(["--no-bce-loss", "--repeated-aug", "--options", path])
-    assert cfg.bce_loss is False and cfg.repeated_aug is True
-
-
-def test_opt_is_not_an_abbreviation_of_options() -> None:
-    assert parse_config(["--opt", "sgd"]).opt == "sgd"
 
 
 # --------------------------------------------------------------------------- #
@@ -161,12 +105,6 @@ def test_empty_file_changes_nothing(tmp_path: Path) -> None:
     assert vars(parse_config(["--options", path])) == {**vars(parse_config([])), "options": [path]}
 
 
-def test_command_line_errors_exit_like_argparse() -> None:
-    with pytest.raises(SystemExit) as info:
-        parse_config(["--ind-clf", "2-2"])
-    assert info.value.code == 2
-
-
 # --------------------------------------------------------------------------- #
 # YAML values
 # --------------------------------------------------------------------------- #
@@ -217,30 +155,6 @@ def test_yaml_lists(tmp_path: Path) -> None:
 def test_several_class_orders_in_yaml(tmp_path: Path) -> None:
     path = write_yaml(tmp_path / "orders.yaml", "class_order: [[0, 1, 2], [2, 0, 1]]\n")
     assert parse_config(["--options", path]).class_order == [[0, 1, 2], [2, 0, 1]]
-
-
-def test_class_order_on_command_line_beats_yaml(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path / "o.yaml", "class_order: [0, 1, 2, 3]\n")
-    cfg = parse_config(["--class-order", "3", "1", "2", "0", "--options", path])
-    assert cfg.class_order == [3, 1, 2, 0]
-
-
-def test_flags_named_no_something() -> None:
-    """argparse's BooleanOptionalAction would set False for --no-amp / --no-progress."""
-    assert parse_config(["--no-amp"]).no_amp is True
-    assert parse_config(["--no-progress"]).no_progress is True
-    assert parse_config(["--no-progress", "--no-no-progress"]).no_progress is False
-    assert parse_config(["--no-pin-mem"]).pin_mem is False
-
-
-def test_amp_and_no_amp(tmp_path: Path) -> None:
-    assert amp_enabled(parse_config(["--amp"])) is True
-    assert amp_enabled(parse_config(["--amp", "--no-amp"])) is False
-    assert amp_enabled(parse_config([])) is False  # unset: off without --amp
-    assert amp_enabled(parse_config(["--no-no-amp"])) is True  # no_amp false: on, as published
-    published_imagenet = write_yaml(tmp_path / "o.yaml", "no_amp: false\n")
-    assert amp_enabled(parse_config(["--options", published_imagenet])) is True
-    assert amp_enabled(parse_config(["--options", published_imagenet, "--no-amp"])) is False
 
 
 # --------------------------------------------------------------------------- #
@@ -305,48 +219,7 @@ def test_fashion_mnist_benchmark_values() -> None:
 
 
 # --------------------------------------------------------------------------- #
-# Cross-option validation
-# --------------------------------------------------------------------------- #
-
-def with_values(**changes: object) -> argparse.Namespace:
-    """A valid default configuration with some values replaced."""
-    return argparse.Namespace(**{**vars(parse_config([])), **changes})
-
-
-@pytest.mark.parametrize("changes,option", [
-    ({"class_order": [0, 1, 1, 3]}, "class_order"),
-    ({"class_order": [[0, 1, 2], [2, 2, 0]]}, "class_order"),
-    ({"class_order": [1, 2, 3]}, "class_order"),
-    ({"freeze_task": ["old_heads", "encoder"]}, "freeze_task"),
-    ({"freeze_ft": ["sabs"]}, "freeze_ft"),
-    ({"rehearsal": "icarl"}, "rehearsal"),
-    ({"head_div_mode": ["train"]}, "head_div_mode"),
-    ({"sam_mode": ["tr", "eval"]}, "sam_mode"),
-    ({"global_memory": True, "distributed_memory": True}, "global_memory"),
-    ({"memory_size": -1}, "memory_size"),
-    ({"increment": 0}, "increment"),
-    ({"initial_increment": -5}, "initial_increment"),
-    ({"incremental_batch_size": 0}, "incremental_batch_size"),
-])
-def test_validate_config_errors(changes: dict[str, object], option: str) -> None:
-    with pytest.raises(ConfigError, match=option):
-        validate_config(with_values(**changes))
-
-
-def test_validation_runs_during_parsing() -> None:
-    with pytest.raises(ConfigError, match="class_order"):
-        parse_config(["--class-order", "0", "1", "1"])
-    with pytest.raises(ConfigError, match="distributed_memory"):
-        parse_config(["--global-memory", "--distributed-memory"])
-
-
-def test_valid_configuration_passes() -> None:
-    validate_config(with_values(class_order=[2, 0, 1], freeze_task=["all"],
-                                rehearsal="furthest_token"))
-
-
-# --------------------------------------------------------------------------- #
-# Saving and immutability
+# Saving
 # --------------------------------------------------------------------------- #
 
 def test_save_config_round_trips_atomically(tmp_path: Path) -> None:
@@ -377,40 +250,3 @@ def test_config_to_dict_is_a_copy() -> None:
 def test_config_to_dict_rejects_non_plain_values() -> None:
     with pytest.raises(ConfigError, match="data_path"):
         config_to_dict(with_values(data_path=Path("/data")))
-
-
-def test_parsing_twice_gives_equal_configs(two_files: tuple[str, str]) -> None:
-    argv = ["--options", *two_files, "--freeze-task", "sab", "--class-order", "1", "0"]
-    first = parse_config(argv)
-    first.freeze_task.append("tab")  # a careless caller must not leak into the next parse
-    assert parse_config(argv) == parse_config(argv)
-    assert parse_config(argv).freeze_task == ["sab"]
-    assert parse_config([]).head_div_mode == ["tr", "ft"]
-
-
-# --------------------------------------------------------------------------- #
-# Per-task derived values
-# --------------------------------------------------------------------------- #
-
-def test_scaled_lr_values() -> None:
-    assert scaled_lr(5e-4, 128, 2) == pytest.approx(2.5e-4)
-    assert scaled_lr(5e-4, 128, 1) == pytest.approx(1.25e-4)
-    assert scaled_lr(5e-4, 128, 1, accum_steps=4) == pytest.approx(5e-4)
-    assert scaled_lr(5e-5, 512, 1) == pytest.approx(5e-5)
-
-
-def test_per_task_values_do_not_mutate_config() -> None:
-    cfg = parse_config(["--lr", "1e-3", "--incremental-lr", "2e-4", "--batch-size", "256",
-                        "--incremental-batch-size", "64", "--base-epochs", "9", "--epochs", "4"])
-    before = vars(cfg).copy()
-    assert settings_of(RecipeSettings, cfg).lr_of(0, world_size=2) == pytest.approx(1e-3 * 256 * 2 / 512)
-    assert settings_of(RecipeSettings, cfg).lr_of(1, world_size=2) == pytest.approx(2e-4 * 64 * 2 / 512)
-    assert settings_of(RecipeSettings, cfg).batch_size_of(0) == 256 and settings_of(RecipeSettings, cfg).batch_size_of(3) == 64
-    assert settings_of(RecipeSettings, cfg).epochs_of(0) == 9 and settings_of(RecipeSettings, cfg).epochs_of(1) == 4
-    assert settings_of(RecipeSettings, cfg).finetuning_lr_of(1, world_size=1) == pytest.approx(5e-5 * 64 / 512)
-    assert vars(cfg) == before
-
-
-def test_incremental_lr_defaults_to_lr() -> None:
-    cfg = parse_config(["--lr", "1e-3"])
-    assert settings_of(RecipeSettings, cfg).lr_of(2, world_size=1) == pytest.approx(1e-3 * 128 / 512)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--options", str(REPO / "options/data/digits_demo.yaml"), str(REPO / "options/model/demo_tiny.yaml"),
+from conftest import HELPERS, REPO_ROOT
+
+ARGS = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"), str(REPO_ROOT / "options/model/demo_tiny.yaml"),
         "--max-task", "3", "--base-epochs", "3", "--epochs", "2", "--finetuning-epochs", "2",
         "--save-every-epoch", "1", "--deterministic", "--num-workers", "0", "--train-per-class", "48",
         "--name", "resume"]
@@ -21,10 +22,10 @@ TIMINGS = {"seconds", "data_seconds", "images_per_s", "data_wait_fraction"}
 TIMEOUT = 300
 
 
-def launch(extra: list[str], script: Path = REPO / "main.py", env: dict | None = None) -> subprocess.Popen:
+def launch(extra: list[str], script: Path = REPO_ROOT / "main.py", env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
     return subprocess.Popen([sys.executable, str(script), *ARGS, *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
 
 
 def run_until(extra: list[str], pattern: str | None, sig: int = signal.SIGKILL, **launch_args) -> tuple[int, str]:
@@ -114,7 +115,7 @@ def test_killed_four_times_and_resumed_equals_uninterrupted(tmp_path: Path, unin
 
 def test_sigterm_saves_inside_the_epoch_and_the_run_finishes_identically(tmp_path: Path, uninterrupted: dict) -> None:
     where = ["--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
-    code, output = run_until(where, None, script=Path(__file__).parent / "helpers" / "sigterm_at_step.py",
+    code, output = run_until(where, None, script=HELPERS / "sigterm_at_step.py",
                              env={"DYTOX_TEST_SIGTERM_AT": "task 1, train epoch 1, step 3"})
     assert code == 143, output[-3000:]
     folder = folder_of(tmp_path)

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, SHARED_DIR, required_path
 from torch import Tensor
 
+from conftest import REPO_ROOT, SHARED_DIR, required_path
 from continual.config import parse_config, settings_from
 from continual.config.settings import model_config
 from continual.method.dytox_learner import begin_finetuning, begin_task
 from continual.model.dytox import DyTox
-from continual.train.epoch import train_one_epoch
-from continual.train.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
 from continual.state.reference import read_reference_checkpoint
+from continual.train.epoch import train_one_epoch
 from continual.train.fit import batch_loss_of, precision_of
+from continual.train.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
 
 FIXTURE_ENV = "DYTOX_TRAINING_FIXTURE"
 # Tolerances of the fixture's README: max over keys of max|ours - ref| / (1 + max|ref|). A wrong rule

@@ -1,0 +1,95 @@
+"""The option table and the command line: defaults, precedence of files and flags, argparse behaviour."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import write_yaml
+
+from continual.config import parse_config
+
+# --------------------------------------------------------------------------- #
+# Precedence
+# --------------------------------------------------------------------------- #
+
+@pytest.fixture
+def two_files(tmp_path: Path) -> tuple[str, str]:
+    a = write_yaml(tmp_path / "a.yaml", "epochs: 100\nlr: 0.001\nname: from_a\nseed: 3\n")
+    b = write_yaml(tmp_path / "b.yaml", "lr: 0.002\nname: from_b\n")
+    return a, b
+
+
+def test_defaults_without_files() -> None:
+    cfg = parse_config([])
+    assert cfg.epochs == 500 and cfg.lr == 5e-4 and cfg.data_set == "cifar"
+    assert cfg.head_div_mode == ["tr", "ft"] and cfg.freeze_task == []
+    assert cfg.pin_mem is True and cfg.class_order is None and cfg.options == []
+
+
+def test_later_file_wins_over_earlier_and_defaults(two_files: tuple[str, str]) -> None:
+    cfg = parse_config(["--options", *two_files])
+    assert cfg.epochs == 100  # only in A
+    assert cfg.seed == 3
+    assert cfg.lr == pytest.approx(0.002)  # B beats A
+    assert cfg.name == "from_b"
+    assert cfg.batch_size == 128  # default untouched
+    assert cfg.options == list(two_files)
+
+
+@pytest.mark.parametrize("cli_first", [True, False])
+def test_command_line_wins_wherever_it_appears(two_files: tuple[str, str], cli_first: bool) -> None:
+    flags = ["--lr", "0.1", "--name", "cli", "--epochs", "7"]
+    files = ["--options", *two_files]
+    cfg = parse_config(flags + files if cli_first else files + flags)
+    assert cfg.lr == pytest.approx(0.1)
+    assert cfg.name == "cli"
+    assert cfg.epochs == 7
+    assert cfg.seed == 3  # still from A
+
+
+def test_command_line_bool_beats_yaml_bool(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "m.yaml", "bce_loss: true\nrepeated_aug: false\n")
+    assert parse_config(["--options", path]).bce_loss is True
+    cfg = parse_config(["--no-bce-loss", "--repeated-aug", "--options", path])
+    assert cfg.bce_loss is False and cfg.repeated_aug is True
+
+
+def test_opt_is_not_an_abbreviation_of_options() -> None:
+    assert parse_config(["--opt", "sgd"]).opt == "sgd"
+
+
+def test_class_order_on_command_line_beats_yaml(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "o.yaml", "class_order: [0, 1, 2, 3]\n")
+    cfg = parse_config(["--class-order", "3", "1", "2", "0", "--options", path])
+    assert cfg.class_order == [3, 1, 2, 0]
+
+
+# --------------------------------------------------------------------------- #
+# Command-line flags
+# --------------------------------------------------------------------------- #
+
+def test_command_line_errors_exit_like_argparse() -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--ind-clf", "2-2"])
+    assert info.value.code == 2
+
+
+def test_flags_named_no_something() -> None:
+    """argparse's BooleanOptionalAction would set False for --no-amp / --no-progress."""
+    assert parse_config(["--no-amp"]).no_amp is True
+    assert parse_config(["--no-progress"]).no_progress is True
+    assert parse_config(["--no-progress", "--no-no-progress"]).no_progress is False
+    assert parse_config(["--no-pin-mem"]).pin_mem is False
+
+
+# --------------------------------------------------------------------------- #
+# Immutability
+# --------------------------------------------------------------------------- #
+
+def test_parsing_twice_gives_equal_configs(two_files: tuple[str, str]) -> None:
+    argv = ["--options", *two_files, "--freeze-task", "sab", "--class-order", "1", "0"]
+    first = parse_config(argv)
+    first.freeze_task.append("tab")  # a careless caller must not leak into the next parse
+    assert parse_config(argv) == parse_config(argv)
+    assert parse_config(argv).freeze_task == ["sab"]
+    assert parse_config([]).head_div_mode == ["tr", "ft"]

@@ -1,0 +1,58 @@
+"""Typed settings and derived values: AMP, scaled learning rates, per-task values, the memory mode."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import write_yaml
+
+from continual.config import parse_config
+from continual.config.settings import MemorySettings, RecipeSettings, amp_enabled, scaled_lr, settings_of
+
+
+def test_amp_and_no_amp(tmp_path: Path) -> None:
+    assert amp_enabled(parse_config(["--amp"])) is True
+    assert amp_enabled(parse_config(["--amp", "--no-amp"])) is False
+    assert amp_enabled(parse_config([])) is False  # unset: off without --amp
+    assert amp_enabled(parse_config(["--no-no-amp"])) is True  # no_amp false: on, as published
+    published_imagenet = write_yaml(tmp_path / "o.yaml", "no_amp: false\n")
+    assert amp_enabled(parse_config(["--options", published_imagenet])) is True
+    assert amp_enabled(parse_config(["--options", published_imagenet, "--no-amp"])) is False
+
+
+# --------------------------------------------------------------------------- #
+# Per-task derived values
+# --------------------------------------------------------------------------- #
+
+def test_scaled_lr_values() -> None:
+    assert scaled_lr(5e-4, 128, 2) == pytest.approx(2.5e-4)
+    assert scaled_lr(5e-4, 128, 1) == pytest.approx(1.25e-4)
+    assert scaled_lr(5e-4, 128, 1, accum_steps=4) == pytest.approx(5e-4)
+    assert scaled_lr(5e-5, 512, 1) == pytest.approx(5e-5)
+
+
+def test_per_task_values_do_not_mutate_config() -> None:
+    cfg = parse_config(["--lr", "1e-3", "--incremental-lr", "2e-4", "--batch-size", "256",
+                        "--incremental-batch-size", "64", "--base-epochs", "9", "--epochs", "4"])
+    before = vars(cfg).copy()
+    assert settings_of(RecipeSettings, cfg).lr_of(0, world_size=2) == pytest.approx(1e-3 * 256 * 2 / 512)
+    assert settings_of(RecipeSettings, cfg).lr_of(1, world_size=2) == pytest.approx(2e-4 * 64 * 2 / 512)
+    assert settings_of(RecipeSettings, cfg).batch_size_of(0) == 256 and settings_of(RecipeSettings, cfg).batch_size_of(3) == 64
+    assert settings_of(RecipeSettings, cfg).epochs_of(0) == 9 and settings_of(RecipeSettings, cfg).epochs_of(1) == 4
+    assert settings_of(RecipeSettings, cfg).finetuning_lr_of(1, world_size=1) == pytest.approx(5e-5 * 64 / 512)
+    assert vars(cfg) == before
+
+
+def test_incremental_lr_defaults_to_lr() -> None:
+    cfg = parse_config(["--lr", "1e-3"])
+    assert settings_of(RecipeSettings, cfg).lr_of(2, world_size=1) == pytest.approx(1e-3 * 128 / 512)
+
+
+# --------------------------------------------------------------------------- #
+# Memory mode
+# --------------------------------------------------------------------------- #
+
+def test_published_memory_mode_is_the_multi_process_default() -> None:
+    memory = settings_of(MemorySettings, parse_config([]))
+    assert not (memory.global_memory or memory.distributed_memory or memory.published_memory)
+    assert memory.mode(2) == "published" and memory.mode(1) == "global"

@@ -1,0 +1,76 @@
+"""Cross-option validation: a refused combination is a ConfigError naming the option, raised while parsing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import with_values
+
+from continual.config import ConfigError, parse_config
+from continual.config.validate import validate_config
+
+
+@pytest.mark.parametrize("changes,option", [
+    ({"class_order": [0, 1, 1, 3]}, "class_order"),
+    ({"class_order": [[0, 1, 2], [2, 2, 0]]}, "class_order"),
+    ({"class_order": [1, 2, 3]}, "class_order"),
+    ({"freeze_task": ["old_heads", "encoder"]}, "freeze_task"),
+    ({"freeze_ft": ["sabs"]}, "freeze_ft"),
+    ({"rehearsal": "icarl"}, "rehearsal"),
+    ({"head_div_mode": ["train"]}, "head_div_mode"),
+    ({"sam_mode": ["tr", "eval"]}, "sam_mode"),
+    ({"global_memory": True, "distributed_memory": True}, "global_memory"),
+    ({"memory_size": -1}, "memory_size"),
+    ({"increment": 0}, "increment"),
+    ({"initial_increment": -5}, "initial_increment"),
+    ({"incremental_batch_size": 0}, "incremental_batch_size"),
+])
+def test_validate_config_errors(changes: dict[str, object], option: str) -> None:
+    with pytest.raises(ConfigError, match=option):
+        validate_config(with_values(**changes))
+
+
+def test_validation_runs_during_parsing() -> None:
+    with pytest.raises(ConfigError, match="class_order"):
+        parse_config(["--class-order", "0", "1", "1"])
+    with pytest.raises(ConfigError, match="distributed_memory"):
+        parse_config(["--global-memory", "--distributed-memory"])
+
+
+def test_valid_configuration_passes() -> None:
+    validate_config(with_values(class_order=[2, 0, 1], freeze_task=["all"],
+                                rehearsal="furthest_token"))
+
+
+# --------------------------------------------------------------------------- #
+# Several class orders
+# --------------------------------------------------------------------------- #
+
+def test_orders_of_different_lengths_are_refused_at_parse_time(tmp_path: Path) -> None:
+    options = tmp_path / "orders.yaml"
+    options.write_text("class_order: [[0, 1, 2], [1, 0]]\n")
+    with pytest.raises(ConfigError, match="class_order.*different lengths"):
+        parse_config(["--options", str(options)])
+
+
+@pytest.mark.parametrize("flags", [["--resume", "somewhere"], ["--eval"], ["--start-task", "2"]])
+def test_one_folder_options_are_refused_with_several_orders(flags: list[str], tmp_path: Path) -> None:
+    options = tmp_path / "orders.yaml"
+    options.write_text("class_order: [[0, 1, 2], [2, 0, 1], [1, 2, 0]]\n")
+    with pytest.raises(ConfigError, match=f"{flags[0]}.*class_order holds 3 orders.*--auto-resume"):
+        parse_config(flags + ["--options", str(options)])
+
+
+# --------------------------------------------------------------------------- #
+# SAM options
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--sam-adaptive"], "sam_rho > 0"),
+    (["--look-sam-k", "2"], "sam_rho > 0"),
+    (["--sam-rho", "1", "--sam-first", "memory", "--sam-second", "memory"], "both be 'memory'"),
+    (["--sam-rho", "1", "--look-sam-k", "2", "--sam-first", "memory"], "look-SAM"),
+])
+def test_combinations_the_paper_does_not_define_are_rejected(flags: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(flags)

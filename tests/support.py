@@ -1,0 +1,80 @@
+"""Helpers shared by the test files of several modules (the tests of ``continual/X.py`` are in ``tests/X``).
+
+Plain functions and constants; a test file imports what it uses (``from support import ...``). tests/ is
+on ``sys.path`` because pytest imports tests/conftest.py from there (its default import mode). Fixtures
+that several test files use are in tests/conftest.py.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from continual.config import parse_config
+from continual.method.metrics import average_incremental_accuracy, backward_transfer, forgetting
+from continual.model.dytox import DyToxConfig
+from continual.report.records import TaskResult
+
+# ---------------------------------------------- configurations (tests/config)
+
+def write_yaml(path: Path, text: str) -> str:
+    """Write an option file and return its path as a command-line word."""
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def with_values(**changes: object) -> argparse.Namespace:
+    """A valid default configuration with some values replaced."""
+    return argparse.Namespace(**{**vars(parse_config([])), **changes})
+
+
+# ----------------------- small models (tests/model, tests/state, tests/train)
+
+SMALL = DyToxConfig(
+    embed_dim=48, depth=3, num_heads=4, patch_size=4, input_size=16, local_up_to_layer=2, head_div=True,
+    head_div_mode=("tr",),
+)
+
+
+TINY = DyToxConfig(embed_dim=32, depth=2, num_heads=4, patch_size=4, input_size=8, local_up_to_layer=1,
+                   head_div=True, head_div_mode=("tr",))
+
+
+def schedule_cfg(**overrides) -> argparse.Namespace:
+    argv = ["--sched", "cosine", "--warmup-epochs", "1", "--warmup-lr", "1e-6", "--min-lr", "1e-5"]
+    cfg = parse_config(argv)
+    return argparse.Namespace(**{**vars(cfg), **overrides})
+
+
+# --------------------- task results (tests/method, tests/report, tests/train)
+
+# An accuracy matrix where forgetting (drop from the best) and BWT (drop from the diagonal) differ.
+MATRIX = [[80.0], [90.0, 70.0], [60.0, 50.0, 75.0]]
+
+
+def task_result(**fields: object) -> TaskResult:
+    """A TaskResult with ``fields``, zeros and empties elsewhere."""
+    defaults: dict[str, object] = {
+        "task": 0, "classes_seen": 0, "acc1": 0.0, "acc5": 0.0, "acc_per_task": [], "acc_old": None, "acc_new": 0.0,
+        "acc_task_incremental": 0.0, "acc_task_prediction": 0.0, "avg_acc": 0.0, "forgetting": 0.0,
+        "backward_transfer": 0.0, "params_total": 0, "params_trainable": 0, "params_without_head_div": 0,
+        "memory_size": 0, "memory_per_class": {}, "seconds": {}, "eval_images": 0, "world_size": 1,
+        "memory_mode": "global", "memory_total": 0, "memory_fingerprints": [],
+    }
+    return TaskResult(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
+def hand_rows() -> list[TaskResult]:
+    """Task results as the task loop logs them (NaN old accuracy read back as null), for MATRIX."""
+    rows = []
+    for task, (per_task, top1) in enumerate(zip(MATRIX, [80.0, 82.0, 62.0])):
+        matrix = MATRIX[: task + 1]
+        rows.append(task_result(**{
+            "task": task, "classes_seen": 10 * (task + 1), "acc1": top1, "acc5": 95.0 - task,
+            "acc_per_task": per_task, "acc_old": None if task == 0 else 55.5, "acc_new": per_task[-1],
+            "acc_task_incremental": 90.0 + task, "acc_task_prediction": 85.25,
+            "avg_acc": average_incremental_accuracy([80.0, 82.0, 62.0][: task + 1]),
+            "forgetting": forgetting(matrix), "backward_transfer": backward_transfer(matrix),
+            "params_total": 10_733_584 + task, "params_without_head_div": 10_700_000,
+            "seconds": {"train": 10.0, "eval": 1.0 + task},
+        }))
+    return rows

@@ -1,0 +1,99 @@
+"""One epoch's training step and evaluation, on a tiny model and batches."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from support import TINY, schedule_cfg
+
+from continual.method.losses import bce_with_logits
+from continual.model.dytox import DyTox
+from continual.train.epoch import BatchLoss, EpochCursor, Precision, StepOptions, evaluate, train_one_epoch
+from continual.train.optim import build_optimizer
+
+
+def tiny_batches(n: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [(torch.randn(4, 3, 8, 8, generator=generator), torch.tensor([0, 1, 3, 4])) for _ in range(n)]
+
+
+def settings() -> BatchLoss:
+    return BatchLoss(criterion=bce_with_logits, auto_kd=True, kd_weight=0.0, tau=1.0, head_div=0.1)
+
+
+def test_training_epoch_updates_trainable_parameters_and_reports_losses() -> None:
+    model = DyTox(TINY, 3)
+    teacher = DyTox(TINY, 3)
+    teacher.load_state_dict(model.state_dict())
+    teacher.freeze(["all"])
+    model.expand(2)
+    model.freeze(["old_task_tokens", "old_heads"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, schedule_cfg(), 1e-3)
+    stats = train_one_epoch(model, teacher, tiny_batches(), optimizer, settings(), Precision(torch.device("cpu"), False))
+    assert set(stats.losses) == {"classification", "kd", "div", "total"} and stats.images == 8
+    assert stats.losses["total"] == pytest.approx(stats.losses["classification"] + stats.losses["kd"] + stats.losses["div"])
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]) != param.requires_grad, name
+
+
+def test_non_finite_loss_stops_with_the_place() -> None:
+    model = DyTox(TINY, 5)
+    with torch.no_grad():
+        model.head[0].head.bias.fill_(float("nan"))
+    optimizer = build_optimizer(model, schedule_cfg(), 1e-3)
+    with pytest.raises(FloatingPointError, match="task 3, train epoch 7, step 0"):
+        train_one_epoch(model, None, tiny_batches(), optimizer, settings(), Precision(torch.device("cpu"), False),
+                        cursor=EpochCursor(where="task 3, train epoch 7"))
+
+
+def test_evaluate_runs_without_autocast_when_amp_is_off() -> None:
+    model = DyTox(TINY, 5).eval()
+    counts = evaluate(model, tiny_batches(1), Precision(torch.device("cpu"), False), [5])
+    with torch.no_grad():
+        expected = (model(tiny_batches(1)[0][0]).logits.argmax(1) == torch.tensor([0, 1, 3, 4])).sum()
+    assert counts.correct.item() == expected.item() and counts.total.item() == 4
+
+
+def test_bfloat16_autocast_training_step_on_cpu() -> None:
+    model = DyTox(TINY, 5)
+    optimizer = build_optimizer(model, schedule_cfg(), 1e-3)
+    precision = Precision(torch.device("cpu"), True)
+    assert precision.dtype == torch.bfloat16 and precision.grad_scaler() is None
+    stats = train_one_epoch(model, None, tiny_batches(), optimizer, settings(), precision)
+    assert np.isfinite(stats.losses["total"])
+    assert Precision(torch.device("cuda"), True).dtype == torch.float16
+    assert Precision(torch.device("cuda"), True, "bfloat16").dtype == torch.bfloat16
+    assert Precision(torch.device("cuda"), True, "bfloat16").grad_scaler() is None  # no loss scaling needed
+    with pytest.raises(ValueError, match="float16 is for CUDA"):
+        Precision(torch.device("cpu"), True, "float16")
+
+
+def test_mixup_batches_train_with_soft_targets_and_the_divergence_head() -> None:
+    from timm.data import Mixup
+
+    model = DyTox(TINY, 3)
+    model.expand(2)  # 5 classes, divergence head over 2 new classes + "old"
+    mixer = Mixup(mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.1, num_classes=5)
+    calls = []
+
+    def recording_mixer(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mixed, soft = mixer(images, targets)
+        calls.append(soft)
+        return mixed, soft
+
+    optimizer = build_optimizer(model, schedule_cfg(), 1e-3)
+    stats = train_one_epoch(model, None, tiny_batches(), optimizer, settings(), Precision(torch.device("cpu"), False),
+                            StepOptions(mixer=recording_mixer))
+    assert len(calls) == 2 and calls[0].shape == (4, 5)
+    torch.testing.assert_close(calls[0].sum(dim=1), torch.ones(4))
+    assert set(stats.losses) == {"classification", "div", "total"} and np.isfinite(stats.losses["total"])
+
+
+def test_precision_warns_about_emulated_bfloat16_and_ignored_amp() -> None:
+    from continual.train.epoch import cpu_has_fast_bfloat16
+
+    notes = Precision(torch.device("cpu"), True).warnings()
+    assert any("bfloat16" in note for note in notes) == (not cpu_has_fast_bfloat16())
+    assert Precision(torch.device("cpu"), False).warnings() == []
+    assert "no_amp is true" in Precision(torch.device("cpu"), False).warnings(amp_requested_but_disabled=True)[0]
