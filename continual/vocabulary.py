@@ -26,9 +26,6 @@ REHEARSAL_METHODS = (
     "random", "closest_all", "closest_token", "furthest_all", "furthest_token", "icarl_all", "icarl_token",
 )
 
-# How the rehearsal memory is shared by the processes of a run.
-MEMORY_MODES = ("global", "distributed", "published")
-
 
 def phase_option_name(phase: str) -> str:
     """``train`` -> ``tr``, ``finetune`` -> ``ft``: the spelling of ``head_div_mode`` and ``sam_mode``."""

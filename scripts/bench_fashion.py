@@ -33,7 +33,8 @@ def run_seed(seed: int, out_dir: Path, extra: list[str]) -> dict:
 
 def phase_seconds(rows: list[dict], run_dir: Path, wall: float) -> dict[str, float]:
     """Wall time split by phase; waiting for batches is taken out of training and finetuning."""
-    total = {phase: sum(r["seconds"].get(phase, 0.0) for r in rows) for phase in ("train", "memory", "finetune", "eval")}
+    phases = ("train", "memory", "finetune", "eval")
+    total = {phase: sum(r["seconds"].get(phase, 0.0) for r in rows) for phase in phases}
     epochs = read_rows(run_dir / "epochs.jsonl")
     waiting = {phase: sum(e["data_seconds"] for e in epochs if e["phase"] == phase) for phase in ("train", "finetune")}
     stepping = {phase: sum(e["seconds"] for e in epochs if e["phase"] == phase) for phase in ("train", "finetune")}

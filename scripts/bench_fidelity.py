@@ -46,7 +46,8 @@ def table(results: dict[str, list[dict]]) -> str:
              f"| published code | {mean_std(PUBLISHED['avg'])} ({', '.join(map(str, PUBLISHED['avg']))}) "
              f"| {mean_std(PUBLISHED['last'])} ({', '.join(map(str, PUBLISHED['last']))}) |"]
     for mode, runs in results.items():
-        cells = [f"{mean_std([r[k] for r in runs])} ({', '.join(f'{r[k]:.2f}' for r in runs)})" for k in ("avg", "last")]
+        cells = [f"{mean_std([r[k] for r in runs])} ({', '.join(f'{r[k]:.2f}' for r in runs)})"
+                 for k in ("avg", "last")]
         lines.append(f"| this project, {mode} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 

@@ -50,8 +50,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from continual.config.options import parse_config  # noqa: E402
 from continual.model.dytox import DyTox, grown_model  # noqa: E402
-from continual.train.epoch import Precision, evaluate, train_one_epoch  # noqa: E402
 from continual.runtime.host_memory import retain_freed_memory  # noqa: E402
+from continual.train.epoch import Precision, evaluate, train_one_epoch  # noqa: E402
 from continual.train.loop import loss_settings, model_config  # noqa: E402
 
 OPTIONS = ["--options", "options/model/cifar_dytox.yaml"]

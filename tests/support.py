@@ -66,7 +66,7 @@ def task_result(**fields: object) -> TaskResult:
 def hand_rows() -> list[TaskResult]:
     """Task results as the task loop logs them (NaN old accuracy read back as null), for MATRIX."""
     rows = []
-    for task, (per_task, top1) in enumerate(zip(MATRIX, [80.0, 82.0, 62.0])):
+    for task, (per_task, top1) in enumerate(zip(MATRIX, [80.0, 82.0, 62.0], strict=True)):
         matrix = MATRIX[: task + 1]
         rows.append(task_result(**{
             "task": task, "classes_seen": 10 * (task + 1), "acc1": top1, "acc5": 95.0 - task,

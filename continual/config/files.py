@@ -78,6 +78,7 @@ def _convert_item(option: Option, item: object) -> object:
         raise ValueError(f"expected a single value, got {type(item).__name__}")
     if isinstance(item, bool):
         raise ValueError("expected a value, got a boolean")
+    assert option.type is not None, "booleans are converted without a type"
     converted = option.type(str(item))
     if option.choices is not None and converted not in option.choices:
         choices = ", ".join(repr(c) for c in option.choices)

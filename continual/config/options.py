@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol, cast
 
 from continual.vocabulary import FREEZE_NAMES, HEAD_MODES, PHASE_OPTIONS, REHEARSAL_METHODS
 
@@ -63,7 +64,7 @@ def _int_list(values: list[object]) -> list[int]:
     """Reject bools and floats, which Python would otherwise accept as ints."""
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ValueError(f"expected a non-empty list of integers, got {values!r}")
-    return list(values)
+    return cast(list[int], list(values))
 
 
 # --------------------------------------------------------------------------- #
@@ -102,7 +103,7 @@ class Option:
         return self.nullable or self.default is None
 
 
-def _bool(dest: str, default: bool, help: str, negatable: bool = True) -> Option:
+def _bool(dest: str, default: bool | None, help: str, negatable: bool = True) -> Option:
     """A boolean option (``--x`` / ``--no-x``); YAML gives true or false."""
     return Option(dest, default, help, negatable=negatable)
 

@@ -355,7 +355,7 @@ FASHION_MNIST_MEAN: Triple = (0.2860, 0.2860, 0.2860)
 FASHION_MNIST_STD: Triple = (0.3530, 0.3530, 0.3530)
 # Measured once on the digits *train* split after the conversion above (uint8
 # 0..255, RGB, bicubic 32x32): mean 0.3091, std 0.3486 on every channel
-# (tests/test_data.py recomputes it).
+# (tests/data/test_datasets.py recomputes it).
 DIGITS_MEAN: Triple = (0.3091, 0.3091, 0.3091)
 DIGITS_STD: Triple = (0.3486, 0.3486, 0.3486)
 IMAGENET_MEAN: Triple = tuple(IMAGENET_DEFAULT_MEAN)  # type: ignore[assignment]
@@ -379,11 +379,6 @@ def dataset_info(name: str) -> DatasetInfo:
         return DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}") from None
-
-
-def dataset_num_classes(name: str) -> int:
-    """Number of classes of the benchmark (1000 for imagenet1000, whatever the folder holds)."""
-    return dataset_info(name).num_classes
 
 
 def dataset_normalization(name: str) -> tuple[Triple, Triple]:

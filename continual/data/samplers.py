@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sized
+from typing import cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
@@ -80,12 +81,12 @@ def build_sampler(
     if not shuffle:
         if world_size > 1:
             return DistributedSampler(dataset, world_size, rank, shuffle=False)
-        return SequentialSampler(dataset)
+        return SequentialSampler(cast(Sized, dataset))
     if repeated_aug:
-        return RepeatedAugSampler(dataset, world_size, rank)
+        return RepeatedAugSampler(cast(Sized, dataset), world_size, rank)
     if world_size > 1:
         return DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
-    return EpochShuffleSampler(dataset, seed)
+    return EpochShuffleSampler(cast(Sized, dataset), seed)
 
 
 def set_sampler_epoch(loader: DataLoader, epoch: int) -> None:
@@ -107,7 +108,7 @@ def build_train_loader(
     pin_memory: bool,
 ) -> DataLoader:
     """Training loader with ``drop_last`` (as published), unless that would leave no batch."""
-    if len(dataset) == 0:
+    if len(cast(Sized, dataset)) == 0:
         raise ValueError("cannot train on an empty dataset")
     sampler = build_sampler(
         dataset, shuffle=shuffle, repeated_aug=repeated_aug, world_size=world_size, rank=rank, seed=seed
@@ -118,7 +119,7 @@ def build_train_loader(
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        drop_last=len(sampler) >= batch_size,
+        drop_last=len(cast(Sized, sampler)) >= batch_size,
         persistent_workers=False,
     )
 

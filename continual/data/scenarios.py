@@ -8,7 +8,7 @@ these remapped labels, as the task sets give them. Task ids `t` come out of
 continuum as float64; they are task indices all the same.
 
 Continuum calls the task loop should use (all public, checked with continuum
-1.2.7 under numpy 2 in tests/test_data.py):
+1.2.7 under numpy 2 in tests/data/test_scenarios.py):
 
 (a) train TaskSet of task t: `train_scenario[t]` (or `for t, taskset in
     enumerate(train_scenario)`); `taskset.get_classes()` lists its labels,
@@ -142,14 +142,15 @@ class Scenarios:
 
 def build_scenarios(settings: DataSettings) -> tuple[ClassIncremental, ClassIncremental]:
     """Train and test scenarios of `settings.data_set`, same class order and increments."""
-    augment = dict(color_jitter=settings.color_jitter, aa=settings.aa, interpolation=settings.train_interpolation,
-                   reprob=settings.reprob, remode=settings.remode, recount=settings.recount)
     scenarios = []
     for train in (True, False):
         dataset = build_dataset(settings.data_set, settings.data_path, train,
                                 train_per_class=settings.train_per_class if train else 0,
                                 input_size=settings.input_size)
-        transform = build_transform(settings.data_set, settings.input_size, train, **augment)
+        transform = build_transform(
+            settings.data_set, settings.input_size, train, color_jitter=settings.color_jitter, aa=settings.aa,
+            interpolation=settings.train_interpolation, reprob=settings.reprob, remode=settings.remode,
+            recount=settings.recount)
         scenarios.append(build_scenario(
             dataset, initial_increment=settings.initial_increment, increment=settings.increment,
             class_order=settings.class_order, transform=transform))

@@ -21,7 +21,7 @@ Published behaviours kept on purpose (SPEC §6b), both inherited from timm:
 
 Pillow 13 rejects the 0-bit posterize that `rand-m9-mstd0.5-inc1` requests
 when the sampled magnitude reaches 10 (SPEC §7); requirements.txt pins
-Pillow < 13 and tests/test_data.py runs the whole pipeline on real images.
+Pillow < 13 and tests/data/test_transforms.py runs the whole pipeline on real images.
 """
 from __future__ import annotations
 

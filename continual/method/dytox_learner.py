@@ -99,12 +99,14 @@ class DyToxLearner:
         own augmented features, within its own budget.
         """
         if self.memory_mode == "global":
-            indices = self._herd(model, task_id, quota) if self.ctx.is_main else None
-            indices = broadcast_object(indices)
+            chosen = self._herd(model, task_id, quota) if self.ctx.is_main else None
+            indices = broadcast_object(chosen)
         else:
             indices = self._herd(model, task_id, quota)
+        assert indices is not None  # process 0's selection, on every process
         self.memory.trim(quota)
-        self.memory.add(*self.scenarios.train[task_id].get_raw_samples(), indices)
+        x, y, t = self.scenarios.train[task_id].get_raw_samples()
+        self.memory.add(x, y, t, indices)
 
     def _herding_set(self, task_id: int) -> TaskSet:
         """The task's images with the transform features are extracted with (train by default, as published)."""

@@ -78,7 +78,7 @@ class TaskAccuracy:
 
     @classmethod
     def from_counts(cls, counts: EvalCounts) -> TaskAccuracy:
-        per_task = [percent(c, n) for c, n in zip(counts.correct, counts.total)]
+        per_task = [percent(c, n) for c, n in zip(counts.correct, counts.total, strict=True)]
         return cls(
             top1=percent(counts.correct.sum(), counts.total.sum()),
             top5=percent(counts.correct_top5.sum(), counts.total.sum()),

@@ -14,7 +14,8 @@ name raises instead of silently running iCaRL.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -292,8 +293,6 @@ class Memory:
         self._y = np.empty(0, dtype=np.int64)
         self._t = np.empty(0, dtype=np.int64)
 
-    per_class_quota = staticmethod(per_class_quota)
-
     def __len__(self) -> int:
         return len(self._y)
 
@@ -304,7 +303,7 @@ class Memory:
     def counts_per_class(self) -> dict[int, int]:
         """Number of exemplars of each class present."""
         values, counts = np.unique(self._y, return_counts=True)
-        return {int(v): int(c) for v, c in zip(values, counts)}
+        return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
 
     def add(self, x: np.ndarray, y: np.ndarray, t: np.ndarray, indices: np.ndarray) -> None:
         """Store x[indices], y[indices], t[indices], exemplars of classes not yet in memory.

@@ -15,7 +15,7 @@ gradient) are neither perturbed nor updated.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -50,17 +50,17 @@ class SAM:
     def ascend(self, grad_scale: float = 1.0) -> None:
         """w <- w + e from the current gradients (divided by ``grad_scale`` when AMP scaled them)."""
         params = self.parameters_with_grad()
-        grads = {p: p.grad / grad_scale for p in params}
+        grads = {p: torch.div(cast(Tensor, p.grad), grad_scale) for p in params}
         if not all(torch.isfinite(g).all() for g in grads.values()):
             self._perturbation, self._first_grad = {}, {}  # an overflowing AMP step: the scaler will skip it
             return
         norm = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm((p.abs() if self.adaptive else 1.0) * grads[p]) for p in params])
+            torch.stack([torch.linalg.vector_norm(grads[p] * p.abs() if self.adaptive else grads[p]) for p in params])
         )
         scale = self.rho / (norm + 1e-12)
         self._perturbation, self._first_grad = {}, {}
         for p in params:
-            e = (p.square() if self.adaptive else 1.0) * grads[p] * scale
+            e = (grads[p] * p.square() if self.adaptive else grads[p]) * scale
             p.add_(e)
             self._perturbation[p] = e
             self._first_grad[p] = grads[p].clone()
@@ -87,9 +87,9 @@ class SAM:
             g_v = self._orthogonal.get(p)
             if g_v is None:
                 continue
-            ratio = p.grad.norm() / g_v.norm().clamp_min(1e-12)
-            p.grad.add_(self.look_alpha * ratio * g_v)
-
+            grad = p.grad
+            assert grad is not None  # parameters_with_grad
+            grad.add_(self.look_alpha * grad.norm() / g_v.norm().clamp_min(1e-12) * g_v)
 
     def _ordered_parameters(self) -> list[nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -102,7 +102,7 @@ class SAM:
         params = self._ordered_parameters()
         if len(state["orthogonal"]) != len(params):
             raise ValueError(f"SAM state for {len(state['orthogonal'])} parameters, optimiser has {len(params)}")
-        self._orthogonal = {p: g.to(p) for p, g in zip(params, state["orthogonal"]) if g is not None}
+        self._orthogonal = {p: g.to(p) for p, g in zip(params, state["orthogonal"], strict=True) if g is not None}
 
 
 def sam_rho_for_task(rho: float, final: float | None, task_id: int, nb_tasks: int) -> float:
@@ -112,4 +112,3 @@ def sam_rho_for_task(rho: float, final: float | None, task_id: int, nb_tasks: in
     return rho + (final - rho) * task_id / (nb_tasks - 1)
 
 
-LossFn = Callable[[], Tensor]

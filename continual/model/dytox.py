@@ -11,13 +11,14 @@ names follow the published code so that its state dicts load unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from continual.model.layers import BranchMasks, PatchEmbed, SelfAttentionBlock, TaskAttentionBlock
-from continual.vocabulary import HEAD_MODES, PHASE_OPTIONS, TRAIN, TRAINING_PHASES, phase_option_name
+from continual.vocabulary import HEAD_MODES, PHASE_OPTIONS, TRAINING_PHASES, phase_option_name
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class DyTox(nn.Module):
         if self.config.ind_clf == "":
             self.head = self._initial_heads().to(reference)
         else:
-            self.head.append(ContinualClassifier(*self._head_dims()).to(reference))
+            cast(nn.ModuleList, self.head).append(ContinualClassifier(*self._head_dims()).to(reference))
 
     def set_phase(self, phase: str) -> None:
         """'train' or 'finetune': decides whether the divergence head runs (``head_div_mode``)."""
@@ -206,7 +207,7 @@ class DyTox(nn.Module):
         parts = {name: self._freezable_parts(name) for name in names}  # validates before touching anything
         for param in self.parameters():
             param.requires_grad_(True)
-        for name, params in parts.items():
+        for params in parts.values():
             for param in params:
                 param.requires_grad_(False)
         if "all" in names:
@@ -237,8 +238,9 @@ class DyTox(nn.Module):
         so the random stream is consumed as in the published per-task decoding.
         """
         like = self.pos_embed  # the masks take the model's device and dtype
-        sabs = [block.drop_path.draw_block(batch, like) for block in self.sabs]
-        per_token = [[block.drop_path.draw_block(batch, like) for block in self.tabs] for _ in range(self.nb_tasks)]
+        sabs = [cast(SelfAttentionBlock, block).drop_path.draw_block(batch, like) for block in self.sabs]
+        per_token = [[cast(TaskAttentionBlock, block).drop_path.draw_block(batch, like) for block in self.tabs]
+                     for _ in range(self.nb_tasks)]
         tabs = [stack_token_masks([masks[j] for masks in per_token]) for j in range(len(self.tabs))]
         return DropPathMasks(sabs, tabs)
 
@@ -248,11 +250,11 @@ class DyTox(nn.Module):
         if masks is None:
             masks = self.draw_drop_path_masks(images.shape[0])
         x = self.pos_drop(self.patch_embed(images) + self.pos_embed)  # (B, N, D)
-        for block, block_masks in zip(self.sabs, masks.sabs):
+        for block, block_masks in zip(self.sabs, masks.sabs, strict=True):
             x = block(x, fused=fused, masks=block_masks)
         if self.config.joint_tokens:
             tokens = torch.cat(list(self.task_tokens), dim=1)  # (1, T, D): the blocks share it across the batch
-            for block, block_masks in zip(self.tabs, masks.tabs):
+            for block, block_masks in zip(self.tabs, masks.tabs, strict=True):
                 tokens = block(tokens, x, fused=fused, masks=block_masks)
             return tokens.transpose(0, 1)
         embeddings = []
@@ -268,15 +270,16 @@ class DyTox(nn.Module):
         mode = self.config.ind_clf
         if mode == "":
             return self.head(torch.cat(list(embeddings), dim=1))
+        heads = cast(nn.ModuleList, self.head)
         if mode in ("1-1", "1-n"):
-            logits = [head(embeddings[i]) for i, head in enumerate(self.head)]
+            logits = [head(embeddings[i]) for i, head in enumerate(heads)]
         else:
-            logits = [head(torch.cat(list(embeddings[: i + 1]), dim=1)) for i, head in enumerate(self.head)]
+            logits = [head(torch.cat(list(embeddings[: i + 1]), dim=1)) for i, head in enumerate(heads)]
         if mode in ("1-1", "n-1"):
             return torch.cat(logits, dim=1)
-        return self._average_growing_heads(logits)
+        return self.average_growing_heads(logits)
 
-    def _average_growing_heads(self, logits: list[Tensor]) -> Tensor:
+    def average_growing_heads(self, logits: list[Tensor]) -> Tensor:
         """Combine 1-n / n-n heads, where head i predicts all classes of tasks 0..i."""
         total = torch.zeros_like(logits[-1])
         for head_logits in logits:
@@ -299,7 +302,7 @@ class DyTox(nn.Module):
     def forward(self, images: Tensor, masks: DropPathMasks | None = None) -> DyToxOutput:
         """Logits of all seen classes; ``masks`` fixes the stochastic depth of a training forward."""
         embeddings = self.forward_features(images, masks)
-        div_logits = self.head_div(embeddings[-1]) if self.divergence_active() else None
+        div_logits = self.head_div(embeddings[-1]) if self.head_div is not None and self.divergence_active() else None
         return DyToxOutput(self.forward_head(embeddings), div_logits, embeddings)
 
 

@@ -106,7 +106,9 @@ class MixedAttention(torch.autograd.Function):
         grad_v = torch.lerp(content, positional, gate).transpose(-2, -1) @ grad_out
         grad_mixed = grad_out @ v.transpose(-2, -1)  # (B, H, N, N)
         grad_positional = (grad_mixed * gate).sum(0) if ctx.needs_input_grad[3] else None
-        grad_gate = (grad_mixed * (positional - content)).sum((0, 2, 3)).view_as(gate) if ctx.needs_input_grad[4] else None
+        grad_gate = None
+        if ctx.needs_input_grad[4]:
+            grad_gate = (grad_mixed * (positional - content)).sum((0, 2, 3)).view_as(gate)
         grad_scores = torch._softmax_backward_data(grad_mixed.mul_(1.0 - gate), content, -1, content.dtype)
         grad_scores.mul_(q.shape[-1] ** -0.5)
         return grad_scores @ k, grad_scores.transpose(-2, -1) @ q, grad_v, grad_positional, grad_gate
@@ -171,6 +173,8 @@ class GPSA(nn.Module):
     "sdpa", (1 - s) SDPA(Q, K, V) + s (P V), the GPU choice; "mixed", one mixed map
     times V, the CPU choice (``continual.runtime.distributed.attention_kernel_for``).
     """
+
+    rel_offsets: Tensor
 
     def __init__(
         self,
@@ -241,7 +245,8 @@ class GPSA(nn.Module):
         weight = torch.cat((self.qk.weight, self.v.weight))
         bias = None if self.qk.bias is None else torch.cat((self.qk.bias, self.v.bias))
         qkv = F.linear(x, weight, bias).view(batch, tokens, 3, self.num_heads, channels // self.num_heads)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
 
     def _sdpa_attention(self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor) -> Tensor:
         """(1 - s) SDPA(Q, K, V) + (s P) V: the content half in a fused kernel (the GPU path)."""

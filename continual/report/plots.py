@@ -8,6 +8,7 @@ sees half a PNG while the run rewrites them after every task.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -47,7 +48,7 @@ def accuracy_curve(results: list[TaskResult], label: str = "DyTox") -> Figure:
     return figure
 
 
-def accuracy_matrix(matrix: list[list[float | None]]) -> Figure:
+def accuracy_matrix(matrix: Sequence[Sequence[float | None]]) -> Figure:
     """Heatmap of a[i][j] (accuracy on task j's classes after learning task i), each cell annotated."""
     size = len(matrix)
     grid = [[math.nan] * size for _ in range(size)]  # above the diagonal: tasks not seen yet
@@ -104,16 +105,13 @@ def training_curves(epochs: list[EpochRecord]) -> Figure:
     return figure
 
 
-def write_plots(run_dir: Path, results: list[TaskResult], epochs: list[EpochRecord]) -> list[Path]:
-    """(Re)write the run's PNGs from its task results and epoch records; returns their paths."""
+def write_plots(run_dir: Path, results: list[TaskResult], epochs: list[EpochRecord]) -> None:
+    """(Re)write the run's PNGs from its task results and epoch records."""
     figures = {
         ACCURACY_CURVE: accuracy_curve(results),
         ACCURACY_MATRIX: accuracy_matrix([result.acc_per_task for result in results]),
     }
     if epochs:
         figures[TRAINING_CURVES] = training_curves(epochs)
-    paths = []
     for name, figure in figures.items():
         save_figure(figure, run_dir / name)
-        paths.append(run_dir / name)
-    return paths

@@ -41,7 +41,7 @@ class TaskResult(EvalResult):
     params_trainable: int
     params_without_head_div: int
     memory_size: int  # exemplars on this process
-    memory_per_class: dict[str, int]
+    memory_per_class: dict[Any, int]  # class -> exemplars (string keys once read back from JSON)
     seconds: dict[str, float]  # per phase: train, memory, finetune, eval
     eval_images: int
     world_size: int

@@ -7,19 +7,36 @@ the records of ``log.jsonl`` and ``epochs.jsonl``, which stay the source of trut
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
-from continual.config.settings import RunSettings
 from continual.report.plots import write_plots
 from continual.report.records import EpochRecord, TaskResult
 from continual.report.summary import run_summary, write_summary
 from continual.report.tensorboard import ScalarLog
 
 
+class ReportOptions(Protocol):
+    """What the reports read of a run's settings (continual.config.settings.RunSettings has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def options(self) -> Sequence[str]: ...
+
+    @property
+    def plots(self) -> bool: ...
+
+    @property
+    def tensorboard(self) -> bool: ...
+
+
 class RunResults:
     """``summary.json``, plots (``--no-plots``) and TensorBoard (``--no-tensorboard``) of one run folder."""
 
-    def __init__(self, run_dir: Path, settings: RunSettings, nb_tasks: int, started: float) -> None:
+    def __init__(self, run_dir: Path, settings: ReportOptions, nb_tasks: int, started: float) -> None:
         """``started``: ``time.perf_counter()`` when the run began, for its wall time."""
         self.run_dir = run_dir
         self.name = settings.name

@@ -15,6 +15,7 @@ import json
 import math
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from continual.report.records import EpochRecord, TaskResult
 from continual.runtime.files import atomic_write
@@ -26,7 +27,7 @@ def run_name(data_set: str, log_category: str, name: str, now: datetime | None =
     return Path(data_set) / log_category / (f"{stamp}_{name}" if name else stamp)
 
 
-def _json_safe(value: object) -> object:
+def _json_safe(value: Any) -> Any:
     """NaN (e.g. old-class accuracy after the first task) becomes null: strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -52,7 +52,5 @@ def run_summary(results: list[TaskResult], *, name: str, options: list[str], nb_
     }
 
 
-def write_summary(run_dir: Path, summary: dict) -> Path:
-    path = run_dir / SUMMARY_FILE
-    write_json(path, summary)
-    return path
+def write_summary(run_dir: Path, summary: dict) -> None:
+    write_json(run_dir / SUMMARY_FILE, summary)

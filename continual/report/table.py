@@ -59,7 +59,7 @@ def format_table(headers: list[str], cells: list[list[str]], left: frozenset[int
 
     def line(values: list[str]) -> str:
         return "  ".join(v.ljust(w) if i in left else v.rjust(w)
-                         for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(row) for row in cells)])

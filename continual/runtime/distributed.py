@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from continual.runtime.device import resolve_device
+
+T = TypeVar("T")
 
 # torchrun's wrapper for the entry point: a failing process's traceback reaches torchrun's report.
 record_errors = record
@@ -68,7 +71,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
+def broadcast_object(obj: T, src: int = 0) -> T:
     """``obj`` of process ``src`` on every process; identity in a single process."""
     if not (dist.is_available() and dist.is_initialized()):
         return obj
@@ -95,10 +98,10 @@ def wrap_for_training(model: torch.nn.Module, ctx: DistContext, find_unused: boo
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
 
 
-def gather_objects(obj: object) -> list[object]:
+def gather_objects(obj: T) -> list[T]:
     """``obj`` of every process, in rank order; ``[obj]`` in a single process."""
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]
-    gathered: list[object] = [None] * dist.get_world_size()
+    gathered: list[T | None] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
-    return gathered
+    return gathered  # type: ignore[return-value]  # every slot filled

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from types import FrameType
+from typing import Any
 
 import torch
 
@@ -28,7 +29,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal_name is not None and signum == signal.SIGINT:

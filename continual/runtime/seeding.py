@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,10 +22,10 @@ def seed_worker(worker_id: int) -> None:
 
 
 # ------------------------------------------------------------------------ RNG
-def capture_rng(generator: np.random.Generator) -> dict[str, object]:
+def capture_rng(generator: np.random.Generator) -> dict[str, Any]:
     """Every random state the run draws from, as plain data and tensors."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
+    kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
                   "has_gauss": has_gauss, "cached": cached},
@@ -36,7 +37,7 @@ def capture_rng(generator: np.random.Generator) -> dict[str, object]:
     return state
 
 
-def restore_rng(state: dict[str, object], generator: np.random.Generator) -> None:
+def restore_rng(state: dict[str, Any], generator: np.random.Generator) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy_state = state["numpy"]

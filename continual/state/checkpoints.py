@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from continual.model.dytox import DyTox, config_from_dict, grown_model
 from continual.method.rehearsal import Memory
+from continual.model.dytox import DyTox, config_from_dict, grown_model
 from continual.runtime.device import attention_kernel_for
 from continual.runtime.files import atomic_write
 
@@ -65,12 +65,11 @@ def load_task_checkpoint(path: Path, device: torch.device | str = "cpu") -> tupl
 
 def save_memory(run_dir: Path, task_id: int, memory: Memory, rank: int | None = None) -> Path:
     path = memory_path(run_dir, task_id, rank)
-    state = memory.state_dict()
-    x = np.empty(0) if state["x"] is None else state["x"]
+    x, y, t = memory.get()  # an empty memory: three empty arrays
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.savez(handle, x=x, y=state["y"], t=state["t"])
+            np.savez(handle, x=x, y=y, t=t)
 
     atomic_write(path, write)
     return path

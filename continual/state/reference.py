@@ -13,6 +13,7 @@ import argparse
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,7 +35,7 @@ def read_reference_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict
     return checkpoint["model"], args
 
 
-def head_div_modes(value: object) -> tuple[str, ...]:
+def head_div_modes(value: Any) -> tuple[str, ...]:
     """The published options give ``head_div_mode`` as a list or as a YAML string such as 'tr'.
 
     The reference tests membership with ``'tr' in value``, so a string is read the same way.
@@ -55,15 +56,16 @@ def _classes_per_task(state: dict[str, Tensor], ind_clf: str, nb_tasks: int, arg
     if ind_clf == "":
         per_task = list(args.get("increment_per_task") or [])[:nb_tasks]
         if len(per_task) != nb_tasks or sum(per_task) != state["head.head.weight"].shape[0]:
-            raise ValueError("cannot infer classes per task of a single-head checkpoint without args.increment_per_task")
+            raise ValueError("cannot infer classes per task of a single-head checkpoint "
+                             "without args.increment_per_task")
         return [int(n) for n in per_task]
     widths = [state[f"head.{i}.head.weight"].shape[0] for i in range(nb_tasks)]
     if ind_clf in ("1-1", "n-1"):
         return widths
-    return [widths[0]] + [b - a for a, b in zip(widths, widths[1:])]
+    return [widths[0]] + [b - a for a, b in zip(widths, widths[1:], strict=False)]
 
 
-def reference_config(state: dict[str, Tensor], args: dict[str, object]) -> tuple[DyToxConfig, list[int]]:
+def reference_config(state: dict[str, Tensor], args: dict[str, Any]) -> tuple[DyToxConfig, list[int]]:
     """The model configuration and classes per task of a published checkpoint."""
     embed_dim, in_chans, patch_size, _ = state["patch_embed.proj.weight"].shape
     num_patches = state["pos_embed"].shape[1]

@@ -95,5 +95,6 @@ class RunState:
             position=Position(**state["position"]), model=model, teacher=teacher, memory=memory, rng=state["rng"],
             results=[TaskResult.from_row(row) for row in state["rows"]],
             epochs=[EpochRecord.from_row(row) for row in state["epoch_rows"]],
-            timings=dict(state["timings"]), fit=None if state["fit"] is None else FitState.from_state_dict(state["fit"]),
+            timings=dict(state["timings"]),
+            fit=None if state["fit"] is None else FitState.from_state_dict(state["fit"]),
         )

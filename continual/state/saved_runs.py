@@ -12,8 +12,10 @@ Files hold tensors and plain Python data only (``torch.load(weights_only=True)``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +62,7 @@ def memory_to_plain(x: np.ndarray, y: np.ndarray, t: np.ndarray) -> dict[str, ob
     return {"x": images, "y": torch.from_numpy(y.astype(np.int64)), "t": torch.from_numpy(t.astype(np.int64))}
 
 
-def memory_from_plain(state: dict[str, object]) -> dict[str, np.ndarray | None]:
+def memory_from_plain(state: dict[str, Any]) -> dict[str, np.ndarray | None]:
     x = state["x"]
     y = state["y"].numpy()
     x = np.asarray(x) if isinstance(x, list) else x.numpy()
@@ -91,7 +93,7 @@ def save_state(run_dir: Path, sequence: int, rank: int, state: dict[str, object]
             path.unlink(missing_ok=True)
 
 
-def read_state(path: Path) -> dict[str, object]:
+def read_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, corrupted or foreign file
@@ -102,8 +104,9 @@ def read_state(path: Path) -> dict[str, object]:
 
 
 def load_latest_state(
-    run_dir: Path, rank: int, world_size: int, say=print, all_ok=lambda ok: ok
-) -> tuple[int, dict] | None:
+    run_dir: Path, rank: int, world_size: int, say: Callable[[str], None] = print,
+    all_ok: Callable[[bool], bool] = lambda ok: ok,
+) -> tuple[int, dict[str, Any]] | None:
     """(sequence, this rank's state) of the newest complete sequence that loads; None if there is none.
 
     An unreadable file is reported and the previous sequence is used.
@@ -113,12 +116,13 @@ def load_latest_state(
     """
     for sequence in sequences(run_dir, world_size):
         path = state_path(run_dir, sequence, rank)
+        state = None
         try:
-            state, ok = read_state(path), True
+            state = read_state(path)
         except ValueError as error:
             say(f"warning: {error}; using the previous checkpoint")
-            state, ok = None, False
-        if all_ok(ok):
+        if all_ok(state is not None):  # then this process read its file too
+            assert state is not None
             return sequence, state
     return None
 

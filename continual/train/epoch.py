@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ class BatchLoss:
     head_div: float
 
 
-AMP_DTYPES = {"auto": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+AMP_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def cpu_has_fast_bfloat16() -> bool:
@@ -56,9 +56,10 @@ class Precision:
 
     @property
     def dtype(self) -> torch.dtype:
-        if self.amp_dtype == "auto":
+        chosen = AMP_DTYPES[self.amp_dtype]
+        if chosen is None:  # auto
             return torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        return AMP_DTYPES[self.amp_dtype]
+        return chosen
 
     def autocast(self) -> AbstractContextManager:
         if not self.amp:
@@ -74,7 +75,8 @@ class Precision:
         if self.amp and self.device.type == "cpu" and not cpu_has_fast_bfloat16():  # bfloat16 on the CPU
             notes.append("mixed precision (--amp, or no_amp: false as in the published ImageNet files) on a CPU "
                          "without bfloat16 instructions (AVX-512 / AMX): bfloat16 runs emulated, far slower than "
-                         "float32 (a 2048x2048 matmul measured 600x slower on an AVX2 EPYC); --no-amp trains in float32")
+                         "float32 (a 2048x2048 matmul measured 600x slower on an AVX2 EPYC); "
+                         "--no-amp trains in float32")
         return notes
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
@@ -199,7 +201,8 @@ def sam_step(
 
 def _sync_unless(model: nn.Module, accumulating: bool) -> AbstractContextManager:
     """Skip DDP's gradient all-reduce on micro-batches that do not end an accumulation group."""
-    return model.no_sync() if accumulating and hasattr(model, "no_sync") else nullcontext()
+    no_sync = getattr(model, "no_sync", None)  # a DistributedDataParallel's
+    return no_sync() if accumulating and no_sync is not None else nullcontext()
 
 
 @dataclass(frozen=True)

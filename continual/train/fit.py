@@ -17,12 +17,12 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset
 
 from continual.config.settings import LossSettings, MixupSettings, PrecisionSettings, SamSettings, Settings
+from continual.data.samplers import set_sampler_epoch
 from continual.method.losses import build_criterion
 from continual.method.sam import SAM, sam_rho_for_task
-from continual.data.samplers import set_sampler_epoch
 from continual.model.dytox import DyTox
-from continual.report.records import EpochProgress
 from continual.report.progress import epoch_bar
+from continual.report.records import EpochProgress
 from continual.runtime.distributed import DistContext, wrap_for_training
 from continual.runtime.seeding import capture_rng, restore_rng
 from continual.state.run_state import FitState

@@ -22,7 +22,11 @@ from continual.config.settings import Settings
 from continual.data.scenarios import Scenarios
 from continual.method.dytox_learner import DyToxLearner
 from continual.method.metrics import (
-    EvalCounts, TaskAccuracy, average_incremental_accuracy, backward_transfer, forgetting,
+    EvalCounts,
+    TaskAccuracy,
+    average_incremental_accuracy,
+    backward_transfer,
+    forgetting,
 )
 from continual.model.dytox import DyTox, count_parameters
 from continual.report.records import EpochRecord, TaskResult
@@ -94,7 +98,7 @@ class TaskLoop:
             print(message, flush=True)
 
     # ------------------------------------------------------------------ one task
-    def run_task(self, task_id: int, start: Position | None = None) -> TaskResult:
+    def run_task(self, task_id: int, start: Position | None = None) -> None:
         """Run the phases of a task; ``start`` resumes it from ``self.resumed``."""
         start = start or Position(task_id)
         resumed = self.resumed if start.phase != "begin" else None
@@ -119,7 +123,6 @@ class TaskLoop:
         self.finish_task(result)
         self.clock = PhaseClock()
         self.boundary(Position(task_id + 1), None)
-        return result
 
     def resume_of(self, start: Position, phase: str) -> Resume | None:
         """How ``phase`` resumes: from the run state when it was saved inside that phase."""

@@ -11,6 +11,8 @@ That off-by-one is the default because the published numbers depend on it;
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -22,7 +24,7 @@ from continual.config.settings import OptimizerSettings, ScheduleSettings
 
 def build_optimizer(model: nn.Module, cfg: OptimizerSettings, lr: float) -> torch.optim.Optimizer:
     """timm optimiser over the trainable parameters; no weight decay on biases and norms (timm's rule)."""
-    kwargs: dict[str, object] = {"eps": cfg.opt_eps} if cfg.opt_eps is not None else {}
+    kwargs: dict[str, Any] = {"eps": cfg.opt_eps} if cfg.opt_eps is not None else {}
     if cfg.opt_betas:
         kwargs["betas"] = tuple(cfg.opt_betas)
     return create_optimizer_v2(
@@ -43,7 +45,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleSettings, epo
         min_lr=cfg.min_lr,
         warmup_lr=cfg.warmup_lr,
         warmup_epochs=cfg.warmup_epochs,
-        noise=None if cfg.lr_noise is None else list(cfg.lr_noise),
+        noise=None if cfg.lr_noise is None else list(cfg.lr_noise),  # type: ignore[arg-type]  # None: no noise
         noise_pct=cfg.lr_noise_pct,
         noise_std=cfg.lr_noise_std,
         noise_seed=cfg.seed,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from continual.config.settings import Settings, settings_from
 from continual.method.metrics import mean_and_std
@@ -42,9 +43,10 @@ def config_for_order(cfg: argparse.Namespace, order: list[int], index: int | Non
 
 def orders_summary(name: str, orders: list[list[int]], outcomes: list[Outcome]) -> dict:
     """Avg and Last of each order's run, and their mean and sample std over the orders."""
-    per_order = [{"order": i, "run_dir": str(outcome.run_dir), "avg_acc": outcome.results[-1].avg_acc,
-                  "last_acc": outcome.results[-1].acc1, "class_order": order}
-                 for i, (order, outcome) in enumerate(zip(orders, outcomes))]
+    per_order: list[dict[str, Any]] = [
+        {"order": i, "run_dir": str(outcome.run_dir), "avg_acc": outcome.results[-1].avg_acc,
+         "last_acc": outcome.results[-1].acc1, "class_order": order}
+        for i, (order, outcome) in enumerate(zip(orders, outcomes, strict=True))]
     aggregate: dict = {"name": name, "std": "sample (ddof=1)", "orders": per_order}
     for key in ("avg_acc", "last_acc"):
         mean, std = mean_and_std([o[key] for o in per_order])

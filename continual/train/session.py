@@ -19,10 +19,10 @@ from continual.config.validate import check_world_size
 from continual.data.scenarios import Scenarios, load_scenarios
 from continual.method.dytox_learner import DyToxLearner
 from continual.model.dytox import DyTox
+from continual.report.progress import bars_wanted
 from continual.report.records import EvalRecord, TaskResult
 from continual.report.results import RunResults
 from continual.report.run_log import RunLogs
-from continual.report.progress import bars_wanted
 from continual.report.table import run_report, task_table
 from continual.runtime.device import attention_kernel_for, set_deterministic
 from continual.runtime.distributed import DistContext, broadcast_object
@@ -87,7 +87,8 @@ def start_run(settings: Settings, ctx: DistContext, started: float) -> tuple[Tas
     if settings.run.deterministic:
         set_deterministic(ctx.device)
     seed_everything(settings.run.seed + ctx.rank)
-    for note in precision_of(settings.precision, ctx.device).warnings(amp_requested_but_disabled=settings.precision.amp_overridden):
+    precision = precision_of(settings.precision, ctx.device)
+    for note in precision.warnings(amp_requested_but_disabled=settings.precision.amp_overridden):
         if ctx.is_main:
             print(f"warning: {note}", file=sys.stderr, flush=True)
     scenarios = load_scenarios(settings.data)  # fails fast on missing or malformed data
@@ -105,8 +106,8 @@ def start_run(settings: Settings, ctx: DistContext, started: float) -> tuple[Tas
         start = restore_run_state(loop)
     if ctx.is_main:  # only once the resume is accepted: nothing is written in a refused run's folder
         run_dir.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        save_config(dict(settings.options), run_dir / ("config.yaml" if not continuing else f"config_resume_{stamp}.yaml"))
+        name = f"config_resume_{time.strftime('%Y%m%d-%H%M%S')}.yaml" if continuing else "config.yaml"
+        save_config(dict(settings.options), run_dir / name)
         loop.reporter = RunResults(run_dir, settings.run, last_task, started)  # rebuilds tensorboard/ from the logs
         loop.reporter.resume_from(loop.logs.task_results(), loop.logs.epoch_records())  # type: ignore[union-attr]
     return loop, start, last_task

@@ -37,7 +37,8 @@ def test_per_task_values_do_not_mutate_config() -> None:
     before = vars(cfg).copy()
     assert settings_of(RecipeSettings, cfg).lr_of(0, world_size=2) == pytest.approx(1e-3 * 256 * 2 / 512)
     assert settings_of(RecipeSettings, cfg).lr_of(1, world_size=2) == pytest.approx(2e-4 * 64 * 2 / 512)
-    assert settings_of(RecipeSettings, cfg).batch_size_of(0) == 256 and settings_of(RecipeSettings, cfg).batch_size_of(3) == 64
+    recipe = settings_of(RecipeSettings, cfg)
+    assert recipe.batch_size_of(0) == 256 and recipe.batch_size_of(3) == 64
     assert settings_of(RecipeSettings, cfg).epochs_of(0) == 9 and settings_of(RecipeSettings, cfg).epochs_of(1) == 4
     assert settings_of(RecipeSettings, cfg).finetuning_lr_of(1, world_size=1) == pytest.approx(5e-5 * 64 / 512)
     assert vars(cfg) == before

@@ -94,7 +94,7 @@ def test_imagenet100_labels_follow_class_list(imagenet100_root: Path) -> None:
     dataset = build_dataset("imagenet100", imagenet100_root, True)
     x, y, _ = dataset.get_data()
     assert len(x) == 101 and np.bincount(y).tolist() == [2] + [1] * 99
-    for path, label in zip(x, y):
+    for path, label in zip(x, y, strict=True):
         assert Path(path).parent.name == wnids[label]
     scenario = build_scenario(dataset, initial_increment=0, increment=10, class_order=None,
                               transform=build_test_transform("imagenet100", 224))

@@ -208,7 +208,7 @@ def test_per_class_quota_fixed_and_not_fixed() -> None:
     assert per_class_quota(2000, 10, 100, fixed=False) == 200
     assert per_class_quota(2000, 30, 100, fixed=False) == 66
     assert per_class_quota(2000, 10, 100, fixed=True) == 20
-    assert Memory.per_class_quota(2000, 50, 100, fixed=True) == 20
+    assert per_class_quota(2000, 50, 100, fixed=True) == 20
     with pytest.raises(ValueError):
         per_class_quota(2000, 0, 100, fixed=False)
 
@@ -289,7 +289,7 @@ def test_memory_state_dict_round_trip() -> None:
     memory.add(images, np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 0, 0, 1, 1]), np.array([1, 2, 5]))
     restored = Memory()
     restored.load_state_dict(memory.state_dict())
-    for ours, theirs in zip(memory.get(), restored.get()):
+    for ours, theirs in zip(memory.get(), restored.get(), strict=True):
         np.testing.assert_array_equal(ours, theirs)
     # the documented checkpoint path: np.savez, loaded without pickle
     buffer = io.BytesIO()

@@ -24,7 +24,7 @@ def gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[s
     """Gradient of the loss at the given parameter values (a functional evaluation)."""
     values = {name: value.clone().requires_grad_(True) for name, value in params.items()}
     loss = ((torch.func.functional_call(model, values, (x,)) - y) ** 2).mean()
-    return dict(zip(values, torch.autograd.grad(loss, list(values.values()))))
+    return dict(zip(values, torch.autograd.grad(loss, list(values.values())), strict=True))
 
 
 def sam_update(model: nn.Module, optimizer: torch.optim.Optimizer, plan: SamPlan, x, y, step: int = 0,

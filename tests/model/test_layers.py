@@ -9,18 +9,28 @@ from continual.model.layers import GeluThenLinear, MixedAttention
 
 
 def test_gpsa_fast_forms_equal_the_published_arithmetic() -> None:
-    """Both fast forms of GPSA (SDPA on CUDA, one mixed map on the CPU), checked on the CPU against
-    the published arithmetic (per-sample positional map, renormalised rows), with random gates."""
+    """Both fast forms of GPSA (content_kernel "sdpa", the GPU choice, and "mixed", the CPU one), flipped on
+    one layer and checked on the CPU against the published arithmetic (``fused=False``: per-sample
+    positional map, renormalised rows), with random gates: outputs and the gradients of the input,
+    the gates and the positional projection."""
     gpsa = DyTox(SMALL, 2).sabs[0].attn
     with torch.no_grad():
         gpsa.gating_param.normal_()
         gpsa.pos_proj.weight.normal_()
     x = torch.randn(3, gpsa.rel_offsets.shape[0], SMALL.embed_dim, generator=torch.Generator().manual_seed(0))
-    reference = gpsa._published_attention(x, 0.0)
-    q, k, v = gpsa._fused_qkv(x)
-    gate = torch.sigmoid(gpsa.gating_param).view(-1, 1, 1)
-    torch.testing.assert_close(gpsa._sdpa_attention(q, k, v, gate), reference, rtol=0, atol=1e-6)
-    torch.testing.assert_close(gpsa._mixed_attention(q, k, v, gate), reference, rtol=0, atol=1e-6)
+
+    def forward(kernel: str, fused: bool) -> list[torch.Tensor]:
+        gpsa.content_kernel = kernel
+        gpsa.zero_grad(set_to_none=True)
+        inputs = x.clone().requires_grad_()
+        out = gpsa(inputs, fused=fused)
+        out.square().sum().backward()
+        return [out.detach(), inputs.grad, gpsa.gating_param.grad, gpsa.pos_proj.weight.grad]
+
+    reference = forward("mixed", fused=False)
+    for kernel in ("sdpa", "mixed"):
+        for ours, published in zip(forward(kernel, fused=True), reference, strict=True):
+            torch.testing.assert_close(ours, published, rtol=1e-5, atol=1e-6)
 
 
 def test_memory_saving_attention_and_mlp_have_exact_gradients() -> None:

@@ -148,8 +148,9 @@ def test_resume_continues_from_a_task_checkpoint(demo_run: Path) -> None:
                            "--log-dir", str(demo_run / "logs_resumed")]
     assert run_main(argv) == 0
     rows = rows_of(folder / "log.jsonl")
-    for got, saved in zip(rows[:2], saved_rows[:2]):
-        assert got == saved, {k: (got.get(k), saved.get(k)) for k in set(got) | set(saved) if got.get(k) != saved.get(k)}
+    for got, saved in zip(rows[:2], saved_rows[:2], strict=True):
+        assert got == saved, {k: (got.get(k), saved.get(k)) for k in set(got) | set(saved)
+                              if got.get(k) != saved.get(k)}
     assert [r["task"] for r in rows] == [0, 1, 2]
     assert rows[2]["memory_per_class"] == saved_rows[2]["memory_per_class"]
     assert len(list(folder.glob("config_resume_*.yaml"))) == 1
@@ -251,7 +252,7 @@ def orders_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_each_class_order_runs_in_its_own_folder(orders_run: Path) -> None:
     folders = sorted(orders_run.glob("*_multi_order?"))
     assert [f.name.rsplit("_", 1)[1] for f in folders] == ["order0", "order1"]
-    for folder, order in zip(folders, ORDERS):
+    for folder, order in zip(folders, ORDERS, strict=True):
         config = yaml.safe_load((folder / "config.yaml").read_text())
         assert config["class_order"] == order and config["name"] == folder.name.split("_", 2)[2]
         assert [r["task"] for r in rows_of(folder / "log.jsonl")] == [0, 1]
@@ -314,7 +315,7 @@ def test_fast_and_plain_paths_train_the_same_run(tmp_path: Path) -> None:
     (fast_epochs, fast_weights), (plain_epochs, plain_weights) = runs["fast"], runs["plain"]
     assert [(e["task"], e["phase"]) for e in fast_epochs] == [(e["task"], e["phase"]) for e in plain_epochs]
     assert {e["phase"] for e in fast_epochs} == {"train", "finetune"} and any("kd" in e for e in fast_epochs)
-    for fast, plain in zip(fast_epochs, plain_epochs):
+    for fast, plain in zip(fast_epochs, plain_epochs, strict=True):
         for term in ("classification", "kd", "div", "total"):
             if term in plain:
                 assert fast[term] == pytest.approx(plain[term], rel=1e-5, abs=1e-7), (fast["task"], fast["epoch"], term)

@@ -76,8 +76,9 @@ def test_two_processes_with_per_process_memory(tmp_path: Path, flag: str, mode: 
 
 def test_one_process_with_accumulation_takes_the_same_step_as_two_processes(tmp_path: Path) -> None:
     script = str(HELPERS / "one_step.py")
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", environment()["MASTER_PORT"],
-                          script, "ddp", str(tmp_path / "ddp.pt")],
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-port", environment()["MASTER_PORT"]]
+    ddp = subprocess.run([*torchrun, script, "ddp", str(tmp_path / "ddp.pt")],
                          capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = subprocess.run([sys.executable, script, "accumulate", str(tmp_path / "single.pt")],
@@ -94,8 +95,9 @@ def test_one_process_with_accumulation_takes_the_same_step_as_two_processes(tmp_
 
 
 def test_a_crash_on_one_rank_ends_the_run_with_its_error(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", environment()["MASTER_PORT"],
-            str(HELPERS / "crash_on_rank1.py"), *DEMO, "--device", "cpu", "--global-memory",
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+            "--master-port", environment()["MASTER_PORT"], str(HELPERS / "crash_on_rank1.py"), *DEMO,
+            "--device", "cpu", "--global-memory",
             "--output-basedir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs")]
     result = subprocess.run(argv, capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
     assert result.returncode != 0

@@ -79,8 +79,9 @@ def check_phase_seconds(folder: Path) -> None:
 def assert_same_run(got: dict, expected: dict) -> None:
     for name in ("log", "epochs"):
         assert len(got[name]) == len(expected[name]), name
-        for row, expected_row in zip(got[name], expected[name]):
-            assert row == expected_row, {k: (row.get(k), expected_row.get(k)) for k in row if row.get(k) != expected_row.get(k)}
+        for row, expected_row in zip(got[name], expected[name], strict=True):
+            assert row == expected_row, {k: (row.get(k), expected_row.get(k)) for k in row
+                                         if row.get(k) != expected_row.get(k)}
     for key in ("x", "y", "t"):
         assert np.array_equal(got["memory"][key], expected["memory"][key])
     assert got["model"].keys() == expected["model"].keys()

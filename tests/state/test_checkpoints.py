@@ -20,7 +20,7 @@ def test_task_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     assert set(torch.load(path, weights_only=True)) >= {"model", "model_config", "nb_classes_per_task", "config"}
     loaded, state = checkpoint.load_task_checkpoint(path)
     assert loaded.nb_classes_per_task == [3, 2] and state["config"]["freeze_ft"] == ["sab"]
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert list(tmp_path.rglob("*.tmp")) == []
 
@@ -38,5 +38,5 @@ def test_memory_file_round_trip(tmp_path: Path) -> None:
     memory.add(x, np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 0, 0, 1, 1]), np.array([1, 2, 5]))
     path = checkpoint.save_memory(tmp_path, 3, memory)
     loaded = checkpoint.load_memory(path)
-    for a, b in zip(memory.get(), loaded.get()):
+    for a, b in zip(memory.get(), loaded.get(), strict=True):
         assert np.array_equal(a, b)

@@ -30,9 +30,11 @@ def test_training_epoch_updates_trainable_parameters_and_reports_losses() -> Non
     model.freeze(["old_task_tokens", "old_heads"])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = build_optimizer(model, schedule_cfg(), 1e-3)
-    stats = train_one_epoch(model, teacher, tiny_batches(), optimizer, settings(), Precision(torch.device("cpu"), False))
+    stats = train_one_epoch(model, teacher, tiny_batches(), optimizer, settings(),
+                            Precision(torch.device("cpu"), False))
     assert set(stats.losses) == {"classification", "kd", "div", "total"} and stats.images == 8
-    assert stats.losses["total"] == pytest.approx(stats.losses["classification"] + stats.losses["kd"] + stats.losses["div"])
+    losses = stats.losses
+    assert losses["total"] == pytest.approx(losses["classification"] + losses["kd"] + losses["div"])
     for name, param in model.named_parameters():
         assert torch.equal(param, before[name]) != param.requires_grad, name
 
