@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from continual.config.errors import ConfigError
 from continual.method.losses import Criterion, LossTerms, check_finite, dytox_loss
 from continual.method.metrics import EvalCounts, task_of_class
 from continual.method.sam import SAM
@@ -50,9 +51,9 @@ class Precision:
 
     def __post_init__(self) -> None:
         if self.amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.amp_dtype!r}")
+            raise ConfigError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.amp_dtype!r}")
         if self.amp and self.device.type == "cpu" and self.amp_dtype == "float16":
-            raise ValueError("--amp-dtype float16 is for CUDA; on the CPU use bfloat16 (or auto)")
+            raise ConfigError("--amp-dtype float16 is for CUDA; on the CPU use bfloat16 (or auto)")
 
     @property
     def dtype(self) -> torch.dtype:
