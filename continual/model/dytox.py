@@ -23,17 +23,18 @@ from continual.vocabulary import HEAD_MODES, PHASE_OPTIONS, TRAINING_PHASES, pha
 
 @dataclass(frozen=True)
 class DyToxConfig:
-    """Architecture of a DyTox model (the published CIFAR-100 values are in options/model/cifar_dytox.yaml)."""
+    """Architecture of a DyTox model. The sizes have no default here: they come from the options
+    (continual.config.settings.model_config; the published values are in options/model/)."""
 
-    embed_dim: int = 384
-    depth: int = 6
-    num_heads: int = 12
-    patch_size: int = 4
-    input_size: int = 32
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int
+    input_size: int
+    local_up_to_layer: int
     in_chans: int = 3
     mlp_ratio: float = 4.0
     qkv_bias: bool = False
-    local_up_to_layer: int = 5
     locality_strength: float = 1.0
     drop: float = 0.0
     attn_drop: float = 0.0
@@ -47,7 +48,7 @@ class DyToxConfig:
     # "per_class": each class column averaged over the heads that predict it.
     multi_head_average: str = "published"
     # The fast form of GPSA's attention, "mixed" (CPU) or "sdpa" (GPU): the same function. Whoever
-    # builds the model picks it for the device (continual.runtime.distributed.attention_kernel_for).
+    # builds the model picks it for the device (continual.runtime.device.attention_kernel_for).
     gpsa_kernel: str = "mixed"
 
     def __post_init__(self) -> None:

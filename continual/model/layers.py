@@ -171,7 +171,7 @@ class GPSA(nn.Module):
     convex combination of two softmaxes, i.e. by 1 up to rounding, so the fast
     path omits it. ``content_kernel`` picks the fast form when the layer is built:
     "sdpa", (1 - s) SDPA(Q, K, V) + s (P V), the GPU choice; "mixed", one mixed map
-    times V, the CPU choice (``continual.runtime.distributed.attention_kernel_for``).
+    times V, the CPU choice (``continual.runtime.device.attention_kernel_for``).
     """
 
     rel_offsets: Tensor

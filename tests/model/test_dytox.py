@@ -10,6 +10,9 @@ import torch
 from support import SMALL
 from timm.layers import DropPath
 
+from conftest import REPO_ROOT
+from continual.config import parse_config
+from continual.config.settings import model_config
 from continual.model.dytox import DropPathMasks, DyTox, DyToxConfig
 
 
@@ -281,11 +284,11 @@ def test_growing_heads_average_published_and_per_class() -> None:
 
 def test_invalid_configurations_are_rejected() -> None:
     with pytest.raises(ValueError, match="ind_clf"):
-        DyToxConfig(ind_clf="2-2")
+        dataclasses.replace(SMALL, ind_clf="2-2")
     with pytest.raises(ValueError, match="local_up_to_layer"):
-        DyToxConfig(depth=6, local_up_to_layer=6)
+        dataclasses.replace(SMALL, depth=6, local_up_to_layer=6)
     with pytest.raises(ValueError, match="num_heads"):
-        DyToxConfig(embed_dim=100, num_heads=12)
+        dataclasses.replace(SMALL, embed_dim=100, num_heads=12)
     with pytest.raises(ValueError, match="patch_size"):
         DyTox(dataclasses.replace(SMALL, input_size=18), 2)
     with pytest.raises(ValueError, match="positive"):
@@ -295,7 +298,10 @@ def test_invalid_configurations_are_rejected() -> None:
 @pytest.mark.parametrize(("tasks", "classes", "published"), [(10, 10, 10.73), (20, 5, 10.74), (50, 2, 10.77)])
 def test_parameter_counts_of_the_published_cifar_model(tasks: int, classes: int, published: float) -> None:
     """The paper's table gives millions truncated (not rounded) to 2 decimals: 10.745M reads 10.74."""
-    model = grown(DyToxConfig(head_div=True), [classes] * tasks)
+    cifar = model_config(parse_config(["--options", *(str(REPO_ROOT / "options" / name) for name in (
+        "data/cifar100_10-10.yaml", "model/cifar_dytox.yaml"))]))
+    assert cifar.head_div and (cifar.embed_dim, cifar.depth, cifar.local_up_to_layer) == (384, 6, 5)
+    model = grown(cifar, [classes] * tasks)
     count = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head_div."))
     assert math.floor(count / 1e4) / 100 == published
     per_task = 384 + 2 * 384 + 385 * classes  # token, head LayerNorm, head Linear
