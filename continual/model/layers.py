@@ -13,6 +13,7 @@ the benchmarks).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,13 +69,13 @@ class GeluThenLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(hidden, weight)
         ctx.has_bias = bias is not None
         return F.linear(F.gelu(hidden), weight, bias)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         hidden, weight = ctx.saved_tensors
         grad_hidden = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
@@ -94,14 +95,14 @@ class MixedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, positional: Tensor, gate: Tensor) -> Tensor:
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, positional: Tensor, gate: Tensor) -> Tensor:
         scale = q.shape[-1] ** -0.5
         content = (q @ k.transpose(-2, -1)).mul_(scale).softmax(dim=-1)  # (B, H, N, N)
         ctx.save_for_backward(q, k, v, content, positional, gate)
         return torch.lerp(content, positional, gate) @ v
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, content, positional, gate = ctx.saved_tensors
         grad_v = torch.lerp(content, positional, gate).transpose(-2, -1) @ grad_out
         grad_mixed = grad_out @ v.transpose(-2, -1)  # (B, H, N, N)
