@@ -1,4 +1,4 @@
 """DyTox: transformers for continual learning with dynamic token expansion (Douillard et al., CVPR 2022).
 
-The subpackages, from the bottom up (README, "Layout"): see each one's docstring.
+The subpackages and how they depend on each other: README, "Project layout"; each has a docstring.
 """
