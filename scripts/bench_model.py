@@ -1,10 +1,10 @@
 """BENCHMARKS.md §2: throughput of the published CIFAR DyTox model, plain baseline vs fast paths.
 
-A training step is exactly the task loop's (``continual.engine.train_one_epoch``
+A training step is exactly the task loop's (``continual.train.epoch.train_one_epoch``
 on one batch): forward, the DyTox loss (BCE, with the teacher's forward and the
 divergence head from task 1 on), backward and an AdamW step, with old task
 tokens and heads frozen. An evaluation step is the forward of
-``continual.engine.evaluate``, in inference mode.
+``continual.train.epoch.evaluate``, in inference mode.
 
 Modes (each configuration runs in a fresh process, so that its peak resident
 memory is its own):
@@ -48,11 +48,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from continual.config.options import parse_config  # noqa: E402
+from continual.config import parse_config  # noqa: E402
+from continual.config.settings import LossSettings, model_config, settings_of  # noqa: E402
 from continual.model.dytox import DyTox, grown_model  # noqa: E402
 from continual.runtime.host_memory import retain_freed_memory  # noqa: E402
 from continual.train.epoch import Precision, evaluate, train_one_epoch  # noqa: E402
-from continual.train.loop import loss_settings, model_config  # noqa: E402
+from continual.train.fit import batch_loss_of  # noqa: E402
 
 OPTIONS = ["--options", "options/model/cifar_dytox.yaml"]
 MODES = {
@@ -99,7 +100,7 @@ def measure(mode: str, tokens: int, kind: str, args: argparse.Namespace) -> dict
     cfg = parse_config(OPTIONS)
     student, teacher = build(cfg, settings["fast"], tokens)
     precision = Precision(torch.device("cpu"), settings["amp"])
-    training_loss = loss_settings(cfg, mixup_on=False)
+    training_loss = batch_loss_of(settings_of(LossSettings, cfg), mixup_on=False)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, 32, 32, generator=generator)
     targets = torch.randint(student.nb_classes - CLASSES_PER_TASK, student.nb_classes, (args.batch,),

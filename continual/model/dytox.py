@@ -10,6 +10,7 @@ names follow the published code so that its state dicts load unchanged.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import cast
 
@@ -17,7 +18,14 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from continual.model.layers import BranchMasks, PatchEmbed, SelfAttentionBlock, TaskAttentionBlock
+from continual.model.layers import (
+    GPSA,
+    BranchMasks,
+    ClassAttention,
+    PatchEmbed,
+    SelfAttentionBlock,
+    TaskAttentionBlock,
+)
 from continual.vocabulary import HEAD_MODES, PHASE_OPTIONS, TRAINING_PHASES, phase_option_name
 
 
@@ -133,19 +141,28 @@ class DyTox(nn.Module):
             SelfAttentionBlock(
                 dim, num_patches, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop,
                 config.attn_drop, drop_paths[i], config.locality_strength, config.gpsa_kernel,
+                config.fused_attention,
             )
             for i in range(config.local_up_to_layer)
         )
         self.tabs = nn.ModuleList(
             TaskAttentionBlock(
                 dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop,
-                config.attn_drop, drop_paths[i],
+                config.attn_drop, drop_paths[i], config.fused_attention,
             )
             for i in range(config.local_up_to_layer, config.depth)
         )
         self.task_tokens = nn.ParameterList([self._new_task_token()])
         self.head_div: ContinualClassifier | None = None
         self.head: nn.Module = self._initial_heads()
+
+    def set_arithmetic(self, fused: bool, joint: bool) -> None:
+        """Switch every layer to the fast (``fused``, ``joint`` decoding) or the published arithmetic: the
+        same function, for tests and benchmarks that compare the two on the same weights."""
+        self.config = dataclasses.replace(self.config, fused_attention=fused, joint_tokens=joint)
+        for module in self.modules():
+            if isinstance(module, (SelfAttentionBlock, TaskAttentionBlock, GPSA, ClassAttention)):
+                module.fused = fused
 
     # ------------------------------------------------------------------ growth
     @property
@@ -247,22 +264,21 @@ class DyTox(nn.Module):
 
     def forward_features(self, images: Tensor, masks: DropPathMasks | None = None) -> Tensor:
         """Encoder then decoder: task embeddings (T, B, D). ``masks``: drawn here when not given."""
-        fused = self.config.fused_attention
         if masks is None:
             masks = self.draw_drop_path_masks(images.shape[0])
         x = self.pos_drop(self.patch_embed(images) + self.pos_embed)  # (B, N, D)
         for block, block_masks in zip(self.sabs, masks.sabs, strict=True):
-            x = block(x, fused=fused, masks=block_masks)
+            x = block(x, masks=block_masks)
         if self.config.joint_tokens:
             tokens = torch.cat(list(self.task_tokens), dim=1)  # (1, T, D): the blocks share it across the batch
             for block, block_masks in zip(self.tabs, masks.tabs, strict=True):
-                tokens = block(tokens, x, fused=fused, masks=block_masks)
+                tokens = block(tokens, x, masks=block_masks)
             return tokens.transpose(0, 1)
         embeddings = []
         for t, task_token in enumerate(self.task_tokens):
             token = task_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
             for j, block in enumerate(self.tabs):
-                token = block(token, x, fused=fused, masks=masks.for_token(j, t))
+                token = block(token, x, masks=masks.for_token(j, t))
             embeddings.append(token[:, 0])
         return torch.stack(embeddings)
 

@@ -4,11 +4,12 @@ Parameter names follow the published DyTox code (``qk``, ``v``, ``pos_proj``,
 ``gating_param``, ``q``/``k``/``v`` in class attention, ``mlp.fc1``...) so that
 its checkpoints load without renaming.
 
-Every attention layer has two paths that compute the same function:
-``fused=True`` is the fast path (one projection GEMM for Q, K and V, the
-positional map once per forward, fused attention kernels), ``fused=False`` is
-the published arithmetic step by step (kept for tests and as the baseline of
-the benchmarks).
+Every attention layer and block has two paths that compute the same function,
+chosen when it is built and kept in its ``fused`` attribute (as timm's
+``fused_attn``): True is the fast path (one projection GEMM for Q, K and V, the
+positional map once per forward, fused attention kernels), False is the
+published arithmetic step by step (kept for tests and as the baseline of the
+benchmarks). Tests flip the attribute and compare.
 """
 from __future__ import annotations
 
@@ -187,8 +188,10 @@ class GPSA(nn.Module):
         proj_drop: float = 0.0,
         locality_strength: float = 1.0,
         content_kernel: str = "mixed",
+        fused: bool = True,
     ) -> None:
         super().__init__()
+        self.fused = fused
         if content_kernel not in CONTENT_KERNELS:
             raise ValueError(f"content_kernel must be one of {CONTENT_KERNELS}, got {content_kernel!r}")
         self.num_heads = num_heads
@@ -227,9 +230,9 @@ class GPSA(nn.Module):
         """(H, N, N) softmax over keys of the projected relative offsets."""
         return self.pos_proj(self.rel_offsets).permute(2, 0, 1).softmax(dim=-1)
 
-    def forward(self, x: Tensor, fused: bool = True) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         dropout = self.attn_drop if self.training else 0.0
-        if not fused or dropout > 0.0:
+        if not self.fused or dropout > 0.0:
             out = self._published_attention(x, dropout)
         else:
             q, k, v = self._fused_qkv(x)
@@ -300,9 +303,11 @@ class ClassAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0
+        self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0,
+        fused: bool = True,
     ) -> None:
         super().__init__()
+        self.fused = fused
         self.num_heads = num_heads
         self.attn_drop = attn_drop
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
@@ -312,10 +317,10 @@ class ClassAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.apply(init_linear_and_norm)
 
-    def forward(self, tokens: Tensor, patches: Tensor, fused: bool = True) -> Tensor:
+    def forward(self, tokens: Tensor, patches: Tensor) -> Tensor:
         batch, num_tokens = patches.shape[0], tokens.shape[1]
         q = split_heads(self.q(tokens), self.num_heads).expand(batch, -1, -1, -1)  # (B, H, T, d)
-        if fused:
+        if self.fused:
             k = torch.cat((self.k(tokens).expand(batch, -1, -1), self.k(patches)), dim=1)  # (B, T + N, C)
             v = torch.cat((self.v(tokens).expand(batch, -1, -1), self.v(patches)), dim=1)
         else:  # the published order: concatenate, then project
@@ -327,7 +332,7 @@ class ClassAttention(nn.Module):
             mask = torch.ones(num_tokens, k.shape[2], dtype=torch.bool, device=tokens.device)
             mask[:, :num_tokens] = torch.eye(num_tokens, dtype=torch.bool, device=tokens.device)
         dropout = self.attn_drop if self.training else 0.0
-        out = attention(q, k, v, fused=fused, dropout=dropout, mask=mask)  # (B, H, T, d)
+        out = attention(q, k, v, fused=self.fused, dropout=dropout, mask=mask)  # (B, H, T, d)
         return self.proj_drop(self.proj(merge_heads(out)))  # (B, T, C)
 
 
@@ -385,20 +390,23 @@ class SelfAttentionBlock(nn.Module):
         drop_path: float = 0.0,
         locality_strength: float = 1.0,
         content_kernel: str = "mixed",
+        fused: bool = True,
     ) -> None:
         super().__init__()
+        self.fused = fused
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = GPSA(dim, num_patches, num_heads, qkv_bias, attn_drop, drop, locality_strength, content_kernel)
+        self.attn = GPSA(dim, num_patches, num_heads, qkv_bias, attn_drop, drop, locality_strength, content_kernel,
+                         fused)
         self.drop_path = StochasticDepth(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.mlp.apply(init_linear_and_norm)
 
-    def forward(self, x: Tensor, fused: bool = True, *, masks: BranchMasks) -> Tensor:
+    def forward(self, x: Tensor, *, masks: BranchMasks) -> Tensor:
         """Patches (B, N, C) -> (B, N, C); ``masks``: (B, 1, 1) per branch, from ``drop_path.draw_block``."""
         attn_mask, mlp_mask = masks
-        x = x + self.drop_path(self.attn(self.norm1(x), fused=fused), attn_mask)
-        return x + self.drop_path(mlp_forward(self.mlp, self.norm2(x), fused), mlp_mask)  # (B, N, C)
+        x = x + self.drop_path(self.attn(self.norm1(x)), attn_mask)
+        return x + self.drop_path(mlp_forward(self.mlp, self.norm2(x), self.fused), mlp_mask)  # (B, N, C)
 
 
 class TaskAttentionBlock(nn.Module):
@@ -416,20 +424,22 @@ class TaskAttentionBlock(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        fused: bool = True,
     ) -> None:
         super().__init__()
+        self.fused = fused
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = ClassAttention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.attn = ClassAttention(dim, num_heads, qkv_bias, attn_drop, drop, fused)
         self.drop_path = StochasticDepth(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.mlp.apply(init_linear_and_norm)
 
-    def forward(self, tokens: Tensor, patches: Tensor, fused: bool = True, *, masks: BranchMasks) -> Tensor:
+    def forward(self, tokens: Tensor, patches: Tensor, *, masks: BranchMasks) -> Tensor:
         """Task tokens (B or 1, T, C) and patches (B, N, C) -> task tokens (B, T, C).
 
         ``masks`` are (B, T, 1) keep masks, one per (sample, task token) (see ``DyTox.draw_drop_path_masks``).
         """
         attn_mask, mlp_mask = masks
-        tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), self.norm1(patches), fused=fused), attn_mask)
-        return tokens + self.drop_path(mlp_forward(self.mlp, self.norm2(tokens), fused), mlp_mask)  # (B, T, C)
+        tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), self.norm1(patches)), attn_mask)
+        return tokens + self.drop_path(mlp_forward(self.mlp, self.norm2(tokens), self.fused), mlp_mask)  # (B, T, C)

@@ -30,7 +30,7 @@ def images(batch: int = 6, size: int = 16) -> torch.Tensor:
 def with_paths(model: DyTox, fused: bool, joint: bool) -> DyTox:
     """A copy of ``model`` (same weights) using the given attention/decoding paths."""
     other = copy.deepcopy(model)
-    other.config = dataclasses.replace(model.config, fused_attention=fused, joint_tokens=joint)
+    other.set_arithmetic(fused, joint)
     return other
 
 

@@ -10,7 +10,7 @@ from continual.model.layers import GeluThenLinear, MixedAttention
 
 def test_gpsa_fast_forms_equal_the_published_arithmetic() -> None:
     """Both fast forms of GPSA (content_kernel "sdpa", the GPU choice, and "mixed", the CPU one), flipped on
-    one layer and checked on the CPU against the published arithmetic (``fused=False``: per-sample
+    one layer and checked on the CPU against the published arithmetic (``fused`` False: per-sample
     positional map, renormalised rows), with random gates: outputs and the gradients of the input,
     the gates and the positional projection."""
     gpsa = DyTox(SMALL, 2).sabs[0].attn
@@ -20,10 +20,10 @@ def test_gpsa_fast_forms_equal_the_published_arithmetic() -> None:
     x = torch.randn(3, gpsa.rel_offsets.shape[0], SMALL.embed_dim, generator=torch.Generator().manual_seed(0))
 
     def forward(kernel: str, fused: bool) -> list[torch.Tensor]:
-        gpsa.content_kernel = kernel
+        gpsa.content_kernel, gpsa.fused = kernel, fused
         gpsa.zero_grad(set_to_none=True)
         inputs = x.clone().requires_grad_()
-        out = gpsa(inputs, fused=fused)
+        out = gpsa(inputs)
         out.square().sum().backward()
         return [out.detach(), inputs.grad, gpsa.gating_param.grad, gpsa.pos_proj.weight.grad]
 

@@ -1,7 +1,6 @@
 """Checkpoints of the published DyTox code load here and give the published outputs."""
 from __future__ import annotations
 
-import dataclasses
 import pickle
 
 import pytest
@@ -22,7 +21,7 @@ def fixture(name: str) -> dict:
 @pytest.mark.parametrize(("fused", "joint"), PATHS)
 def test_converted_weights_reproduce_the_reference_outputs(task: int, fused: bool, joint: bool) -> None:
     model = load_reference_checkpoint(shared_path(f"{FIXTURE}/checkpoint_{task}.pth"))
-    model.config = dataclasses.replace(model.config, fused_attention=fused, joint_tokens=joint)
+    model.set_arithmetic(fused, joint)
     expected = fixture(f"outputs_task{task}.pt")
     with torch.no_grad():
         out = model(fixture("inputs.pt")["images"])

@@ -12,7 +12,6 @@ Each phase here starts from the recording's weights and runs the functions the t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -87,7 +86,7 @@ def fresh_model(cfg: argparse.Namespace) -> DyTox:
 def paths(model: DyTox, plain: bool) -> DyTox:
     """The default fast paths, or the published arithmetic (``--no-fused-attention --no-joint-tokens``)."""
     if plain:
-        model.config = dataclasses.replace(model.config, fused_attention=False, joint_tokens=False)
+        model.set_arithmetic(fused=False, joint=False)
     return model
 
 
