@@ -14,6 +14,8 @@ from typing import Any, Protocol, cast
 
 from continual.vocabulary import FREEZE_NAMES, HEAD_MODES, PHASE_OPTIONS, REHEARSAL_METHODS
 
+NEVER_READ = "no effect: the published code parses it and never reads it"
+
 # Explicit tables of accepted names: anything else is an error, never a fallback.
 DATASETS = ("cifar", "imagenet100", "imagenet1000", "fashion_mnist", "digits")
 ENCODERS = ("convit",)
@@ -79,7 +81,10 @@ class Option:
     ``negatable`` False gives a plain ``--flag`` instead of ``--flag/--no-flag``
     (needed when ``--no-flag`` is already another option). ``yaml_value``
     replaces the generic YAML check for options whose file form differs from
-    their command-line form.
+    their command-line form. ``aliases`` are other spellings on the command line
+    (the published scripts pass ``--num_workers``). ``no_effect`` marks options of
+    the published command line that its code parses and never reads: they are
+    accepted, and a run that sets one says that it has no effect.
     """
 
     dest: str
@@ -91,6 +96,8 @@ class Option:
     nullable: bool = False
     negatable: bool = True
     yaml_value: Callable[[object], object] | None = None
+    aliases: tuple[str, ...] = ()
+    no_effect: bool = False
 
     @property
     def flag(self) -> str:
@@ -103,9 +110,9 @@ class Option:
         return self.nullable or self.default is None
 
 
-def _bool(dest: str, default: bool | None, help: str, negatable: bool = True) -> Option:
+def _bool(dest: str, default: bool | None, help: str, negatable: bool = True, **kwargs: Any) -> Option:
     """A boolean option (``--x`` / ``--no-x``); YAML gives true or false."""
-    return Option(dest, default, help, negatable=negatable)
+    return Option(dest, default, help, negatable=negatable, **kwargs)
 
 
 def _value(dest: str, type: Callable[[str], object], default: object, help: str,
@@ -124,11 +131,12 @@ RUN_OPTIONS = (
     _list("options", str, [], "YAML option files applied in order (later files win)"),
     _value("name", str, "", "run name, used in log and output paths"),
     _value("output_basedir", str, "./outputs", "where checkpoints and memories go"),
-    _value("log_dir", str, "./logs", "where metrics logs go"),
+    _value("log_dir", str, "./logs", "where metrics logs go", aliases=("--log-path",)),
     _value("log_category", str, "misc", "sub-folder of the logs, e.g. the setting 10-10"),
     _value("seed", int, 0, "random seed"),
     _value("device", _device, "auto", "auto, cpu, cuda or cuda:N"),
-    _value("num_workers", int, 2, "data loader worker processes"),
+    _value("num_workers", int, 2, "data loader worker processes", aliases=("--num_workers",)),
+    _bool("debug", False, "one epoch per task and one batch per epoch, finetuning included (the published --debug)"),
     _bool("pin_mem", True, "pin host memory in data loaders"),
     _bool("eval", False, "only evaluate a resumed model"),
     _value("eval_every", int, 50, "evaluate every N epochs within a task"),
@@ -136,6 +144,7 @@ RUN_OPTIONS = (
     _value("save_every_epoch", int, 0, "also checkpoint every N epochs (0: at task ends only)"),
     _value("resume", str, "", "checkpoint directory to resume from"),
     _value("start_task", int, 0, "task to resume at"),
+    _value("start_epoch", int, 0, NEVER_READ, no_effect=True),
     _bool("auto_resume", False, "resume from the latest checkpoint of this run if any"),
     _bool("deterministic", False, "request deterministic torch algorithms"),
     _bool("no_progress", False, "hide progress bars"),
@@ -188,7 +197,7 @@ DYTOX_OPTIONS = (
           choices=FREEZE_NAMES),
     _list("freeze_ft", str, [], "what to freeze during finetuning", nargs="*",
           choices=FREEZE_NAMES),
-    _bool("freeze_eval", False, "keep frozen modules in eval mode while training"),
+    _bool("freeze_eval", False, NEVER_READ, no_effect=True),
 )
 
 OPTIMISER_OPTIONS = (
@@ -205,6 +214,8 @@ OPTIMISER_OPTIONS = (
     _value("lr_noise_pct", float, 0.67, "learning-rate noise limit"),
     _value("lr_noise_std", float, 1.0, "learning-rate noise std"),
     _value("warmup_lr", float, 1e-6, "warm-up starting learning rate"),
+    _value("incremental_warmup_lr", float, None, NEVER_READ,
+           no_effect=True),
     _value("min_lr", float, 1e-5, "learning-rate floor"),
     _value("decay_epochs", float, 30.0, "epochs between step decays"),
     _value("warmup_epochs", int, 5, "warm-up epochs"),
@@ -239,7 +250,7 @@ AUGMENTATION_OPTIONS = (
     _value("reprob", float, 0.25, "random erasing probability"),
     _value("remode", str, "pixel", "random erasing mode"),
     _value("recount", int, 1, "random erasing count"),
-    _bool("resplit", False, "no random erasing on the first augmentation split"),
+    _bool("resplit", False, NEVER_READ, no_effect=True),
 )
 
 MIXUP_OPTIONS = (
@@ -283,6 +294,7 @@ REHEARSAL_OPTIONS = (
           "each process selects its own memory_size exemplars, as the published code did (the default "
           "with several processes)"),
     _value("replay_memory", int, 0, "memory replay epochs"),
+    _value("oversample_memory", int, 1, "the memory is added this many times to a task's training data"),
 )
 
 FINETUNING_OPTIONS = (
@@ -292,11 +304,18 @@ FINETUNING_OPTIONS = (
     _value("finetuning_lr", float, 5e-5, "finetuning base learning rate (before scaling)"),
     _bool("finetuning_teacher", False, "distil from the teacher during finetuning"),
     _bool("ft_no_sampling", False, "read the memory in class order, unshuffled"),
+    _value("oversample_memory_ft", int, 1, "finetuning repeats each exemplar of the old tasks this many times"),
+    _bool("finetuning_resetclf", False, "draw the task heads again before finetuning"),
+    _bool("only_ft", False, "after the first task, train on the balanced memory only (no new task data)"),
 )
 
 DISTRIBUTED_OPTIONS = (
-    _value("dist_url", str, "env://", "process-group initialisation URL"),
-    _value("world_size", int, 1, "number of processes"),
+    _value("dist_url", str, "env://", "process-group initialisation URL", aliases=("--dist_url",)),
+    _value("world_size", int, 1, "number of processes", aliases=("--world_size",)),
+    _bool("dist_eval", False, "no effect: evaluation is always shared by the processes, each image on one",
+          no_effect=True),
+    _value("local_rank", int, None, "no effect: torchrun gives each process its LOCAL_RANK", aliases=("--local_rank",),
+           no_effect=True),
 )
 
 OPTION_GROUPS: dict[str, tuple[Option, ...]] = {
@@ -359,7 +378,7 @@ def _add_option(group: _ArgumentAdder, option: Option) -> None:
         group.add_argument(option.flag, dest=option.dest, action=action,
                            default=option.default, help=option.help)
         return
-    group.add_argument(option.flag, dest=option.dest, type=option.type,
+    group.add_argument(option.flag, *option.aliases, dest=option.dest, type=option.type,
                        default=option.default, help=option.help,
                        choices=option.choices, nargs=option.nargs)
 
@@ -378,3 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
         for option in options:
             _add_option(group, option)
     return parser
+
+
+# Options accepted for the published command line that change nothing (they may differ on a resume).
+NO_EFFECT_OPTIONS = frozenset(dest for dest, option in OPTIONS.items() if option.no_effect)
+
+
+def no_effect_notes(cfg: argparse.Namespace) -> list[str]:
+    """One line per option set that has no effect, so that a user does not believe it acted."""
+    return [f"{OPTIONS[dest].flag} {getattr(cfg, dest)!r}: {OPTIONS[dest].help}" for dest in sorted(NO_EFFECT_OPTIONS)
+            if getattr(cfg, dest) != OPTIONS[dest].default]

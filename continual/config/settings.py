@@ -26,10 +26,15 @@ T = TypeVar("T")
 
 def settings_of(cls: type[T], cfg: argparse.Namespace, **values: Any) -> T:
     """``cls`` with each field read from the option of the same name (lists become tuples), or from
-    ``values`` where given."""
+    ``values`` where given; a field that is no option keeps its default."""
     fields = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        value = values[field.name] if field.name in values else getattr(cfg, field.name)
+        if field.name in values:
+            value = values[field.name]
+        elif field.default is not dataclasses.MISSING and not hasattr(cfg, field.name):
+            continue
+        else:
+            value = getattr(cfg, field.name)
         fields[field.name] = tuple(value) if isinstance(value, list) else value
     return cls(**fields)
 
@@ -72,6 +77,7 @@ class RecipeSettings:
     finetuning_lr: float
     finetuning_epochs: int
     grad_accum_steps: int
+    batches_per_epoch: int | None = None  # --debug: 1 (the published debug mode), else every batch
 
     def batch_size_of(self, task_id: int) -> int:
         """Batch size per process: ``incremental_batch_size`` after the first task if set."""
@@ -225,6 +231,10 @@ class LearnerSettings:
     finetuning: str
     finetuning_teacher: bool
     ft_no_sampling: bool
+    finetuning_resetclf: bool
+    only_ft: bool
+    oversample_memory: int
+    oversample_memory_ft: int
 
 
 @dataclass(frozen=True)
@@ -303,6 +313,14 @@ def model_config(cfg: argparse.Namespace) -> DyToxConfig:
     )
 
 
+def recipe_of(cfg: argparse.Namespace) -> RecipeSettings:
+    """The recipe; ``--debug`` trains one epoch per task (its schedule spans one epoch) and one batch per
+    epoch, finetuning included, as the published code's debug mode does."""
+    if cfg.debug:
+        return settings_of(RecipeSettings, cfg, base_epochs=1, epochs=1, batches_per_epoch=1)
+    return settings_of(RecipeSettings, cfg)
+
+
 def settings_from(cfg: argparse.Namespace) -> Settings:
     """The typed settings of one run (one class order) of a validated configuration."""
     check_runnable(cfg)
@@ -316,7 +334,7 @@ def settings_from(cfg: argparse.Namespace) -> Settings:
     return Settings(
         model=model,
         data=settings_of(DataSettings, cfg),
-        recipe=settings_of(RecipeSettings, cfg),
+        recipe=recipe_of(cfg),
         optimizer=settings_of(OptimizerSettings, cfg),
         schedule=settings_of(ScheduleSettings, cfg),
         loader=settings_of(LoaderSettings, cfg),

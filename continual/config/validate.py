@@ -15,7 +15,8 @@ _POSITIVE = ("initial_increment", "increment", "batch_size", "grad_accum_steps",
              "input_size", "embed_dim", "depth", "num_heads", "patch_size", "eval_every")
 _NON_NEGATIVE = ("memory_size", "train_per_class", "num_workers", "epochs", "base_epochs",
                  "finetuning_epochs", "warmup_epochs", "start_task", "save_every_epoch",
-                 "replay_memory", "look_sam_k", "sam_rho")
+                 "replay_memory", "look_sam_k", "sam_rho", "oversample_memory")
+_AT_LEAST_ONE = ("oversample_memory_ft",)
 _OPTIONAL_POSITIVE = ("incremental_batch_size", "max_task")
 _NAME_LISTS = {"freeze_task": FREEZE_NAMES, "freeze_ft": FREEZE_NAMES,
                "head_div_mode": PHASE_OPTIONS, "sam_mode": PHASE_OPTIONS}
@@ -29,6 +30,9 @@ def _check_signs(cfg: argparse.Namespace) -> None:
     for dest in _NON_NEGATIVE:
         if getattr(cfg, dest) < 0:
             raise ConfigError(f"option {dest!r} must be >= 0, got {getattr(cfg, dest)}")
+    for dest in _AT_LEAST_ONE:
+        if getattr(cfg, dest) < 1:
+            raise ConfigError(f"option {dest!r} must be >= 1, got {getattr(cfg, dest)}")
     for dest in _OPTIONAL_POSITIVE:
         value = getattr(cfg, dest)
         if value is not None and value <= 0:
@@ -87,7 +91,7 @@ def validate_config(cfg: argparse.Namespace) -> None:
 
 
 # Options of the published command line that this implementation parses but does not run yet.
-NOT_IMPLEMENTED = {"sep_memory": False, "replay_memory": 0, "freeze_eval": False, "resplit": False}
+NOT_IMPLEMENTED = {"sep_memory": False, "replay_memory": 0}
 
 
 def check_runnable(cfg: argparse.Namespace) -> None:

@@ -79,10 +79,20 @@ class DyToxLearner:
         model.freeze(self.learner.freeze_task if task_id > 0 else [])
 
     def training_set(self, task_id: int) -> Dataset:
+        """The task's images and the memory (``oversample_memory`` times); with ``only_ft``, after the first
+        task, the memory alone, as published."""
         dataset = self.scenarios.train[task_id]
-        if task_id > 0 and len(self.memory):
-            dataset = taskset_with_memory(dataset, *self.memory.get())
-        return dataset
+        if task_id == 0 or not len(self.memory):
+            return dataset
+        if self.learner.only_ft:
+            return self.memory_dataset()
+        times = self.learner.oversample_memory
+        if times == 1:
+            return taskset_with_memory(dataset, *self.memory.get())
+        if times == 0:
+            return dataset
+        x, y, t = (np.concatenate([part] * times) for part in self.memory.get())
+        return taskset_with_memory(dataset, x, y, t)
 
     def memory_quota(self, task_id: int) -> int | None:
         """Exemplars per class after ``task_id`` (None without memory)."""
@@ -138,13 +148,20 @@ class DyToxLearner:
         single_task = self.nb_tasks == 1
         if self.learner.finetuning != "balanced" or not len(self.memory) or not (task_id > 0 or single_task):
             return None
-        return self.memory_dataset()
+        if self.learner.oversample_memory_ft == 1:
+            return self.memory_dataset()
+        x, y, t = self.memory.get()  # each exemplar of an old task repeated, then the new task's
+        old, new = np.where(t < task_id)[0], np.where(t >= task_id)[0]
+        order = np.concatenate([np.repeat(old, self.learner.oversample_memory_ft), new])
+        return memory_taskset(self.scenarios.train, x[order], y[order], t[order])
 
     def memory_dataset(self) -> Dataset:
         """The memory with the training transform."""
         return memory_taskset(self.scenarios.train, *self.memory.get())
 
     def begin_finetuning(self, model: DyTox) -> None:
+        if self.learner.finetuning_resetclf:
+            model.reset_heads()
         begin_finetuning(model, self.learner)
 
     def end_finetuning(self, model: DyTox) -> None:

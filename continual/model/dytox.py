@@ -118,6 +118,11 @@ class ContinualClassifier(nn.Module):
         self.head = nn.Linear(in_dim, nb_classes)
         self.norm = nn.LayerNorm(in_dim)
 
+    def reset_parameters(self) -> None:
+        """A fresh draw of the Linear, and LayerNorm back to identity (``--finetuning-resetclf``)."""
+        self.head.reset_parameters()
+        self.norm.reset_parameters()
+
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.norm(x))
 
@@ -155,6 +160,12 @@ class DyTox(nn.Module):
         self.task_tokens = nn.ParameterList([self._new_task_token()])
         self.head_div: ContinualClassifier | None = None
         self.head: nn.Module = self._initial_heads()
+
+    def reset_heads(self) -> None:
+        """Every task head drawn again, in task order (the divergence head is kept), as published."""
+        heads = self.head if isinstance(self.head, nn.ModuleList) else [self.head]
+        for head in heads:
+            cast(ContinualClassifier, head).reset_parameters()
 
     def set_arithmetic(self, fused: bool, joint: bool) -> None:
         """Switch every layer to the fast (``fused``, ``joint`` decoding) or the published arithmetic: the

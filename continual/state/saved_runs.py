@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from continual.config.options import NO_EFFECT_OPTIONS
 from continual.runtime.files import atomic_write
 from continual.vocabulary import TASK_STEPS
 
@@ -30,7 +31,7 @@ SAFE_TO_CHANGE = frozenset({
     "data_path", "eval_every", "output_basedir", "log_dir", "resume", "start_task", "auto_resume", "num_workers",
     "pin_mem", "no_progress", "plots", "tensorboard", "retain_freed_memory", "device", "name", "options",
     "save_every_epoch", "max_task",
-})
+}) | NO_EFFECT_OPTIONS
 _STATE_FILE = re.compile(r"state_(\d+)_rank(\d+)\.pth$")
 
 

@@ -230,7 +230,8 @@ class EpochCursor:
     ``nb_batches`` and the saved ``progress``. ``should_stop`` is asked after
     each optimiser step; when it says yes the epoch ends early and the result
     carries the step to resume from. ``after_step`` sees the running sums after
-    each step (progress bars). ``where`` names the epoch in errors.
+    each step (progress bars). ``where`` names the epoch in errors. ``max_batches``
+    ends the epoch after that many batches (``--debug``).
     """
 
     where: str = ""
@@ -239,6 +240,7 @@ class EpochCursor:
     progress: EpochProgress | None = None
     should_stop: Callable[[], bool] | None = None
     after_step: Callable[[EpochProgress], None] | None = None
+    max_batches: int | None = None
 
 
 def _train_step(
@@ -283,6 +285,8 @@ def train_one_epoch(
     parameters = [p for p in model.parameters() if p.requires_grad]
     progress = cursor.progress or EpochProgress()
     nb_batches = len(loader) if cursor.nb_batches is None else cursor.nb_batches  # type: ignore[arg-type]
+    if cursor.max_batches is not None:
+        nb_batches = min(nb_batches, cursor.max_batches)
 
     def loss_of(images: Tensor, targets: Tensor) -> LossTerms:
         return batch_loss(model, teacher, images, targets, loss_settings, precision)
@@ -301,7 +305,9 @@ def train_one_epoch(
         progress.seconds = elapsed_before + time.perf_counter() - start
         if cursor.after_step is not None:
             cursor.after_step(progress)
-        if stepped and step + 1 < nb_batches and cursor.should_stop is not None and cursor.should_stop():
+        if step + 1 == nb_batches:  # the last batch (a shorter epoch ends here, before the loader does)
+            break
+        if stepped and cursor.should_stop is not None and cursor.should_stop():
             return EpochStats.from_progress(progress, next_step=step + 1)
         fetch_start = time.perf_counter()
     progress.seconds = elapsed_before + time.perf_counter() - start

@@ -171,7 +171,8 @@ class PhaseTrainer:
         its batches up to the saved step (same sampler order and augmentation seeds), then takes the
         random state of that step boundary."""
         where = f"task {phase.task_id}, {phase.name} epoch {epoch}"
-        fresh = EpochCursor(where, len(loader), should_stop=self.control.stop_requested)
+        limit = self.settings.recipe.batches_per_epoch
+        fresh = EpochCursor(where, len(loader), should_stop=self.control.stop_requested, max_batches=limit)
         if resume is None or epoch != resume.position.epoch or resume.position.step == 0 or resume.fit is None:
             return loader, fresh, capture_rng(self.rng)
         saved, step = resume.fit, resume.position.step
@@ -181,7 +182,7 @@ class PhaseTrainer:
         for _ in range(step):
             next(batches)
         restore_rng(resume.rng, self.rng)
-        cursor = EpochCursor(where, len(loader), step, saved.progress, self.control.stop_requested)
+        cursor = EpochCursor(where, len(loader), step, saved.progress, self.control.stop_requested, max_batches=limit)
         return batches, cursor, saved.epoch_rng
 
     def _load(self, saved: FitState, optimizer: object, scheduler: object, options: StepOptions) -> None:

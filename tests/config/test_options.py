@@ -1,12 +1,19 @@
 """The option table and the command line: defaults, precedence of files and flags, argparse behaviour."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from support import write_yaml
 
-from continual.config import parse_config
+from conftest import REPO_ROOT
+from continual.config import parse_config, settings_from
+from continual.config.options import no_effect_notes
+from continual.state.saved_runs import config_differences
+
+DEMO_OPTIONS = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"),
+                str(REPO_ROOT / "options/model/demo_tiny.yaml")]
 
 # --------------------------------------------------------------------------- #
 # Precedence
@@ -93,3 +100,33 @@ def test_parsing_twice_gives_equal_configs(two_files: tuple[str, str]) -> None:
     assert parse_config(argv) == parse_config(argv)
     assert parse_config(argv).freeze_task == ["sab"]
     assert parse_config([]).head_div_mode == ["tr", "ft"]
+
+
+def test_the_published_underscore_spellings_are_accepted() -> None:
+    cfg = parse_config(["--num_workers", "3", "--world_size", "2", "--dist_url", "env://", "--log-path", "elsewhere",
+                        "--local_rank", "1"])
+    assert (cfg.num_workers, cfg.world_size, cfg.dist_url, cfg.log_dir, cfg.local_rank) == \
+        (3, 2, "env://", "elsewhere", 1)
+
+
+NEVER_READ_FLAGS = ["--freeze-eval", "--resplit", "--incremental-warmup-lr", "1e-3", "--start-epoch", "3",
+                    "--local_rank", "0"]
+
+
+def test_options_the_published_code_never_reads_are_accepted_with_a_note_and_change_nothing() -> None:
+    plain = parse_config(DEMO_OPTIONS)
+    flagged = parse_config(DEMO_OPTIONS + NEVER_READ_FLAGS)
+    notes = no_effect_notes(flagged)
+    assert no_effect_notes(plain) == [] and len(notes) == 5
+    assert all("no effect" in note for note in notes) and notes[0].startswith("--freeze-eval True: ")
+    ours, theirs = settings_from(plain), settings_from(flagged)  # everything a run computes with
+    assert dataclasses.replace(ours, options={}) == dataclasses.replace(theirs, options={})
+    assert config_differences(dict(ours.options), dict(theirs.options)) == []  # a resume may add them
+
+
+def test_debug_trains_one_epoch_of_one_batch_per_task() -> None:
+    recipe = settings_from(parse_config(DEMO_OPTIONS + ["--debug"])).recipe
+    assert (recipe.epochs_of(0), recipe.epochs_of(3), recipe.schedule_epochs(0)) == (1, 1, 1)
+    assert recipe.batches_per_epoch == 1
+    assert recipe.finetuning_epochs == 10  # as published: finetuning keeps its epochs, of one batch each
+    assert settings_from(parse_config(DEMO_OPTIONS)).recipe.batches_per_epoch is None

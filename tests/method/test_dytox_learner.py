@@ -52,3 +52,49 @@ def test_the_memory_keeps_the_quota_of_each_seen_class_and_feeds_the_finetuning(
 def test_no_memory_and_no_finetuning_without_a_budget() -> None:
     learner, _ = demo_learner("--memory-size", "0")
     assert learner.memory_quota(1) is None and learner.finetuning_set(1) is None
+
+
+def learner_with_memory(*flags: str) -> tuple[DyToxLearner, DyTox]:
+    """The demo's learner after task 0's memory update, at the start of task 1."""
+    learner, model = demo_learner(*flags)
+    learner.update_memory(model, 0, learner.memory_quota(0))  # type: ignore[arg-type]
+    learner.begin_task(model, 1)
+    return learner, model
+
+
+def test_oversample_memory_adds_the_memory_that_many_times() -> None:
+    task = len(demo_learner()[0].scenarios.train[1])
+    for times in (0, 1, 3):
+        learner, _ = learner_with_memory("--oversample-memory", str(times))
+        assert len(learner.training_set(1)) == task + times * 200  # type: ignore[arg-type]
+
+
+def test_only_ft_trains_later_tasks_on_the_memory_alone() -> None:
+    learner, _ = learner_with_memory("--only-ft")
+    dataset = learner.training_set(1)
+    assert len(dataset) == len(learner.memory) == 200  # type: ignore[arg-type]
+    assert len(learner.training_set(0)) == len(learner.scenarios.train[0])  # type: ignore[arg-type]
+
+
+def test_oversample_memory_ft_repeats_each_old_exemplar() -> None:
+    learner, model = learner_with_memory("--oversample-memory-ft", "3")
+    learner.update_memory(model, 1, learner.memory_quota(1))  # type: ignore[arg-type]
+    dataset = learner.finetuning_set(1)
+    assert dataset is not None
+    y = dataset.get_raw_samples()[1]  # type: ignore[attr-defined]
+    old = learner.memory.get()[1][learner.memory.get()[2] < 1]
+    assert len(y) == 3 * 100 + 100  # 100 exemplars of task 0, 3 times each, then task 1's 100
+    np.testing.assert_array_equal(y[:300], np.repeat(old, 3))
+    assert set(y[300:]) == {2, 3}
+
+
+def test_finetuning_resetclf_draws_the_heads_again_and_keeps_the_rest() -> None:
+    learner, model = learner_with_memory("--finetuning-resetclf")
+    with torch.no_grad():
+        for head in model.head:
+            head.norm.weight.fill_(3.0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    learner.begin_finetuning(model)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {f"head.{i}.{part}" for i in range(2) for part in ("head.weight", "head.bias", "norm.weight")}
+    assert all(torch.equal(head.norm.weight, torch.ones_like(head.norm.weight)) for head in model.head)

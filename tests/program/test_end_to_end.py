@@ -345,3 +345,14 @@ def test_published_dytox_plus_option_files_run_two_tasks(tmp_path: Path, model_f
     assert [r["task"] for r in rows] == [0, 1] and rows[1]["classes_seen"] == 4
     epochs = [json.loads(line) for line in log.with_name("epochs.jsonl").read_text().splitlines()]
     assert {e["phase"] for e in epochs} == {"train", "finetune"}
+
+
+def test_debug_runs_one_batch_per_epoch_and_a_never_read_option_says_so(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    argv = DEMO + ["--debug", "--max-task", "2", "--freeze-eval", "--name", "e2e", "--output-basedir", str(tmp_path),
+                   "--log-dir", str(tmp_path / "logs"), "--no-progress"]
+    assert run_main(argv) == 0
+    assert "note: --freeze-eval True: no effect" in capsys.readouterr().err
+    epochs = rows_of(run_folder(tmp_path) / "epochs.jsonl")
+    assert [(e["task"], e["phase"]) for e in epochs] == [(0, "train"), (1, "train")] + [(1, "finetune")] * 10
+    assert all(e["images_per_s"] * e["seconds"] == pytest.approx(32, rel=1e-6) for e in epochs)  # one batch of 32

@@ -99,3 +99,13 @@ def test_precision_warns_about_emulated_bfloat16_and_ignored_amp() -> None:
     assert any("bfloat16" in note for note in notes) == (not cpu_has_fast_bfloat16())
     assert Precision(torch.device("cpu"), False).warnings() == []
     assert "no_amp is true" in Precision(torch.device("cpu"), False).warnings(amp_requested_but_disabled=True)[0]
+
+
+def test_an_epoch_with_max_batches_trains_on_that_many_batches_only() -> None:
+    """``--debug`` (the published debug mode): one batch per epoch."""
+    model = DyTox(TINY, 5)
+    optimizer = build_optimizer(model, schedule_cfg(), 1e-3)
+    full = train_one_epoch(model, None, tiny_batches(3), optimizer, settings(), Precision(torch.device("cpu"), False))
+    short = train_one_epoch(model, None, tiny_batches(3), optimizer, settings(), Precision(torch.device("cpu"), False),
+                            cursor=EpochCursor(max_batches=1))
+    assert full.images == 12 and short.images == 4 and short.next_step is None
