@@ -164,6 +164,10 @@ DATA_OPTIONS = (
     _list("class_order", int, None, "permutation of the class labels",
           yaml_value=_class_order_from_yaml),
     _value("input_size", int, 32, "image side after resizing, in pixels"),
+    _value("validation", float, 0.0, "hold out this fraction of each task's training images and evaluate on them "
+           "instead of the test set (0: the test set), as published"),
+    _bool("validation_test_transform", False, "evaluate the held-out images with the test transform (published: "
+          "the training augmentation)"),
 )
 
 MODEL_OPTIONS = (

@@ -61,6 +61,8 @@ class DataSettings:
     reprob: float
     remode: str
     recount: int
+    validation: float = 0.0
+    validation_test_transform: bool = False
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,10 @@ def validate_config(cfg: argparse.Namespace) -> None:
         raise ConfigError("options 'grad_accum_steps' > 1 and 'sam_rho' > 0 cannot be combined: "
                           "SAM's two passes are defined on one batch")
     _check_sam(cfg)
+    if not 0.0 <= cfg.validation < 1.0:
+        raise ConfigError(f"option 'validation' is the held-out fraction of each task, in [0, 1), got {cfg.validation}")
+    if cfg.validation_test_transform and cfg.validation == 0.0:
+        raise ConfigError("option 'validation_test_transform' needs validation > 0 (a held-out split)")
 
 
 # Options of the published command line that this implementation parses but does not run yet.

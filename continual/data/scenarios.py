@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from continuum import ClassIncremental
 from continuum.datasets import InMemoryDataset
-from continuum.tasks import BaseTaskSet, TaskSet
+from continuum.tasks import BaseTaskSet, TaskSet, split_train_val
 
 from continual.config.errors import ConfigError
 from continual.config.settings import DataSettings
@@ -126,10 +126,33 @@ def build_scenario(
 
 @dataclass(frozen=True)
 class Scenarios:
-    """The train and test scenarios of a run: the same class order and increments."""
+    """The train and test scenarios of a run: the same class order and increments.
+
+    With ``validation`` > 0 (``--validation``, as published) each task trains on a
+    fixed split of its training images (continuum's ``split_train_val``, seeded) and
+    the evaluation after task t is on the held-out images of tasks 0..t, with the
+    training transform as published (``validation_test_transform``: the test one).
+    The memory still draws from all of a task's training images, as published.
+    """
 
     train: ClassIncremental
     test: ClassIncremental
+    validation: float = 0.0
+    validation_test_transform: bool = False
+
+    def training_set(self, task_id: int) -> BaseTaskSet:
+        if not self.validation:
+            return self.train[task_id]
+        return split_train_val(self.train[task_id], self.validation)[0]
+
+    def evaluation_set(self, task_id: int) -> BaseTaskSet:
+        """The images of the classes seen after ``task_id``: test images, or the held-out ones."""
+        if not self.validation:
+            return self.test[: task_id + 1]
+        parts = [split_train_val(self.train[i], self.validation)[1].get_raw_samples() for i in range(task_id + 1)]
+        x, y, t = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        transform = self.test[0].trsf if self.validation_test_transform else self.train[0].trsf
+        return TaskSet(x, y, t, trsf=transform, data_type=self.train[0].data_type)
 
     @property
     def classes_per_task(self) -> list[int]:
@@ -158,7 +181,7 @@ def build_scenarios(settings: DataSettings) -> tuple[ClassIncremental, ClassIncr
 
 
 def load_scenarios(settings: DataSettings) -> Scenarios:
-    return Scenarios(*build_scenarios(settings))
+    return Scenarios(*build_scenarios(settings), settings.validation, settings.validation_test_transform)
 
 
 def _check_memory(x: np.ndarray, y: np.ndarray, t: np.ndarray, like: np.ndarray) -> None:

@@ -81,7 +81,7 @@ class DyToxLearner:
     def training_set(self, task_id: int) -> Dataset:
         """The task's images and the memory (``oversample_memory`` times); with ``only_ft``, after the first
         task, the memory alone, as published."""
-        dataset = self.scenarios.train[task_id]
+        dataset = self.scenarios.training_set(task_id)
         if task_id == 0 or not len(self.memory):
             return dataset
         if self.learner.only_ft:

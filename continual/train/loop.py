@@ -165,7 +165,7 @@ class TaskLoop:
     def evaluate(self, task_id: int) -> tuple[TaskAccuracy, int]:
         """Accuracy on the test images of all seen classes, each image evaluated on exactly one process;
         also the number of images."""
-        loader = self.loaders.eval(self.scenarios.test[: task_id + 1], task_id, sharded=True)
+        loader = self.loaders.eval(self.scenarios.evaluation_set(task_id), task_id, sharded=True)
         counts = evaluate(self.model, loader, precision_of(self.settings.precision, self.ctx.device),
                           self.scenarios.classes_per_task[: task_id + 1])
         counts = EvalCounts.from_tensor(all_reduce_sum(counts.as_tensor()))

@@ -24,6 +24,11 @@ from continual.config.validate import validate_config
     ({"increment": 0}, "increment"),
     ({"initial_increment": -5}, "initial_increment"),
     ({"incremental_batch_size": 0}, "incremental_batch_size"),
+    ({"validation": 1.0}, "validation"),
+    ({"validation": -0.1}, "validation"),
+    ({"validation_test_transform": True}, "validation_test_transform"),
+    ({"oversample_memory_ft": 0}, "oversample_memory_ft"),
+    ({"oversample_memory": -1}, "oversample_memory"),
 ])
 def test_validate_config_errors(changes: dict[str, object], option: str) -> None:
     with pytest.raises(ConfigError, match=option):

@@ -10,10 +10,13 @@ import torch
 from continuum.tasks import concat
 from torchvision import transforms as T
 
-from conftest import CIFAR_TEST_PER_CLASS
+from conftest import CIFAR_TEST_PER_CLASS, REPO_ROOT
+from continual.config import parse_config, settings_from
 from continual.data.scenarios import (
+    Scenarios,
     build_scenario,
     build_scenarios,
+    load_scenarios,
     memory_taskset,
     task_increments,
     taskset_with_memory,
@@ -110,3 +113,28 @@ def test_memory_helpers(cifar_root: Path) -> None:
         taskset_with_memory(task1, x_old[:, :16], y_old, t_old)
     with pytest.raises(ValueError, match="lengths"):
         memory_taskset(train, x_old, y_old[:3], t_old)
+
+
+def demo_scenarios(*flags: str) -> Scenarios:
+    options = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"),
+               str(REPO_ROOT / "options/model/demo_tiny.yaml")]
+    return load_scenarios(settings_from(parse_config(options + list(flags))).data)
+
+
+def test_validation_holds_out_a_fixed_split_of_each_task_and_evaluates_on_it() -> None:
+    plain, held = demo_scenarios(), demo_scenarios("--validation", "0.2")
+    assert plain.training_set(1) is not None and len(plain.evaluation_set(1)) == len(plain.test[:2])
+    for task in (0, 1):
+        full = plain.train[task].get_raw_samples()
+        train = held.training_set(task).get_raw_samples()
+        assert len(train[0]) == len(full[0]) - int(0.2 * len(full[0]))
+    evaluation = held.evaluation_set(1)
+    x, y, _ = evaluation.get_raw_samples()
+    expected = sum(int(0.2 * len(plain.train[task].get_raw_samples()[0])) for task in (0, 1))
+    assert len(x) == expected and set(np.unique(y)) == {0, 1, 2, 3}
+    trained = {image.tobytes() for task in (0, 1) for image in held.training_set(task).get_raw_samples()[0]}
+    assert not any(image.tobytes() in trained for image in x)  # held out: never trained on
+    np.testing.assert_array_equal(x, demo_scenarios("--validation", "0.2").evaluation_set(1).get_raw_samples()[0])
+    assert evaluation.trsf is held.train[0].trsf  # the training augmentation, as published
+    fixed = demo_scenarios("--validation", "0.2", "--validation-test-transform").evaluation_set(1)
+    assert fixed.trsf is not held.train[0].trsf

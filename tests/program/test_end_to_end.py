@@ -356,3 +356,11 @@ def test_debug_runs_one_batch_per_epoch_and_a_never_read_option_says_so(tmp_path
     epochs = rows_of(run_folder(tmp_path) / "epochs.jsonl")
     assert [(e["task"], e["phase"]) for e in epochs] == [(0, "train"), (1, "train")] + [(1, "finetune")] * 10
     assert all(e["images_per_s"] * e["seconds"] == pytest.approx(32, rel=1e-6) for e in epochs)  # one batch of 32
+
+
+def test_validation_evaluates_on_the_held_out_images(tmp_path: Path) -> None:
+    argv = DEMO + ["--debug", "--max-task", "2", "--validation", "0.2", "--name", "e2e", "--output-basedir",
+                   str(tmp_path), "--log-dir", str(tmp_path / "logs"), "--no-progress", "--finetuning-epochs", "1"]
+    assert run_main(argv) == 0
+    rows = rows_of(run_folder(tmp_path) / "log.jsonl")
+    assert [r["eval_images"] for r in rows] == [57, 114]  # int(0.2 * 288) held-out images of each task
