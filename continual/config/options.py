@@ -290,14 +290,14 @@ REHEARSAL_OPTIONS = (
     _bool("fixed_memory", False, "per-class memory fixed from the start"),
     _value("rehearsal", str, "random", "exemplar selection method", choices=REHEARSAL_METHODS),
     _bool("rehearsal_test_trsf", False, "extract exemplar features with the test transform"),
-    _bool("sep_memory", False, "keep the memory separate from the task data"),
+    _bool("sep_memory", False, "keep the memory out of the task's training data (SAM's memory passes still use it)"),
     _bool("distributed_memory", False,
           "each process selects its own memory_size / world_size exemplars (the erratum's protocol)"),
     _bool("global_memory", False, "one selection of memory_size exemplars, identical on every process"),
     _bool("published_memory", False,
           "each process selects its own memory_size exemplars, as the published code did (the default "
           "with several processes)"),
-    _value("replay_memory", int, 0, "memory replay epochs"),
+    _value("replay_memory", int, 0, "batch size of the memory loader of SAM's memory passes (0: the task's)"),
     _value("oversample_memory", int, 1, "the memory is added this many times to a task's training data"),
 )
 

@@ -210,6 +210,8 @@ class MemorySettings:
     global_memory: bool
     distributed_memory: bool
     published_memory: bool
+    sep_memory: bool
+    replay_memory: int
 
     def mode(self, world_size: int) -> str:
         """'global', 'distributed' or 'published' (several processes, none chosen: the published one)."""

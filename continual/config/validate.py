@@ -94,15 +94,10 @@ def validate_config(cfg: argparse.Namespace) -> None:
         raise ConfigError("option 'validation_test_transform' needs validation > 0 (a held-out split)")
 
 
-# Options of the published command line that this implementation parses but does not run yet.
-NOT_IMPLEMENTED = {"sep_memory": False, "replay_memory": 0}
-
-
 def check_runnable(cfg: argparse.Namespace) -> None:
     """Refuse the published options this implementation does not run yet. A configuration can be valid
     and not runnable: the parser's defaults are the published parser's, where dytox is off."""
-    problems = [f"--{name.replace('_', '-')} is not implemented yet (got {getattr(cfg, name)!r})"
-                for name, default in NOT_IMPLEMENTED.items() if getattr(cfg, name) != default]
+    problems = []
     if cfg.dist_url != "env://":
         problems.append(f"--dist-url {cfg.dist_url!r}: processes join through torchrun's environment (env://)")
     if not cfg.dytox:

@@ -79,13 +79,15 @@ class DyToxLearner:
         model.freeze(self.learner.freeze_task if task_id > 0 else [])
 
     def training_set(self, task_id: int) -> Dataset:
-        """The task's images and the memory (``oversample_memory`` times); with ``only_ft``, after the first
-        task, the memory alone, as published."""
+        """The task's images and the memory (``oversample_memory`` times; ``sep_memory``: not at all); with
+        ``only_ft``, after the first task, the memory alone, as published."""
         dataset = self.scenarios.training_set(task_id)
         if task_id == 0 or not len(self.memory):
             return dataset
         if self.learner.only_ft:
             return self.memory_dataset()
+        if self.memory_settings.sep_memory:
+            return dataset
         times = self.learner.oversample_memory
         if times == 1:
             return taskset_with_memory(dataset, *self.memory.get())

@@ -94,6 +94,12 @@ def precision_of(settings: PrecisionSettings, device: torch.device) -> Precision
     return Precision(device, settings.amp, settings.amp_dtype)
 
 
+def memory_batch_size(settings: Settings, task_id: int) -> int:
+    """Batch of the memory loader SAM's memory passes draw from: ``replay_memory`` when set, else the
+    task's batch size, as published."""
+    return settings.memory.replay_memory or settings.recipe.batch_size_of(task_id)
+
+
 def sam_wanted(settings: SamSettings, task_id: int, phase: str) -> bool:
     """SAM runs in this phase when ``sam_rho`` > 0 and ``sam_mode`` / ``sam_skip_first`` allow it."""
     return (settings.sam_rho > 0 and phase_option_name(phase) in settings.sam_mode
@@ -204,5 +210,6 @@ class PhaseTrainer:
         memory_batches: Iterator | None = None
         if "memory" in (sam_settings.sam_first, sam_settings.sam_second) and phase.task_id > 0 \
                 and phase.memory is not None:
-            memory_batches = endless(self.loaders.train(phase.memory, phase.task_id, shuffle=True))
+            batch = memory_batch_size(self.settings, phase.task_id)
+            memory_batches = endless(self.loaders.train(phase.memory, phase.task_id, shuffle=True, batch_size=batch))
         return SamPlan(sam, sam_settings.sam_first == "memory", sam_settings.sam_second == "memory", memory_batches)

@@ -21,9 +21,10 @@ class Loaders:
     recipe: RecipeSettings
     ctx: DistContext
 
-    def train(self, dataset: Dataset, task_id: int, shuffle: bool) -> DataLoader:
+    def train(self, dataset: Dataset, task_id: int, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        """``batch_size``: instead of the task's (the memory loader of ``--replay-memory``)."""
         loader = build_train_loader(
-            dataset, batch_size=self.recipe.batch_size_of(task_id), shuffle=shuffle,
+            dataset, batch_size=batch_size or self.recipe.batch_size_of(task_id), shuffle=shuffle,
             repeated_aug=self.settings.repeated_aug, world_size=self.ctx.world_size, rank=self.ctx.rank,
             seed=self.settings.seed, num_workers=self.settings.num_workers,
             pin_memory=pin_memory_wanted(self.settings.pin_mem, self.ctx.device),

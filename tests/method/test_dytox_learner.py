@@ -98,3 +98,9 @@ def test_finetuning_resetclf_draws_the_heads_again_and_keeps_the_rest() -> None:
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed == {f"head.{i}.{part}" for i in range(2) for part in ("head.weight", "head.bias", "norm.weight")}
     assert all(torch.equal(head.norm.weight, torch.ones_like(head.norm.weight)) for head in model.head)
+
+
+def test_sep_memory_keeps_the_memory_out_of_the_training_data() -> None:
+    learner, _ = learner_with_memory("--sep-memory")
+    assert len(learner.training_set(1)) == len(learner.scenarios.train[1])  # type: ignore[arg-type]
+    assert len(learner.memory) == 200  # still there, for SAM's memory passes and finetuning

@@ -17,3 +17,15 @@ def test_without_mixup_the_plain_targets_and_criterion_are_used() -> None:
     from continual.method.losses import build_criterion
     assert build_criterion(True, 0.1, False) is bce_with_logits
     assert build_criterion(False, 0.1, True) is soft_target_cross_entropy
+
+
+def test_sams_memory_passes_draw_batches_of_replay_memory_images() -> None:
+    from conftest import REPO_ROOT
+    from continual.config import settings_from
+    from continual.train.fit import memory_batch_size
+
+    demo = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"),
+            str(REPO_ROOT / "options/model/demo_tiny.yaml")]
+    assert memory_batch_size(settings_from(parse_config(demo)), 1) == 32  # the task's batch
+    assert memory_batch_size(settings_from(parse_config(demo + ["--replay-memory", "8"])), 1) == 8
+    assert memory_batch_size(settings_from(parse_config(demo + ["--incremental-batch-size", "16"])), 1) == 16
