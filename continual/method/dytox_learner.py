@@ -89,11 +89,11 @@ class DyToxLearner:
         if self.memory_settings.sep_memory:
             return dataset
         times = self.learner.oversample_memory
-        if times == 1:
-            return taskset_with_memory(dataset, *self.memory.get())
         if times == 0:
             return dataset
-        x, y, t = (np.concatenate([part] * times) for part in self.memory.get())
+        x, y, t = self.memory.get()
+        if times > 1:
+            x, y, t = (np.concatenate([part] * times) for part in (x, y, t))
         return taskset_with_memory(dataset, x, y, t)
 
     def memory_quota(self, task_id: int) -> int | None:

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, Protocol
 import numpy as np
 import torch
 from timm.data import Mixup
+from timm.scheduler.scheduler import Scheduler
 from torch.utils.data import DataLoader, Dataset
 
 from continual.config.settings import LossSettings, MixupSettings, PrecisionSettings, SamSettings, Settings
@@ -191,21 +192,23 @@ class PhaseTrainer:
         cursor = EpochCursor(where, len(loader), step, saved.progress, self.control.stop_requested, max_batches=limit)
         return batches, cursor, saved.epoch_rng
 
-    def _load(self, saved: FitState, optimizer: object, scheduler: object, options: StepOptions) -> None:
-        optimizer.load_state_dict(saved.optimizer)  # type: ignore[attr-defined]
+    def _load(self, saved: FitState, optimizer: torch.optim.Optimizer, scheduler: Scheduler | None,
+              options: StepOptions) -> None:
+        optimizer.load_state_dict(saved.optimizer)
         if scheduler is not None:
-            scheduler.load_state_dict(saved.scheduler)  # type: ignore[attr-defined]
+            assert saved.scheduler is not None, "a phase with a schedule saves the schedule's state"
+            scheduler.load_state_dict(saved.scheduler)
         if options.scaler is not None and saved.scaler:
             options.scaler.load_state_dict(saved.scaler)
         if options.sam is not None and saved.sam:
             options.sam.sam.load_state_dict(saved.sam)
 
-    def _sam_plan(self, phase: Phase, optimizer: object) -> SamPlan | None:
+    def _sam_plan(self, phase: Phase, optimizer: torch.optim.Optimizer) -> SamPlan | None:
         sam_settings = self.settings.sam
         if not sam_wanted(sam_settings, phase.task_id, phase.name):
             return None
         rho = sam_rho_for_task(sam_settings.sam_rho, sam_settings.sam_final, phase.task_id, self.nb_tasks)
-        sam = SAM(optimizer, rho, adaptive=sam_settings.sam_adaptive, look_k=sam_settings.look_sam_k,  # type: ignore[arg-type]
+        sam = SAM(optimizer, rho, adaptive=sam_settings.sam_adaptive, look_k=sam_settings.look_sam_k,
                   look_alpha=sam_settings.look_sam_alpha)
         memory_batches: Iterator | None = None
         if "memory" in (sam_settings.sam_first, sam_settings.sam_second) and phase.task_id > 0 \

@@ -143,7 +143,7 @@ def test_end_of_run_table_is_printed(demo_run: Path) -> None:
 
 def test_resume_continues_from_a_task_checkpoint(demo_run: Path) -> None:
     folder = run_folder(demo_run / "out")
-    saved_rows = rows_of(folder / "log.jsonl")
+    saved_rows, saved_epochs = rows_of(folder / "log.jsonl"), rows_of(folder / "epochs.jsonl")
     argv = DEMO + SHORT + ["--name", "e2e", "--resume", str(folder), "--start-task", "2",
                            "--log-dir", str(demo_run / "logs_resumed")]
     assert run_main(argv) == 0
@@ -154,6 +154,10 @@ def test_resume_continues_from_a_task_checkpoint(demo_run: Path) -> None:
     assert [r["task"] for r in rows] == [0, 1, 2]
     assert rows[2]["memory_per_class"] == saved_rows[2]["memory_per_class"]
     assert len(list(folder.glob("config_resume_*.yaml"))) == 1
+    epochs = rows_of(folder / "epochs.jsonl")  # the redone task's epochs replace the earlier ones
+    assert [e for e in epochs if e["task"] < 2] == [e for e in saved_epochs if e["task"] < 2]
+    assert [(e["phase"], e["epoch"]) for e in epochs if e["task"] == 2] == \
+        [(e["phase"], e["epoch"]) for e in saved_epochs if e["task"] == 2]
 
 
 def test_tensorboard_scalars_equal_the_logs_after_a_resume(demo_run: Path) -> None:
