@@ -9,6 +9,7 @@ import sys
 
 from continual.config import ConfigError, parse_config
 from continual.config.options import no_effect_notes
+from continual.config.validate import context_notes
 from continual.runtime.distributed import cleanup, record_errors, setup
 from continual.runtime.host_memory import retain_freed_memory
 from continual.runtime.preemption import Preempted
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.retain_freed_memory:
         retain_freed_memory()
     ctx = setup(cfg.device)
-    for note in no_effect_notes(cfg) if ctx.is_main else []:
+    for note in [*no_effect_notes(cfg), *context_notes(cfg)] if ctx.is_main else []:
         print(f"note: {note}", file=sys.stderr, flush=True)
     try:
         if len(runs) == 1:

@@ -50,7 +50,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from continual.config import parse_config  # noqa: E402
 from continual.config.settings import LossSettings, model_config, settings_of  # noqa: E402
-from continual.model.dytox import DyTox, grown_model  # noqa: E402
+from continual.model.build import grown_model  # noqa: E402
+from continual.model.dytox import DyTox  # noqa: E402
 from continual.runtime.host_memory import retain_freed_memory  # noqa: E402
 from continual.train.epoch import Precision, evaluate, train_one_epoch  # noqa: E402
 from continual.train.fit import batch_loss_of  # noqa: E402

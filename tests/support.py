@@ -11,7 +11,7 @@ from pathlib import Path
 
 from continual.config import parse_config
 from continual.method.metrics import average_incremental_accuracy, backward_transfer, forgetting
-from continual.model.dytox import DyToxConfig
+from continual.model.config import ModelConfig
 from continual.report.records import TaskResult
 
 # ---------------------------------------------- configurations (tests/config)
@@ -29,13 +29,13 @@ def with_values(**changes: object) -> argparse.Namespace:
 
 # ----------------------- small models (tests/model, tests/state, tests/train)
 
-SMALL = DyToxConfig(
+SMALL = ModelConfig(
     embed_dim=48, depth=3, num_heads=4, patch_size=4, input_size=16, local_up_to_layer=2, head_div=True,
     head_div_mode=("tr",),
 )
 
 
-TINY = DyToxConfig(embed_dim=32, depth=2, num_heads=4, patch_size=4, input_size=8, local_up_to_layer=1,
+TINY = ModelConfig(embed_dim=32, depth=2, num_heads=4, patch_size=4, input_size=8, local_up_to_layer=1,
                    head_div=True, head_div_mode=("tr",))
 
 

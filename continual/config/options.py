@@ -18,7 +18,8 @@ NEVER_READ = "no effect: the published code parses it and never reads it"
 
 # Explicit tables of accepted names: anything else is an error, never a fallback.
 DATASETS = ("cifar", "imagenet100", "imagenet1000", "fashion_mnist", "digits")
-ENCODERS = ("convit",)
+ENCODERS = ("convit", "vit")
+NORMS = ("layer", "scale")
 SAM_BATCHES = ("main", "memory")
 FINETUNING_MODES = ("", "balanced")
 MIXUP_MODES = ("batch", "pair", "elem")
@@ -131,6 +132,8 @@ RUN_OPTIONS = (
     _list("options", str, [], "YAML option files applied in order (later files win)"),
     _value("name", str, "", "run name, used in log and output paths"),
     _value("output_basedir", str, "./outputs", "where checkpoints and memories go"),
+    _value("output_dir", str, "", "the run folder itself, without --name (as published, --name replaces it by "
+           "a named folder under output_basedir)"),
     _value("log_dir", str, "./logs", "where metrics logs go", aliases=("--log-path",)),
     _value("log_category", str, "misc", "sub-folder of the logs, e.g. the setting 10-10"),
     _value("seed", int, 0, "random seed"),
@@ -171,7 +174,9 @@ DATA_OPTIONS = (
 )
 
 MODEL_OPTIONS = (
-    _value("model", str, "convit", "encoder architecture", choices=ENCODERS),
+    _value("model", str, "convit", "encoder: convit, or vit (timm's ViT; the baseline only)", choices=ENCODERS),
+    _bool("resnet", False, "DyTox's encoder is a ResNet-18 (torchvision) whose 504-channel feature map gives the "
+          "patch tokens, decoded by one TAB of 12 heads, as published", negatable=False),
     _value("embed_dim", int, 768, "token width"),
     _value("depth", int, 12, "number of blocks (encoder + decoder)"),
     _value("num_heads", int, 12, "attention heads"),
@@ -180,26 +185,33 @@ MODEL_OPTIONS = (
     _bool("qkv_bias", False, "bias in the query/key/value projections"),
     _value("local_up_to_layer", int, 10, "number of encoder (SAB) blocks"),
     _value("locality_strength", float, 1.0, "GPSA local initialisation strength"),
-    _bool("class_attention", False, "decoder blocks are class-attention (TAB) blocks"),
+    _bool("class_attention", False, "ConViT's blocks after the SABs are class attention (TABs; DyTox needs it); "
+          "baseline: false is self-attention over [class token; patches]"),
     _value("drop", float, 0.0, "dropout rate"),
     _value("attn_drop", float, 0.0, "attention dropout rate"),
     _value("drop_path", float, 0.1, "stochastic depth rate"),
-    _value("norm", str, "layer", "normalisation layer (no effect: the published parser has it and never reads it)",
-           choices=("layer",)),
+    _value("norm", str, "layer", "normalisation of the ConViT blocks: layer (LayerNorm) or scale (ScaleNorm)",
+           choices=NORMS),
     _bool("fused_attention", True, "fast attention arithmetic (plain: the published step-by-step arithmetic)"),
     _bool("joint_tokens", True, "decode all task tokens in one masked pass (plain: one pass per task)"),
 )
 
 DYTOX_OPTIONS = (
-    _bool("dytox", False, "dynamic task-token expansion"),
+    _bool("dytox", False, "dynamic task-token expansion; false (--no-dytox): the baseline, one classifier that grows "
+          "by each task's classes, trained by the same loop"),
+    _bool("exact_freeze", False, "baseline: each phase freezes exactly what freeze_task / freeze_ft name (published: "
+          "what a phase froze stays frozen for every later task)"),
+    _bool("retrain_scratch", False, "joint training: at each task the model is drawn afresh and trained on all the "
+          "training images of the tasks seen so far"),
     _value("ind_clf", str, "1-1", "independent classifiers mode ('' for none)",
            choices=HEAD_MODES),
     _value("head_div", float, 0.0, "weight of the divergence head loss"),
     _list("head_div_mode", str, ["tr", "ft"], "phases using the divergence head",
           choices=PHASE_OPTIONS),
-    _list("freeze_task", str, [], "what to freeze when a task is added", nargs="*",
+    _list("freeze_task", str, [], "what to freeze when a task is added (DyTox: all, old_task_tokens, task_tokens, "
+          "sab, tab, old_heads, heads, head_div; baseline: all, backbone, sab, tab, heads)", nargs="*",
           choices=FREEZE_NAMES),
-    _list("freeze_ft", str, [], "what to freeze during finetuning", nargs="*",
+    _list("freeze_ft", str, [], "what to freeze during finetuning (the same names)", nargs="*",
           choices=FREEZE_NAMES),
     _bool("freeze_eval", False, NEVER_READ, no_effect=True),
 )
@@ -271,6 +283,12 @@ DISTILLATION_OPTIONS = (
     _value("kd", float, 0.0, "fixed distillation weight"),
     _value("distillation_tau", float, 1.0, "distillation temperature"),
     _bool("bce_loss", False, "binary cross-entropy classification loss"),
+    _value("pod", float, None, "weight of PODNet's spatial distillation of the encoder's feature maps (DyTox, "
+           "after the first task, with a teacher)"),
+    _list("pod_scales", int, [1], "POD pyramid scales"),
+    _bool("pod_scaling", False, "POD weight times sqrt(new classes / seen classes)", negatable=False),
+    _bool("pod_tokens_as_maps", False, "POD pools the ConViT's tokens over the patch grid (published: over the "
+          "grid's rows and the channels, where scales > 1 give NaN)"),
 )
 
 SAM_OPTIONS = (
@@ -283,6 +301,7 @@ SAM_OPTIONS = (
     _list("sam_mode", str, ["tr", "ft"], "phases using SAM", choices=PHASE_OPTIONS),
     _value("look_sam_k", int, 0, "look-SAM: full SAM step every k steps (0: off)"),
     _value("look_sam_alpha", float, 0.7, "look-SAM: weight of the stored SAM direction between full steps"),
+    _value("sam_div", str, "", "no effect: the published SAM stores it and never reads it", no_effect=True),
 )
 
 REHEARSAL_OPTIONS = (
@@ -299,6 +318,8 @@ REHEARSAL_OPTIONS = (
           "with several processes)"),
     _value("replay_memory", int, 0, "batch size of the memory loader of SAM's memory passes (0: the task's)"),
     _value("oversample_memory", int, 1, "the memory is added this many times to a task's training data"),
+    _value("rehearsal_modes", int, 1, "2: each class's exemplars are two selections of half the quota, as published",
+           choices=(1, 2)),
 )
 
 FINETUNING_OPTIONS = (
@@ -326,7 +347,7 @@ OPTION_GROUPS: dict[str, tuple[Option, ...]] = {
     "run": RUN_OPTIONS,
     "data": DATA_OPTIONS,
     "model": MODEL_OPTIONS,
-    "DyTox": DYTOX_OPTIONS,
+    "method (DyTox or the baseline)": DYTOX_OPTIONS,
     "optimiser and schedule": OPTIMISER_OPTIONS,
     "augmentation": AUGMENTATION_OPTIONS,
     "mixup": MIXUP_OPTIONS,

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from continual.config.errors import ConfigError
 from continual.config.files import config_to_dict
 from continual.config.validate import check_runnable
-from continual.model.dytox import DyToxConfig
+from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS, ModelConfig
 
 # Reference batch of the linear learning-rate scaling rule (SPEC §2.4).
 LR_REFERENCE_BATCH = 512.0
@@ -160,6 +160,10 @@ class LossSettings:
     kd: float
     distillation_tau: float
     head_div: float
+    pod: float | None
+    pod_scales: tuple[int, ...]
+    pod_scaling: bool
+    pod_tokens_as_maps: bool
 
     @property
     def distills(self) -> bool:
@@ -212,6 +216,7 @@ class MemorySettings:
     published_memory: bool
     sep_memory: bool
     replay_memory: int
+    rehearsal_modes: int
 
     def mode(self, world_size: int) -> str:
         """'global', 'distributed' or 'published' (several processes, none chosen: the published one)."""
@@ -239,6 +244,7 @@ class LearnerSettings:
     only_ft: bool
     oversample_memory: int
     oversample_memory_ft: int
+    retrain_scratch: bool
 
 
 @dataclass(frozen=True)
@@ -257,6 +263,7 @@ class RunSettings:
     name: str
     options: tuple[str, ...]
     output_basedir: str
+    output_dir: str
     log_dir: str
     log_category: str
     seed: int
@@ -279,7 +286,7 @@ class Settings:
     """Everything a run computes with, by component; ``options`` is the resolved configuration as
     plain data (saved as config.yaml, compared on resume)."""
 
-    model: DyToxConfig
+    model: ModelConfig
     data: DataSettings
     recipe: RecipeSettings
     optimizer: OptimizerSettings
@@ -303,17 +310,19 @@ def amp_enabled(cfg: argparse.Namespace) -> bool:
     return not cfg.no_amp
 
 
-def model_config(cfg: argparse.Namespace) -> DyToxConfig:
-    """The architecture of the options' model (``model`` names the encoder: ConViT only)."""
-    if cfg.model != "convit":
-        raise ConfigError(f"option 'model': unknown encoder {cfg.model!r}; expected 'convit'")
-    return DyToxConfig(
-        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, patch_size=cfg.patch_size,
+def model_config(cfg: argparse.Namespace) -> ModelConfig:
+    """The architecture of the options' model: DyTox (ConViT, or ResNet-18 with ``resnet``) or, with ``dytox``
+    false, the baseline (ConViT or ViT, ``model``). The ResNet's decoder has the published fixed size."""
+    resnet = cfg.dytox and cfg.resnet
+    return ModelConfig(
+        embed_dim=RESNET_EMBED_DIM if resnet else cfg.embed_dim, depth=cfg.depth,
+        num_heads=RESNET_NUM_HEADS if resnet else cfg.num_heads, patch_size=cfg.patch_size,
         input_size=cfg.input_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
         local_up_to_layer=cfg.local_up_to_layer, locality_strength=cfg.locality_strength, drop=cfg.drop,
         attn_drop=cfg.attn_drop, drop_path=cfg.drop_path, ind_clf=cfg.ind_clf, head_div=cfg.head_div > 0,
         head_div_mode=tuple(cfg.head_div_mode), joint_tokens=cfg.joint_tokens,
-        fused_attention=cfg.fused_attention,
+        fused_attention=cfg.fused_attention, dytox=cfg.dytox, encoder="resnet18" if resnet else cfg.model,
+        class_attention=cfg.class_attention, norm=cfg.norm, exact_freeze=cfg.exact_freeze,
     )
 
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 
 from continual.config.errors import ConfigError
-from continual.vocabulary import FREEZE_NAMES, PHASE_OPTIONS, REHEARSAL_METHODS
+from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS
+from continual.vocabulary import (
+    BASELINE_FREEZE_NAMES,
+    DYTOX_FREEZE_NAMES,
+    FREEZE_NAMES,
+    PHASE_OPTIONS,
+    REHEARSAL_METHODS,
+)
 
 _POSITIVE = ("initial_increment", "increment", "batch_size", "grad_accum_steps", "world_size",
              "input_size", "embed_dim", "depth", "num_heads", "patch_size", "eval_every")
@@ -100,12 +107,71 @@ def check_runnable(cfg: argparse.Namespace) -> None:
     problems = []
     if cfg.dist_url != "env://":
         problems.append(f"--dist-url {cfg.dist_url!r}: processes join through torchrun's environment (env://)")
-    if not cfg.dytox:
-        problems.append("only DyTox is implemented: set dytox: true (e.g. --options options/model/cifar_dytox.yaml)")
-    if not cfg.class_attention:
+    if cfg.dytox and not cfg.class_attention:
         problems.append("DyTox's decoder is class attention: class_attention must be true")
     if problems:
         raise ConfigError("unsupported configuration: " + "; ".join(problems))
+    _check_method(cfg)
+    _check_pod(cfg)
+
+
+def _check_method(cfg: argparse.Namespace) -> None:
+    """DyTox or the baseline: the encoders and freezing names each has."""
+    if cfg.dytox:
+        if cfg.model != "convit":
+            raise ConfigError(f"option 'model' {cfg.model!r}: DyTox's encoder is the ConViT (or --resnet); "
+                              f"the ViT is the baseline's (dytox: false)")
+        names: tuple[str, ...] = DYTOX_FREEZE_NAMES
+    else:
+        if cfg.resnet:
+            raise ConfigError("option 'resnet' is DyTox's encoder (the published code ignores it without dytox)")
+        if cfg.model == "vit" and cfg.norm != "layer":
+            raise ConfigError("option 'norm' scale is for the ConViT blocks: the published ViT keeps LayerNorm")
+        names = BASELINE_FREEZE_NAMES[cfg.model]
+    mode = "DyTox" if cfg.dytox else f"the {cfg.model} baseline (dytox: false)"
+    for dest in ("freeze_task", "freeze_ft"):
+        unknown = [name for name in getattr(cfg, dest) if name not in names]
+        if unknown:
+            raise ConfigError(f"option {dest!r}: {unknown} are not parts of {mode}; expected names from "
+                              f"{list(names)} (an empty list freezes nothing)")
+
+
+def _check_pod(cfg: argparse.Namespace) -> None:
+    """POD distils DyTox's encoder maps; the published token layout gives NaN at scales > 1."""
+    if cfg.pod is None:
+        return
+    if cfg.pod < 0:
+        raise ConfigError(f"option 'pod' is a loss weight, >= 0, got {cfg.pod}")
+    if not cfg.dytox:
+        raise ConfigError("option 'pod' distils DyTox's encoder feature maps: the baseline has none "
+                          "(the published code stops with an AttributeError)")
+    if any(scale < 1 for scale in cfg.pod_scales):
+        raise ConfigError(f"option 'pod_scales' must be positive integers, got {cfg.pod_scales}")
+    if not cfg.resnet and not cfg.pod_tokens_as_maps and max(cfg.pod_scales) > 1:
+        raise ConfigError(f"option 'pod_scales' {cfg.pod_scales}: on the ConViT's tokens the published layout "
+                          f"pools the channels as a spatial axis and gives NaN at scales > 1; set "
+                          f"pod_tokens_as_maps (--pod-tokens-as-maps) or pod_scales: [1]")
+
+
+def context_notes(cfg: argparse.Namespace) -> list[str]:
+    """Options that the chosen mode does not read, so that a user does not believe they acted."""
+    notes = []
+    if not cfg.dytox:
+        dytox_only = [f"{dest} {getattr(cfg, dest)!r}" for dest, unused in (
+            ("head_div", cfg.head_div > 0), ("ind_clf", cfg.ind_clf not in ("", "1-1")),
+        ) if unused]
+        if dytox_only:
+            notes.append(f"{', '.join(dytox_only)}: no effect without DyTox (the baseline has one classifier)")
+    elif cfg.resnet:
+        notes.append(f"--resnet: the decoder is one TAB of {RESNET_NUM_HEADS} heads on {RESNET_EMBED_DIM} channels, as "
+                     f"published; embed_dim, "
+                     f"num_heads, depth, local_up_to_layer, patch_size and the dropouts of the options are not used")
+    if cfg.output_dir and cfg.name:
+        notes.append(f"--output-dir {cfg.output_dir!r}: replaced by the run folder of --name {cfg.name!r}, "
+                     f"as published")
+    if cfg.pod is not None and not (cfg.auto_kd or cfg.kd > 0):
+        notes.append("--pod: no effect without a teacher (auto_kd or kd > 0), as published")
+    return notes
 
 
 def _check_run_request(cfg: argparse.Namespace) -> None:

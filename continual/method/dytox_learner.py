@@ -22,15 +22,16 @@ from torch.utils.data import DataLoader, Dataset
 from continual.config.settings import LearnerSettings, LossSettings, MemorySettings
 from continual.data.scenarios import Scenarios, memory_taskset, taskset_with_memory
 from continual.method.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
-from continual.model.dytox import DyTox
+from continual.model.build import ContinualModel, grown_model
 from continual.runtime.distributed import DistContext, all_reduce_sum, broadcast_object
 from continual.vocabulary import FINETUNE, TRAIN
 
 
-def begin_task(model: DyTox, learner: LearnerSettings, distills: bool, task_id: int,
-               nb_new_classes: int) -> DyTox | None:
+def begin_task(model: ContinualModel, learner: LearnerSettings, distills: bool, task_id: int,
+               nb_new_classes: int) -> ContinualModel | None:
     """Start a task (SPEC §2.2-2.3): the teacher, a frozen copy taken before the expansion (when
-    distilling), then the new token and heads, and ``freeze_task``. Returns the teacher."""
+    distilling), then the new token and heads (the baseline: the classifier's new rows), and
+    ``freeze_task``; with ``retrain_scratch`` every weight is then drawn afresh. Returns the teacher."""
     teacher = None
     if task_id > 0:
         if distills:
@@ -38,11 +39,22 @@ def begin_task(model: DyTox, learner: LearnerSettings, distills: bool, task_id: 
             teacher.freeze(["all"])
         model.expand(nb_new_classes)
     model.set_phase(TRAIN)
+    if learner.retrain_scratch:
+        redraw_weights(model)
     model.freeze(learner.freeze_task if task_id > 0 else [])
     return teacher
 
 
-def begin_finetuning(model: DyTox, learner: LearnerSettings) -> None:
+def redraw_weights(model: ContinualModel) -> None:
+    """Every parameter and buffer of ``model`` drawn as for a new model of the same shape (joint training
+    from scratch). The published ``--retrain-scratch`` calls an ``init_params`` no model defines."""
+    fresh = grown_model(model.config, list(model.nb_classes_per_task)).state_dict()
+    if "_extra_state" in fresh:  # the baseline's frozen parts are its own, not the fresh model's
+        fresh["_extra_state"] = model.get_extra_state()
+    model.load_state_dict(fresh)
+
+
+def begin_finetuning(model: ContinualModel, learner: LearnerSettings) -> None:
     """Balanced finetuning (SPEC §2.7): the divergence head per ``head_div_mode`` and ``freeze_ft``,
     which (as published) makes everything it does not name trainable again, old heads included."""
     model.set_phase(FINETUNE)
@@ -70,17 +82,20 @@ class DyToxLearner:
     def memory_mode(self) -> str:
         return self.memory_settings.mode(self.ctx.world_size)
 
-    def begin_task(self, model: DyTox, task_id: int) -> DyTox | None:
+    def begin_task(self, model: ContinualModel, task_id: int) -> ContinualModel | None:
         nb_new = self.scenarios.classes_per_task[task_id]
         return begin_task(model, self.learner, self.loss.distills, task_id, nb_new)
 
-    def resume_task(self, model: DyTox, task_id: int) -> None:
+    def resume_task(self, model: ContinualModel, task_id: int) -> None:
         """A task resumed from a run state: the model comes expanded, but requires_grad is not saved."""
         model.freeze(self.learner.freeze_task if task_id > 0 else [])
 
     def training_set(self, task_id: int) -> Dataset:
         """The task's images and the memory (``oversample_memory`` times; ``sep_memory``: not at all); with
-        ``only_ft``, after the first task, the memory alone, as published."""
+        ``only_ft``, after the first task, the memory alone, as published; with ``retrain_scratch``, all the
+        training images of the tasks seen so far (the held-out ones of ``validation`` included, as published)."""
+        if self.learner.retrain_scratch:
+            return self.scenarios.train[: task_id + 1]
         dataset = self.scenarios.training_set(task_id)
         if task_id == 0 or not len(self.memory):
             return dataset
@@ -103,7 +118,7 @@ class DyToxLearner:
         return per_class_quota(self.memory_settings.budget(self.ctx.world_size), self.scenarios.classes_seen(task_id),
                                sum(self.scenarios.classes_per_task), self.memory_settings.fixed_memory)
 
-    def update_memory(self, model: DyTox, task_id: int, quota: int) -> None:
+    def update_memory(self, model: ContinualModel, task_id: int, quota: int) -> None:
         """Select ``quota`` exemplars of each new class and shrink the old classes to ``quota``.
 
         Global memory: process 0 selects and every process receives the same
@@ -111,14 +126,21 @@ class DyToxLearner:
         own augmented features, within its own budget.
         """
         if self.memory_mode == "global":
-            chosen = self._herd(model, task_id, quota) if self.ctx.is_main else None
+            chosen = self._herd_modes(model, task_id, quota) if self.ctx.is_main else None
             indices = broadcast_object(chosen)
         else:
-            indices = self._herd(model, task_id, quota)
+            indices = self._herd_modes(model, task_id, quota)
         assert indices is not None  # process 0's selection, on every process
-        self.memory.trim(quota)
+        self.memory.trim(quota, self.memory_settings.rehearsal_modes)
         x, y, t = self.scenarios.train[task_id].get_raw_samples()
         self.memory.add(x, y, t, indices)
+
+    def _herd_modes(self, model: ContinualModel, task_id: int, quota: int) -> np.ndarray:
+        """One selection of ``quota`` per class, or (``rehearsal_modes`` 2, as published) two selections of
+        ``quota // 2``, each on its own pass of features: with the training augmentation they differ, with a
+        deterministic selection on test-transform features the second repeats the first."""
+        modes = self.memory_settings.rehearsal_modes
+        return np.concatenate([self._herd(model, task_id, quota // modes) for _ in range(modes)])
 
     def _herding_set(self, task_id: int) -> TaskSet:
         """The task's images with the transform features are extracted with (train by default, as published)."""
@@ -128,7 +150,7 @@ class DyToxLearner:
         test_transform = self.scenarios.test[0].trsf
         return TaskSet(*taskset.get_raw_samples(), trsf=test_transform, data_type=taskset.data_type)
 
-    def _herd(self, model: DyTox, task_id: int, quota: int) -> np.ndarray:
+    def _herd(self, model: ContinualModel, task_id: int, quota: int) -> np.ndarray:
         """Indices of the exemplars of the new classes, herded on this process's features."""
         taskset = self._herding_set(task_id)
         y = taskset.get_raw_samples()[1]
@@ -161,13 +183,13 @@ class DyToxLearner:
         """The memory with the training transform."""
         return memory_taskset(self.scenarios.train, *self.memory.get())
 
-    def begin_finetuning(self, model: DyTox) -> None:
+    def begin_finetuning(self, model: ContinualModel) -> None:
         if self.learner.finetuning_resetclf:
             model.reset_heads()
         begin_finetuning(model, self.learner)
 
-    def end_finetuning(self, model: DyTox) -> None:
+    def end_finetuning(self, model: ContinualModel) -> None:
         model.set_phase(TRAIN)
 
-    def finetuning_teacher(self, teacher: DyTox | None) -> DyTox | None:
+    def finetuning_teacher(self, teacher: ContinualModel | None) -> ContinualModel | None:
         return teacher if self.learner.finetuning_teacher else None

@@ -204,19 +204,20 @@ class LossTerms:
     classification: Tensor
     kd: Tensor | None = None
     div: Tensor | None = None
+    pod: Tensor | None = None  # PODNet's spatial distillation (--pod), added by the training step
 
     @property
     def total(self) -> Tensor:
-        """Sum of the present terms, in the published order (cls, kd, div)."""
+        """Sum of the present terms, in the published order (cls, kd, div, pod)."""
         total = self.classification
-        for term in (self.kd, self.div):
+        for term in (self.kd, self.div, self.pod):
             if term is not None:
                 total = total + term
         return total
 
     def named(self) -> dict[str, Tensor]:
         """The present terms by name, for logging and finiteness checks."""
-        terms = {"classification": self.classification, "kd": self.kd, "div": self.div}
+        terms = {"classification": self.classification, "kd": self.kd, "div": self.div, "pod": self.pod}
         return {name: value for name, value in terms.items() if value is not None}
 
     def to_floats(self) -> dict[str, float]:

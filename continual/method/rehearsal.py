@@ -321,17 +321,27 @@ class Memory:
         order = np.argsort(all_y, kind="stable")  # class ascending, selection order kept
         self._x, self._y, self._t = all_x[order], all_y[order], all_t[order]
 
-    def trim(self, nb_per_class: int) -> None:
-        """Keep the first nb_per_class exemplars of each class (the best ones)."""
+    def trim(self, nb_per_class: int, modes: int = 1) -> None:
+        """Keep the first nb_per_class exemplars of each class (the best ones). ``modes`` 2: a class holds two
+        selections one after the other, and the first nb_per_class // 2 of each half are kept, as published."""
         if nb_per_class < 0:
             raise ValueError(f"nb_per_class must be >= 0, got {nb_per_class}")
+        if modes not in (1, 2):
+            raise ValueError(f"modes must be 1 or 2, got {modes}")
         if self._x is None:
             return
         keep = np.concatenate(
-            [np.where(self._y == c)[0][:nb_per_class] for c in self.classes()]
+            [self._kept_of_class(np.where(self._y == c)[0], nb_per_class, modes) for c in self.classes()]
             or [np.empty(0, dtype=np.int64)]
         )
         self._x, self._y, self._t = self._x[keep], self._y[keep], self._t[keep]
+
+    @staticmethod
+    def _kept_of_class(indices: np.ndarray, nb_per_class: int, modes: int) -> np.ndarray:
+        if modes == 1:
+            return indices[:nb_per_class]
+        half = len(indices) // 2
+        return np.concatenate([indices[:half][: nb_per_class // 2], indices[half:][: nb_per_class // 2]])
 
     def fingerprint(self) -> str:
         """A short digest of the contents, to compare memories across processes or runs."""

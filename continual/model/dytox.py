@@ -18,6 +18,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
+from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS, ModelConfig
 from continual.model.layers import (
     GPSA,
     BranchMasks,
@@ -26,53 +27,8 @@ from continual.model.layers import (
     SelfAttentionBlock,
     TaskAttentionBlock,
 )
-from continual.vocabulary import HEAD_MODES, PHASE_OPTIONS, TRAINING_PHASES, phase_option_name
-
-
-@dataclass(frozen=True)
-class DyToxConfig:
-    """Architecture of a DyTox model. The sizes have no default here: they come from the options
-    (continual.config.settings.model_config; the published values are in options/model/)."""
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    patch_size: int
-    input_size: int
-    local_up_to_layer: int
-    in_chans: int = 3
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = False
-    locality_strength: float = 1.0
-    drop: float = 0.0
-    attn_drop: float = 0.0
-    drop_path: float = 0.0
-    ind_clf: str = "1-1"
-    head_div: bool = False
-    head_div_mode: tuple[str, ...] = ("tr", "ft")
-    joint_tokens: bool = True
-    fused_attention: bool = True
-    # "published": the reference's 1-n / n-n averaging (divides the first c_i columns by T - i);
-    # "per_class": each class column averaged over the heads that predict it.
-    multi_head_average: str = "published"
-    # The fast form of GPSA's attention, "mixed" (CPU) or "sdpa" (GPU): the same function. Whoever
-    # builds the model picks it for the device (continual.runtime.device.attention_kernel_for).
-    gpsa_kernel: str = "mixed"
-
-    def __post_init__(self) -> None:
-        if self.ind_clf not in HEAD_MODES:
-            raise ValueError(f"ind_clf must be one of {HEAD_MODES}, got {self.ind_clf!r}")
-        if not 0 < self.local_up_to_layer < self.depth:
-            raise ValueError(
-                f"local_up_to_layer ({self.local_up_to_layer}) must leave at least one SAB and one TAB "
-                f"out of depth {self.depth}"
-            )
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if not set(self.head_div_mode) <= set(PHASE_OPTIONS):
-            raise ValueError(f"head_div_mode items must be in {PHASE_OPTIONS}, got {self.head_div_mode!r}")
-        if self.multi_head_average not in ("published", "per_class"):
-            raise ValueError(f"multi_head_average must be 'published' or 'per_class', got {self.multi_head_average!r}")
+from continual.model.resnet import ResNetEncoder
+from continual.vocabulary import TRAINING_PHASES, phase_option_name
 
 
 @dataclass(frozen=True)
@@ -82,6 +38,7 @@ class DyToxOutput:
     logits: Tensor  # (B, classes seen), in task order
     div_logits: Tensor | None  # (B, new classes + 1)
     task_embeddings: Tensor  # (T, B, D)
+    encoder_maps: tuple[Tensor, ...] = ()  # what POD distils (DyTox.encode); none for the baseline
 
 
 @dataclass(frozen=True)
@@ -130,11 +87,21 @@ class ContinualClassifier(nn.Module):
 class DyTox(nn.Module):
     """The DyTox network for ``nb_classes`` initial classes; see the module docstring."""
 
-    def __init__(self, config: DyToxConfig, nb_classes: int) -> None:
+    def __init__(self, config: ModelConfig, nb_classes: int) -> None:
         super().__init__()
         self.config = config
         self.nb_classes_per_task: list[int] = [nb_classes]
         self.phase = "train"
+        if config.encoder == "resnet18":
+            self._build_resnet_encoder(config)
+        else:
+            self._build_convit_encoder(config)
+        self.task_tokens = nn.ParameterList([self._new_task_token()])
+        self.head_div: ContinualClassifier | None = None
+        self.head: nn.Module = self._initial_heads()
+
+    def _build_convit_encoder(self, config: ModelConfig) -> None:
+        """Patch embedding, position embedding and GPSA blocks (SABs), then the class-attention TABs."""
         dim = config.embed_dim
         self.patch_embed = PatchEmbed(config.input_size, config.patch_size, config.in_chans, dim)
         num_patches = self.patch_embed.num_patches
@@ -146,20 +113,32 @@ class DyTox(nn.Module):
             SelfAttentionBlock(
                 dim, num_patches, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop,
                 config.attn_drop, drop_paths[i], config.locality_strength, config.gpsa_kernel,
-                config.fused_attention,
+                config.fused_attention, config.norm,
             )
             for i in range(config.local_up_to_layer)
         )
         self.tabs = nn.ModuleList(
             TaskAttentionBlock(
                 dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop,
-                config.attn_drop, drop_paths[i], config.fused_attention,
+                config.attn_drop, drop_paths[i], config.fused_attention, config.norm,
             )
             for i in range(config.local_up_to_layer, config.depth)
         )
-        self.task_tokens = nn.ParameterList([self._new_task_token()])
-        self.head_div: ContinualClassifier | None = None
-        self.head: nn.Module = self._initial_heads()
+
+    def _build_resnet_encoder(self, config: ModelConfig) -> None:
+        """``--resnet``: the ResNet-18's tokens and one TAB of fixed size (12 heads, MLP ratio 4, no qkv bias,
+        no dropout, LayerNorm), as published; the options' depth, heads and dropouts do not apply."""
+        if config.embed_dim != RESNET_EMBED_DIM:
+            raise ValueError(f"the ResNet-18 encoder gives {RESNET_EMBED_DIM}-dimensional tokens, "
+                             f"embed_dim is {config.embed_dim}")
+        self.backbone = ResNetEncoder(config.in_chans)
+        self.sabs = nn.ModuleList()
+        tab = TaskAttentionBlock(RESNET_EMBED_DIM, RESNET_NUM_HEADS, fused=config.fused_attention)
+        self.tabs = nn.ModuleList([tab])
+
+    @property
+    def uses_resnet(self) -> bool:
+        return self.config.encoder == "resnet18"
 
     def reset_heads(self) -> None:
         """Every task head drawn again, in task order (the divergence head is kept), as published."""
@@ -208,7 +187,7 @@ class DyTox(nn.Module):
         """
         if nb_new_classes <= 0:
             raise ValueError(f"expand needs a positive number of new classes, got {nb_new_classes}")
-        reference = self.pos_embed
+        reference = self.task_tokens[0]
         self.nb_classes_per_task.append(nb_new_classes)
         self.task_tokens.append(self._new_task_token().to(reference))
         if self.config.head_div:
@@ -248,7 +227,7 @@ class DyTox(nn.Module):
             "all": lambda: list(self.parameters()),
             "old_task_tokens": lambda: list(self.task_tokens)[:-1],
             "task_tokens": lambda: list(self.task_tokens),
-            "sab": lambda: [self.pos_embed, *self.patch_embed.parameters(), *self.sabs.parameters()],
+            "sab": self._encoder_parameters,
             "tab": lambda: list(self.tabs.parameters()),
             "old_heads": lambda: [p for h in heads[:-1] for p in h.parameters()],
             "heads": lambda: [p for h in heads for p in h.parameters()],
@@ -258,6 +237,11 @@ class DyTox(nn.Module):
             raise ValueError(f"unknown freeze name {name!r}; valid names: {sorted(table)}")
         return table[name]()
 
+    def _encoder_parameters(self) -> list[nn.Parameter]:
+        if self.uses_resnet:
+            return list(self.backbone.parameters())
+        return [self.pos_embed, *self.patch_embed.parameters(), *self.sabs.parameters()]
+
     # ------------------------------------------------------------------ forward
     def draw_drop_path_masks(self, batch: int) -> DropPathMasks:
         """This forward's stochastic-depth masks (all None in eval mode or without drop path).
@@ -266,20 +250,27 @@ class DyTox(nn.Module):
         token, each TAB: attention then MLP), each draw the shape timm's DropPath draws there,
         so the random stream is consumed as in the published per-task decoding.
         """
-        like = self.pos_embed  # the masks take the model's device and dtype
+        like = self.task_tokens[0]  # the masks take the model's device and dtype
         sabs = [cast(SelfAttentionBlock, block).drop_path.draw_block(batch, like) for block in self.sabs]
         per_token = [[cast(TaskAttentionBlock, block).drop_path.draw_block(batch, like) for block in self.tabs]
                      for _ in range(self.nb_tasks)]
         tabs = [stack_token_masks([masks[j] for masks in per_token]) for j in range(len(self.tabs))]
         return DropPathMasks(sabs, tabs)
 
-    def forward_features(self, images: Tensor, masks: DropPathMasks | None = None) -> Tensor:
-        """Encoder then decoder: task embeddings (T, B, D). ``masks``: drawn here when not given."""
-        if masks is None:
-            masks = self.draw_drop_path_masks(images.shape[0])
+    def encode(self, images: Tensor, masks: DropPathMasks) -> tuple[Tensor, list[Tensor]]:
+        """The shared encoder: patch tokens (B, N, D) and the feature maps POD distils (``--pod``): every SAB's
+        output but the last (B, N, D), or the ResNet's four stages (B, C, H, W), as published."""
+        if self.uses_resnet:
+            return cast(tuple[Tensor, list[Tensor]], self.backbone(images))
         x = self.pos_drop(self.patch_embed(images) + self.pos_embed)  # (B, N, D)
+        maps = []
         for block, block_masks in zip(self.sabs, masks.sabs, strict=True):
             x = block(x, masks=block_masks)
+            maps.append(x)
+        return x, maps[:-1]
+
+    def decode(self, x: Tensor, masks: DropPathMasks) -> Tensor:
+        """The task decoder: every task token's attention over the patches, task embeddings (T, B, D)."""
         if self.config.joint_tokens:
             tokens = torch.cat(list(self.task_tokens), dim=1)  # (1, T, D): the blocks share it across the batch
             for block, block_masks in zip(self.tabs, masks.tabs, strict=True):
@@ -292,6 +283,12 @@ class DyTox(nn.Module):
                 token = block(token, x, masks=masks.for_token(j, t))
             embeddings.append(token[:, 0])
         return torch.stack(embeddings)
+
+    def forward_features(self, images: Tensor, masks: DropPathMasks | None = None) -> Tensor:
+        """Encoder then decoder: task embeddings (T, B, D). ``masks``: drawn here when not given."""
+        if masks is None:
+            masks = self.draw_drop_path_masks(images.shape[0])
+        return self.decode(self.encode(images, masks)[0], masks)
 
     def forward_head(self, embeddings: Tensor) -> Tensor:
         """Task embeddings (T, B, D) -> logits (B, classes seen)."""
@@ -329,38 +326,9 @@ class DyTox(nn.Module):
 
     def forward(self, images: Tensor, masks: DropPathMasks | None = None) -> DyToxOutput:
         """Logits of all seen classes; ``masks`` fixes the stochastic depth of a training forward."""
-        embeddings = self.forward_features(images, masks)
+        if masks is None:
+            masks = self.draw_drop_path_masks(images.shape[0])
+        patches, maps = self.encode(images, masks)
+        embeddings = self.decode(patches, masks)
         div_logits = self.head_div(embeddings[-1]) if self.head_div is not None and self.divergence_active() else None
-        return DyToxOutput(self.forward_head(embeddings), div_logits, embeddings)
-
-
-def grown_model(config: DyToxConfig, classes_per_task: list[int], weights: dict[str, Tensor] | None = None) -> DyTox:
-    """A DyTox expanded to ``len(classes_per_task)`` tasks, holding ``weights`` (a state dict) if given.
-
-    Used to rebuild saved models: a state dict without a divergence head (the
-    first task, or a head that was not saved) gives a model without one.
-    """
-    model = DyTox(config, classes_per_task[0])
-    for nb_new in classes_per_task[1:]:
-        model.expand(nb_new)
-    if weights is not None:
-        if "head_div.head.weight" not in weights:
-            model.head_div = None
-        model.load_state_dict(weights)
-    return model
-
-
-def config_from_dict(fields: dict[str, object], **changes: object) -> DyToxConfig:
-    """The inverse of ``dataclasses.asdict`` on a DyToxConfig read back from a checkpoint, with
-    ``changes`` (e.g. the GPSA kernel of the device it is loaded on)."""
-    return DyToxConfig(**{**fields, "head_div_mode": tuple(fields["head_div_mode"]), **changes})  # type: ignore[arg-type]
-
-
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """All parameters, the trainable ones, and all but the divergence head's (the paper's count)."""
-    params = list(model.named_parameters())
-    return {
-        "total": sum(p.numel() for _, p in params),
-        "trainable": sum(p.numel() for _, p in params if p.requires_grad),
-        "without_head_div": sum(p.numel() for n, p in params if not n.startswith("head_div.")),
-    }
+        return DyToxOutput(self.forward_head(embeddings), div_logits, embeddings, tuple(maps))

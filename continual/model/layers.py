@@ -33,6 +33,28 @@ def init_linear_and_norm(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+class ScaleNorm(nn.Module):
+    """``--norm scale``: x / ||x|| times one learned scalar (init 1), the published alternative to LayerNorm."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.g = nn.Parameter(torch.ones(1))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=self.eps) * self.g
+
+
+NORM_LAYERS: dict[str, type[nn.Module]] = {"layer": nn.LayerNorm, "scale": ScaleNorm}
+
+
+def norm_layer(kind: str, dim: int) -> nn.Module:
+    """The blocks' normalisation: LayerNorm ("layer") or ScaleNorm ("scale")."""
+    if kind not in NORM_LAYERS:
+        raise ValueError(f"norm must be one of {sorted(NORM_LAYERS)}, got {kind!r}")
+    return NORM_LAYERS[kind](dim)
+
+
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """(B, N, C) -> (B, H, N, C // H)."""
     batch, tokens, channels = x.shape
@@ -391,14 +413,15 @@ class SelfAttentionBlock(nn.Module):
         locality_strength: float = 1.0,
         content_kernel: str = "mixed",
         fused: bool = True,
+        norm: str = "layer",
     ) -> None:
         super().__init__()
         self.fused = fused
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = norm_layer(norm, dim)
         self.attn = GPSA(dim, num_patches, num_heads, qkv_bias, attn_drop, drop, locality_strength, content_kernel,
                          fused)
         self.drop_path = StochasticDepth(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = norm_layer(norm, dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.mlp.apply(init_linear_and_norm)
 
@@ -425,13 +448,14 @@ class TaskAttentionBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         fused: bool = True,
+        norm: str = "layer",
     ) -> None:
         super().__init__()
         self.fused = fused
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = norm_layer(norm, dim)
         self.attn = ClassAttention(dim, num_heads, qkv_bias, attn_drop, drop, fused)
         self.drop_path = StochasticDepth(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = norm_layer(norm, dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
         self.mlp.apply(init_linear_and_norm)
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from continual.method.rehearsal import Memory
-from continual.model.dytox import DyTox, config_from_dict, grown_model
+from continual.model.build import ContinualModel, grown_model
+from continual.model.config import config_from_dict
 from continual.runtime.device import attention_kernel_for
 from continual.runtime.files import atomic_write
 
@@ -32,7 +33,7 @@ def memory_path(run_dir: Path, task_id: int, rank: int | None = None) -> Path:
     return run_dir / "memory" / f"memory_{task_id}{suffix}.npz"
 
 
-def save_task_checkpoint(run_dir: Path, task_id: int, model: DyTox, config: dict[str, object]) -> Path:
+def save_task_checkpoint(run_dir: Path, task_id: int, model: ContinualModel, config: dict[str, object]) -> Path:
     """The model after ``task_id`` with what is needed to rebuild it, and the run's configuration."""
     state = {
         "format": FORMAT,
@@ -47,7 +48,7 @@ def save_task_checkpoint(run_dir: Path, task_id: int, model: DyTox, config: dict
     return path
 
 
-def load_task_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[DyTox, dict]:
+def load_task_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[ContinualModel, dict]:
     """Rebuild the model saved by :func:`save_task_checkpoint`; also return the raw checkpoint."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from continual.model.dytox import DyTox, DyToxConfig, grown_model
+from continual.model.build import grown_model
+from continual.model.config import ModelConfig
+from continual.model.dytox import DyTox
 
 
 def read_reference_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, object]]:
@@ -65,14 +67,14 @@ def _classes_per_task(state: dict[str, Tensor], ind_clf: str, nb_tasks: int, arg
     return [widths[0]] + [b - a for a, b in zip(widths, widths[1:], strict=False)]
 
 
-def reference_config(state: dict[str, Tensor], args: dict[str, Any]) -> tuple[DyToxConfig, list[int]]:
+def reference_config(state: dict[str, Tensor], args: dict[str, Any]) -> tuple[ModelConfig, list[int]]:
     """The model configuration and classes per task of a published checkpoint."""
     embed_dim, in_chans, patch_size, _ = state["patch_embed.proj.weight"].shape
     num_patches = state["pos_embed"].shape[1]
     nb_sabs, nb_tabs = _count_indexed(state, "sabs"), _count_indexed(state, "tabs")
     nb_tasks = _count_indexed(state, "task_tokens") or sum(k.startswith("task_tokens") for k in state)
     ind_clf = "" if "head.head.weight" in state else str(args.get("ind_clf", "1-1"))
-    config = DyToxConfig(
+    config = ModelConfig(
         embed_dim=embed_dim,
         depth=nb_sabs + nb_tabs,
         num_heads=state["sabs.0.attn.gating_param"].shape[0],
@@ -96,4 +98,6 @@ def load_reference_checkpoint(path: str | Path) -> DyTox:
     """This project's DyTox, in eval mode, holding the weights of a published DyTox checkpoint."""
     state, args = read_reference_checkpoint(path)
     config, classes_per_task = reference_config(state, args)
-    return grown_model(config, classes_per_task, state).eval()
+    model = grown_model(config, classes_per_task, state)
+    assert isinstance(model, DyTox)  # reference_config describes a DyTox
+    return model.eval()

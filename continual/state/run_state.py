@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from continual.method.rehearsal import Memory
-from continual.model.dytox import DyTox, config_from_dict, grown_model
+from continual.model.build import ContinualModel, grown_model
+from continual.model.config import config_from_dict
 from continual.report.records import EpochProgress, EpochRecord, TaskResult
 from continual.state.saved_runs import Position, memory_from_plain, memory_to_plain
 
@@ -51,8 +52,8 @@ class RunState:
     records so far, the phase timings of the current task and, inside a phase, its ``fit`` state."""
 
     position: Position
-    model: DyTox
-    teacher: DyTox | None
+    model: ContinualModel
+    teacher: ContinualModel | None
     memory: Memory
     rng: dict[str, Any]
     results: list[TaskResult]

@@ -1,10 +1,12 @@
 """One epoch of training and one evaluation pass, shared by every phase of the task loop."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +14,7 @@ from torch import Tensor, nn
 from continual.config.errors import ConfigError
 from continual.method.losses import Criterion, LossTerms, check_finite, dytox_loss
 from continual.method.metrics import EvalCounts, task_of_class
+from continual.method.pod import pod_loss
 from continual.method.sam import SAM
 from continual.report.records import EpochProgress
 
@@ -27,6 +30,15 @@ class BatchLoss:
     kd_weight: float
     tau: float
     head_div: float
+    pod: float = 0.0  # POD's weight in this phase (0: off); it needs a teacher
+    pod_scales: tuple[int, ...] = (1,)
+    pod_tokens_as_maps: bool = False
+
+
+class LossOf(Protocol):
+    """The loss terms of a batch; ``first_pass`` False is SAM's second pass, which has no POD term (as published)."""
+
+    def __call__(self, images: Tensor, targets: Tensor, first_pass: bool = True) -> LossTerms: ...
 
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -108,24 +120,28 @@ class EpochStats:
         return cls(means, progress.images, progress.seconds, progress.data_seconds, next_step, progress)
 
 
-def _teacher_logits(teacher: nn.Module | None, images: Tensor, precision: Precision) -> Tensor | None:
-    """The frozen teacher's logits, computed in inference mode (no autograd bookkeeping at all)."""
+def _teacher_output(teacher: nn.Module | None, images: Tensor, precision: Precision,
+                    with_maps: bool) -> tuple[Tensor | None, list[Tensor]]:
+    """The frozen teacher's logits (and its encoder maps, for POD), computed in inference mode (no autograd
+    bookkeeping at all), then copied: inference tensors cannot be saved for the backward of the losses."""
     if teacher is None:
-        return None
+        return None, []
     with torch.inference_mode(), precision.autocast():
-        logits = teacher(images).logits
-    return logits.clone()  # an ordinary tensor: inference tensors cannot be saved for the KD backward
+        out = teacher(images)
+    return out.logits.clone(), [m.clone() for m in out.encoder_maps] if with_maps else []
 
 
 def batch_loss(
     model: nn.Module, teacher: nn.Module | None, images: Tensor, targets: Tensor, settings: BatchLoss,
-    precision: Precision,
+    precision: Precision, first_pass: bool = True,
 ) -> LossTerms:
-    """The DyTox loss terms of one batch; targets are class indices (B,) or MixUp soft targets (B, C)."""
-    teacher_logits = _teacher_logits(teacher, images, precision)
+    """The DyTox loss terms of one batch; targets are class indices (B,) or MixUp soft targets (B, C).
+    POD (``settings.pod`` > 0, with a teacher) is added to the first pass of a step only, as published."""
+    with_pod = settings.pod > 0 and teacher is not None and first_pass
+    teacher_logits, teacher_maps = _teacher_output(teacher, images, precision, with_pod)
     with precision.autocast():
         out = model(images)  # a DyToxOutput
-    return dytox_loss(
+    terms = dytox_loss(
         out.logits.float(),
         None if out.div_logits is None else out.div_logits.float(),
         targets,
@@ -136,6 +152,11 @@ def batch_loss(
         tau=settings.tau,
         head_div=settings.head_div,
     )
+    if with_pod:
+        pod = pod_loss([m.float() for m in out.encoder_maps], [m.float() for m in teacher_maps], settings.pod_scales,
+                       settings.pod_tokens_as_maps)
+        terms = dataclasses.replace(terms, pod=settings.pod * pod)
+    return terms
 
 
 @dataclass
@@ -174,7 +195,7 @@ def clip_and_step(
 
 
 def sam_step(
-    plan: SamPlan, step: int, loss_of: Callable[[Tensor, Tensor], LossTerms], main: tuple[Tensor, Tensor],
+    plan: SamPlan, step: int, loss_of: LossOf, main: tuple[Tensor, Tensor],
     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, where: str,
 ) -> LossTerms:
     """Gradient at w, ascend to w + e, gradient there, back to w (look-SAM: one pass between full steps).
@@ -182,18 +203,18 @@ def sam_step(
     Returns the loss terms of the main batch, for logging.
     """
     device = main[0].device
-    first = tuple(t.to(device) for t in plan.batch(plan.first_on_memory, main))
+    first_images, first_targets = (t.to(device) for t in plan.batch(plan.first_on_memory, main))
     optimizer.zero_grad(set_to_none=True)
-    terms = loss_of(*first)
+    terms = loss_of(first_images, first_targets)
     check_finite(terms, where)
     _backward(terms.total, scaler)
     if not plan.sam.is_full_step(step):
         plan.sam.reuse_direction()
         return terms
     plan.sam.ascend(grad_scale=1.0 if scaler is None else scaler.get_scale())
-    second = tuple(t.to(device) for t in plan.batch(plan.second_on_memory, main))
+    second_images, second_targets = (t.to(device) for t in plan.batch(plan.second_on_memory, main))
     optimizer.zero_grad(set_to_none=True)
-    second_terms = loss_of(*second)
+    second_terms = loss_of(second_images, second_targets, first_pass=False)
     check_finite(second_terms, where + " (SAM second pass)")
     _backward(second_terms.total, scaler)
     plan.sam.restore()
@@ -244,7 +265,7 @@ class EpochCursor:
 
 
 def _train_step(
-    model: nn.Module, step: int, batch: tuple[Tensor, Tensor], loss_of: Callable[[Tensor, Tensor], LossTerms],
+    model: nn.Module, step: int, batch: tuple[Tensor, Tensor], loss_of: LossOf,
     optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter], options: StepOptions, nb_batches: int,
     where: str,
 ) -> tuple[LossTerms, bool]:
@@ -288,8 +309,8 @@ def train_one_epoch(
     if cursor.max_batches is not None:
         nb_batches = min(nb_batches, cursor.max_batches)
 
-    def loss_of(images: Tensor, targets: Tensor) -> LossTerms:
-        return batch_loss(model, teacher, images, targets, loss_settings, precision)
+    def loss_of(images: Tensor, targets: Tensor, first_pass: bool = True) -> LossTerms:
+        return batch_loss(model, teacher, images, targets, loss_settings, precision, first_pass)
 
     start = fetch_start = time.perf_counter()
     elapsed_before = progress.seconds

@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from continual.config.settings import LossSettings, MixupSettings, PrecisionSettings, SamSettings, Settings
 from continual.data.samplers import set_sampler_epoch
 from continual.method.losses import build_criterion
+from continual.method.pod import pod_weight
 from continual.method.sam import SAM, sam_rho_for_task
-from continual.model.dytox import DyTox
+from continual.model.build import ContinualModel
 from continual.report.progress import epoch_bar
 from continual.report.records import EpochProgress
 from continual.runtime.distributed import DistContext, wrap_for_training
@@ -44,7 +45,7 @@ class Phase:
     lr: float
     epochs: int
     shuffle: bool
-    teacher: DyTox | None
+    teacher: ContinualModel | None
     schedule_length: int | None
     memory: Dataset | None = None  # the memory, for SAM passes on memory batches
 
@@ -62,7 +63,7 @@ class Resume:
 class RunControl(Protocol):
     """What a phase asks of the run: save its state, whether to stop, stop, report an epoch."""
 
-    def save(self, position: Position, teacher: DyTox | None, fit: FitState | None = None) -> None: ...
+    def save(self, position: Position, teacher: ContinualModel | None, fit: FitState | None = None) -> None: ...
 
     def stop_requested(self) -> bool: ...
 
@@ -83,11 +84,16 @@ def build_mixer(settings: MixupSettings, nb_classes: int) -> Mixup | None:
     )
 
 
-def batch_loss_of(loss: LossSettings, mixup_on: bool) -> BatchLoss:
-    """The loss of a batch from the loss options (the criterion depends on MixUp)."""
+def batch_loss_of(loss: LossSettings, mixup_on: bool, classes_per_task: list[int] | None = None) -> BatchLoss:
+    """The loss of a batch from the loss options (the criterion depends on MixUp). POD weighs in after the
+    first task (``classes_per_task`` of the model, which scale it with ``pod_scaling``), as published."""
+    pod = 0.0
+    if loss.pod is not None and classes_per_task is not None and len(classes_per_task) > 1:
+        pod = pod_weight(loss.pod, loss.pod_scaling, classes_per_task[-1], sum(classes_per_task))
     return BatchLoss(
         criterion=build_criterion(loss.bce_loss, loss.smoothing, mixup_on),
         auto_kd=loss.auto_kd, kd_weight=loss.kd, tau=loss.distillation_tau, head_div=loss.head_div,
+        pod=pod, pod_scales=loss.pod_scales, pod_tokens_as_maps=loss.pod_tokens_as_maps,
     )
 
 
@@ -119,7 +125,7 @@ class PhaseTrainer:
     control: RunControl
     bars: bool = False
 
-    def fit(self, model: DyTox, phase: Phase, resume: Resume | None = None) -> list[EpochStats]:
+    def fit(self, model: ContinualModel, phase: Phase, resume: Resume | None = None) -> list[EpochStats]:
         """Train ``phase``; ``resume`` continues it from a run state saved inside it."""
         loader = self.loaders.train(phase.dataset, phase.task_id, phase.shuffle)
         optimizer = build_optimizer(model, self.settings.optimizer, phase.lr)
@@ -141,7 +147,7 @@ class PhaseTrainer:
                             None if options.scaler is None else options.scaler.state_dict(),
                             None if options.sam is None else options.sam.sam.state_dict(), epoch_rng, progress)
 
-        loss = batch_loss_of(self.settings.loss, mixer is not None)
+        loss = batch_loss_of(self.settings.loss, mixer is not None, model.nb_classes_per_task)
         history = []
         for epoch in range(resume.position.epoch if resume is not None else 0, phase.epochs):
             set_sampler_epoch(loader, epoch)

@@ -28,7 +28,7 @@ from continual.method.metrics import (
     backward_transfer,
     forgetting,
 )
-from continual.model.dytox import DyTox, count_parameters
+from continual.model.build import ContinualModel, count_parameters
 from continual.report.records import EpochRecord, TaskResult
 from continual.report.results import RunResults
 from continual.report.run_log import RunLogs
@@ -76,7 +76,7 @@ class TaskLoop:
     ctx: DistContext
     run_dir: Path
     scenarios: Scenarios
-    model: DyTox
+    model: ContinualModel
     learner: DyToxLearner
     loaders: Loaders
     rng: np.random.Generator
@@ -131,7 +131,7 @@ class TaskLoop:
         return Resume(start, self.resumed.fit, self.resumed.rng)
 
     # ------------------------------------------------------------------- phases
-    def train_phase(self, task_id: int, teacher: DyTox | None, resume: Resume | None) -> None:
+    def train_phase(self, task_id: int, teacher: ContinualModel | None, resume: Resume | None) -> None:
         dataset = self.learner.training_set(task_id)
         memory = self.learner.memory
         self.say(f"task {task_id}: training on {len(dataset)} images "  # type: ignore[arg-type]
@@ -142,14 +142,14 @@ class TaskLoop:
                       memory=self.learner.memory_dataset() if len(memory) else None)
         self.trainer.fit(self.model, phase, resume)
 
-    def memory_phase(self, task_id: int, teacher: DyTox | None, resume: Resume | None) -> None:
+    def memory_phase(self, task_id: int, teacher: ContinualModel | None, resume: Resume | None) -> None:
         quota = self.learner.memory_quota(task_id)
         if quota is None:
             return
         self.say(f"task {task_id}: memory update, {quota} exemplars per class ({self.settings.memory.rehearsal})")
         self.learner.update_memory(self.model, task_id, quota)
 
-    def finetune_phase(self, task_id: int, teacher: DyTox | None, resume: Resume | None) -> None:
+    def finetune_phase(self, task_id: int, teacher: ContinualModel | None, resume: Resume | None) -> None:
         """Balanced finetuning on the memory, with ``freeze_ft`` (SPEC §2.7), when it applies."""
         dataset = self.learner.finetuning_set(task_id)
         if dataset is None:
@@ -233,7 +233,7 @@ class TaskLoop:
     def preempted(self, where: str) -> NoReturn:
         raise Preempted(self.stop.signal_name if self.stop and self.stop.signal_name else "SIGTERM", where)
 
-    def save(self, position: Position, teacher: DyTox | None, fit: FitState | None = None) -> None:
+    def save(self, position: Position, teacher: ContinualModel | None, fit: FitState | None = None) -> None:
         """Everything this process needs to continue at ``position`` exactly (continual.state)."""
         self.sequence += 1
         state = RunState(position, self.model, teacher, self.learner.memory, capture_rng(self.rng),
@@ -244,7 +244,7 @@ class TaskLoop:
                                     config=dict(self.settings.options)))
         barrier()
 
-    def boundary(self, position: Position, teacher: DyTox | None) -> None:
+    def boundary(self, position: Position, teacher: ContinualModel | None) -> None:
         """End of a phase: save the run state, then stop here if a signal asked for it."""
         self.save(position, teacher)
         if self.stop_requested():

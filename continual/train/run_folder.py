@@ -40,6 +40,12 @@ def prepare_run_dir(settings: Settings) -> tuple[Path, Path, bool]:
     run_dir = resume_folder(run, data_set)
     if run_dir is not None:
         relative = Path(data_set) / run.log_category / run_dir.name
+    elif run.output_dir and not run.name:  # the published --output-dir: the folder itself, unless --name is set
+        run_dir = Path(run.output_dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"--output-dir {run_dir}: the folder exists and is not empty; continue it with "
+                              f"--resume {run_dir}, or give a new folder")
+        return run_dir, Path(run.log_dir) / data_set / run.log_category / f"{run_dir.name}.jsonl", False
     else:
         relative = run_name(data_set, run.log_category, run.name)
         run_dir = Path(run.output_basedir) / relative

@@ -18,7 +18,7 @@ from continual.config.settings import Settings
 from continual.config.validate import check_world_size
 from continual.data.scenarios import Scenarios, load_scenarios
 from continual.method.dytox_learner import DyToxLearner
-from continual.model.dytox import DyTox
+from continual.model import build
 from continual.report.progress import bars_wanted
 from continual.report.records import EvalRecord, TaskResult
 from continual.report.results import RunResults
@@ -45,7 +45,8 @@ class Outcome:
     summary: dict | None
 
 
-def build_loop(settings: Settings, ctx: DistContext, run_dir: Path, scenarios: Scenarios, model: DyTox) -> TaskLoop:
+def build_loop(settings: Settings, ctx: DistContext, run_dir: Path, scenarios: Scenarios,
+               model: build.ContinualModel) -> TaskLoop:
     """The task loop of a run, with the DyTox learner; both draw from the process's generator."""
     rng = np.random.default_rng(settings.run.seed + ctx.rank)
     loaders = Loaders(settings.loader, settings.recipe, ctx)
@@ -53,9 +54,9 @@ def build_loop(settings: Settings, ctx: DistContext, run_dir: Path, scenarios: S
     return TaskLoop(settings, ctx, run_dir, scenarios, model, learner, loaders, rng)
 
 
-def new_model(settings: Settings, ctx: DistContext, nb_classes: int) -> DyTox:
+def new_model(settings: Settings, ctx: DistContext, nb_classes: int) -> build.ContinualModel:
     config = dataclasses.replace(settings.model, gpsa_kernel=attention_kernel_for(ctx.device))
-    return DyTox(config, nb_classes).to(ctx.device)
+    return build.new_model(config, nb_classes).to(ctx.device)
 
 
 def run(settings: Settings, ctx: DistContext) -> list[TaskResult] | list[EvalRecord]:

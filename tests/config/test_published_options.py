@@ -19,7 +19,7 @@ from conftest import REPO_ROOT, shared_path
 from continual.config import parse_config
 from continual.config.settings import amp_enabled, model_config
 from continual.data.datasets import DatasetError
-from continual.model.dytox import grown_model
+from continual.model.build import grown_model
 from continual.train.epoch import cpu_has_fast_bfloat16
 
 # The published parser's defaults (main.py, get_args_parser) of the options that change the computation.

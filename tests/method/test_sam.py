@@ -32,7 +32,7 @@ def sam_update(model: nn.Module, optimizer: torch.optim.Optimizer, plan: SamPlan
     """One training step through the engine's SAM path; returns the number of forward passes."""
     passes = []
 
-    def loss_of(images: torch.Tensor, targets: torch.Tensor) -> LossTerms:
+    def loss_of(images: torch.Tensor, targets: torch.Tensor, first_pass: bool = True) -> LossTerms:
         passes.append(1)
         return LossTerms(classification=loss_at(model, images, targets))
 
@@ -92,7 +92,7 @@ def test_frozen_parameters_are_neither_perturbed_nor_updated() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     seen = []
 
-    def loss_of(images: torch.Tensor, targets: torch.Tensor) -> LossTerms:
+    def loss_of(images: torch.Tensor, targets: torch.Tensor, first_pass: bool = True) -> LossTerms:
         seen.append(model.bias.detach().clone())
         return LossTerms(classification=loss_at(model, images, targets))
 
@@ -118,7 +118,7 @@ def test_memory_batches_feed_the_pass_that_asks_for_them() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = []
 
-    def loss_of(images: torch.Tensor, targets: torch.Tensor) -> LossTerms:
+    def loss_of(images: torch.Tensor, targets: torch.Tensor, first_pass: bool = True) -> LossTerms:
         batches.append(len(images))
         return LossTerms(classification=loss_at(model, images, targets))
 

@@ -13,10 +13,11 @@ from timm.layers import DropPath
 from conftest import REPO_ROOT
 from continual.config import parse_config
 from continual.config.settings import model_config
-from continual.model.dytox import DropPathMasks, DyTox, DyToxConfig
+from continual.model.config import ModelConfig
+from continual.model.dytox import DropPathMasks, DyTox
 
 
-def grown(config: DyToxConfig, classes: list[int]) -> DyTox:
+def grown(config: ModelConfig, classes: list[int]) -> DyTox:
     model = DyTox(config, classes[0])
     for nb in classes[1:]:
         model.expand(nb)

@@ -212,7 +212,10 @@ def test_resume_needs_the_previous_checkpoint(tmp_path: Path) -> None:
     (["--dist-url", "tcp://10.0.0.1:23456"], "processes join through torchrun"),
     (["--world-size", "4"], "disagrees"),
     (["--eval"], "--eval needs --resume"),
-    (["--no-dytox"], "only DyTox"),
+    (["--no-dytox"], "are not parts of the convit baseline"),
+    (["--model", "vit"], "DyTox's encoder is the ConViT"),
+    (["--no-dytox", "--resnet", "--freeze-task", "--freeze-ft"], "'resnet' is DyTox's encoder"),
+    (["--pod", "1", "--pod-scales", "1", "2"], "gives NaN at scales > 1"),
 ])
 def test_unsupported_or_inconsistent_options_fail_before_any_work(tmp_path: Path, flags: list, message: str,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
