@@ -1,8 +1,10 @@
 """Every benchmark script in scripts/ starts (its --help): a script nothing imports cannot break unseen."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,54 @@ def test_a_script_starts(script: Path) -> None:
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
+
+
+def test_compare_methods_trains_the_four_methods_and_rebuilds_the_same_numbers_from_their_runs(
+        tmp_path: Path) -> None:
+    """scripts/compare_methods.py on the demo, two tasks of one epoch: figure, tables, and --from-runs."""
+    import matplotlib.image
+    import yaml
+
+    script = [sys.executable, str(REPO_ROOT / "scripts" / "compare_methods.py"), "--setting", "demo",
+              "--work-dir", str(tmp_path)]
+    tiny = ["--jobs", "2", "--threads", "1", "--extra", "--epochs", "1", "--base-epochs", "1",
+            "--finetuning-epochs", "1", "--max-task", "2", "--train-per-class", "32", "--no-plots", "--no-tensorboard"]
+    trained = subprocess.run([*script, *tiny], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    png = tmp_path / "comparison.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert matplotlib.image.imread(png).ndim == 3
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    methods = report["methods"]
+    assert list(methods) == ["dytox", "baseline", "finetuning", "joint"] and report["machine"]["cpu_count"] > 0
+    for name, result in methods.items():
+        (run,) = result["runs"]
+        folder = Path(run["run_dir"])
+        assert folder.parents[2] == tmp_path / name / "seed0" / "outputs" and folder.name.endswith(f"_{name}_seed0")
+        summary = json.loads((folder / "summary.json").read_text())
+        assert result["avg_acc"]["mean"] == run["avg_acc"] == summary["avg_acc"]
+        assert result["last_acc"]["mean"] == run["last_acc"] == summary["last_acc"]
+        assert run["acc1"] == [task["acc1"] for task in summary["tasks"]] and run["classes_seen"] == [2, 4]
+        assert run["command"] in report["commands"]
+    config = {name: yaml.safe_load((Path(r["runs"][0]["run_dir"]) / "config.yaml").read_text())
+              for name, r in methods.items()}
+    assert config["dytox"]["dytox"] and not config["baseline"]["dytox"] and config["baseline"]["exact_freeze"]
+    assert config["baseline"]["memory_size"] == 200 and config["baseline"]["finetuning"] == "balanced"
+    for name in ("finetuning", "joint"):
+        assert (config[name]["memory_size"], config[name]["kd"], config[name]["auto_kd"]) == (0, 0.0, False)
+        assert config[name]["finetuning"] == "" and config[name]["retrain_scratch"] == (name == "joint")
+    assert methods["joint"]["params_total"] == methods["baseline"]["params_total"]
+    table = (tmp_path / "comparison.md").read_text()
+    rows = table.split("\n\n")[0].splitlines()[2:]  # the first table, below its header and rule
+    assert [row.split(" | ")[0] for row in rows] == [f"| {name}" for name in methods]
+    assert table.split("\n\n")[0] in trained.stdout
+
+    runs_before = sorted(tmp_path.glob("*/seed0/outputs/*/*/*"))
+    start = time.perf_counter()
+    rebuilt = subprocess.run([*script, "--from-runs", "--out-dir", str(tmp_path / "rebuilt")], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert time.perf_counter() - start < 20  # nothing trained: a fraction of one main.py start-up
+    assert sorted(tmp_path.glob("*/seed0/outputs/*/*/*")) == runs_before
+    assert json.loads((tmp_path / "rebuilt" / "comparison.json").read_text())["methods"] == methods
+    assert (tmp_path / "rebuilt" / "comparison.md").read_text() == table

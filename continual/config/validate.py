@@ -145,6 +145,9 @@ def _check_pod(cfg: argparse.Namespace) -> None:
     if not cfg.dytox:
         raise ConfigError("option 'pod' distils DyTox's encoder feature maps: the baseline has none "
                           "(the published code stops with an AttributeError)")
+    if not cfg.resnet and cfg.local_up_to_layer < 2:
+        raise ConfigError(f"option 'pod' distils every SAB's output but the last: it needs at least 2 SABs, "
+                          f"local_up_to_layer is {cfg.local_up_to_layer} (the published code stops with an error)")
     if any(scale < 1 for scale in cfg.pod_scales):
         raise ConfigError(f"option 'pod_scales' must be positive integers, got {cfg.pod_scales}")
     if not cfg.resnet and not cfg.pod_tokens_as_maps and max(cfg.pod_scales) > 1:

@@ -14,7 +14,7 @@ import dataclasses
 from typing import cast
 
 import torch
-from timm.layers import trunc_normal_
+from timm.layers import Attention, trunc_normal_
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
@@ -137,6 +137,7 @@ class IncrementalClassifier(nn.Module):
         self.encoder: nn.Module = ConViT(config) if config.encoder == "convit" else vision_transformer(config)
         self.head = GrowingClassifier(config.embed_dim, nb_classes)
         self.frozen: tuple[str, ...] = ()
+        self.set_arithmetic(config.fused_attention, config.joint_tokens)
 
     @property
     def nb_tasks(self) -> int:
@@ -167,11 +168,14 @@ class IncrementalClassifier(nn.Module):
         self.head.apply(init_linear_and_norm)
 
     def set_arithmetic(self, fused: bool, joint: bool) -> None:
-        """The ConViT layers' fast or published arithmetic (``joint`` has no meaning without task tokens)."""
+        """Fast (fused kernels) or step-by-step attention, in this project's layers and in timm's (its
+        ``fused_attn``); ``joint`` has no meaning without task tokens."""
         self.config = dataclasses.replace(self.config, fused_attention=fused, joint_tokens=joint)
         for module in self.modules():
             if isinstance(module, (SelfAttentionBlock, TaskAttentionBlock, GPSA, ClassAttention)):
                 module.fused = fused
+            elif isinstance(module, Attention):
+                module.fused_attn = fused  # type: ignore[misc]  # Final for TorchScript only
 
     # ----------------------------------------------------------------- freezing
     def freeze(self, names: list[str] | tuple[str, ...]) -> None:

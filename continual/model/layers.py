@@ -36,9 +36,10 @@ def init_linear_and_norm(module: nn.Module) -> None:
 class ScaleNorm(nn.Module):
     """``--norm scale``: x / ||x|| times one learned scalar (init 1), the published alternative to LayerNorm."""
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.g = nn.Parameter(torch.ones(1))
+        self.g = nn.Parameter(torch.ones(1, device=device, dtype=dtype))
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:

@@ -110,14 +110,14 @@ def test_the_published_underscore_spellings_are_accepted() -> None:
 
 
 NEVER_READ_FLAGS = ["--freeze-eval", "--resplit", "--incremental-warmup-lr", "1e-3", "--start-epoch", "3",
-                    "--local_rank", "0"]
+                    "--local_rank", "0", "--sam-div", "kl"]
 
 
 def test_options_the_published_code_never_reads_are_accepted_with_a_note_and_change_nothing() -> None:
     plain = parse_config(DEMO_OPTIONS)
     flagged = parse_config(DEMO_OPTIONS + NEVER_READ_FLAGS)
     notes = no_effect_notes(flagged)
-    assert no_effect_notes(plain) == [] and len(notes) == 5
+    assert no_effect_notes(plain) == [] and len(notes) == 6
     assert all("no effect" in note for note in notes) and notes[0].startswith("--freeze-eval True: ")
     ours, theirs = settings_from(plain), settings_from(flagged)  # everything a run computes with
     assert dataclasses.replace(ours, options={}) == dataclasses.replace(theirs, options={})

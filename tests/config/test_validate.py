@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from support import with_values
 
-from continual.config import ConfigError, parse_config
-from continual.config.validate import validate_config
+from continual.config import ConfigError, parse_config, settings_from
+from continual.config.validate import context_notes, validate_config
 
 
 @pytest.mark.parametrize("changes,option", [
@@ -79,3 +79,45 @@ def test_one_folder_options_are_refused_with_several_orders(flags: list[str], tm
 def test_combinations_the_paper_does_not_define_are_rejected(flags: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(flags)
+
+
+# --------------------------------------------------------------------------- #
+# DyTox or the baseline, encoders, POD: refused before any work (when the settings are made)
+# --------------------------------------------------------------------------- #
+
+DEMO = ["--options", "options/data/digits_demo.yaml", "options/model/demo_tiny.yaml"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--no-dytox"], r"freeze_task.*\['old_task_tokens', 'old_heads'\] are not parts of the convit baseline"),
+    (["--no-dytox", "--freeze-task", "--freeze-ft", "sab", "--model", "vit"], "'sab'.* not parts of the vit"),
+    (["--freeze-ft", "backbone"], "not parts of DyTox"),
+    (["--model", "vit"], "DyTox's encoder is the ConViT"),
+    (["--no-dytox", "--freeze-task", "--freeze-ft", "--resnet"], "'resnet' is DyTox's encoder"),
+    (["--no-dytox", "--freeze-task", "--freeze-ft", "--model", "vit", "--norm", "scale"], "keeps LayerNorm"),
+    (["--no-dytox", "--freeze-task", "--freeze-ft", "--pod", "1"], "the baseline has none"),
+    (["--pod", "1", "--pod-scales", "1", "2"], "gives NaN at scales > 1"),
+    (["--pod", "1", "--pod-scales", "0"], "positive integers"),
+    (["--pod", "1", "--local-up-to-layer", "1"], "at least 2 SABs"),
+    (["--no-class-attention"], "class_attention must be true"),
+])
+def test_what_a_method_does_not_have_is_refused(flags: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from(parse_config(DEMO + flags))
+
+
+def test_the_resnet_and_the_baseline_settings() -> None:
+    resnet = settings_from(parse_config(DEMO + ["--resnet", "--pod", "1", "--pod-scales", "1", "2"])).model
+    assert (resnet.encoder, resnet.embed_dim, resnet.num_heads, resnet.dytox) == ("resnet18", 504, 12, True)
+    baseline = settings_from(parse_config(DEMO + ["--no-dytox", "--freeze-task", "--freeze-ft", "backbone",
+                                                  "--model", "vit", "--exact-freeze"])).model
+    assert (baseline.encoder, baseline.dytox, baseline.exact_freeze, baseline.embed_dim) == ("vit", False, True, 64)
+
+
+def test_options_the_chosen_method_does_not_read_get_a_note() -> None:
+    baseline = parse_config(DEMO + ["--no-dytox", "--freeze-task", "--freeze-ft"])  # demo: head_div 0.1
+    assert context_notes(baseline) == ["head_div 0.1: no effect without DyTox (the baseline has one classifier)"]
+    assert "embed_dim, num_heads" in context_notes(parse_config(DEMO + ["--resnet"]))[0]
+    named = context_notes(parse_config(DEMO + ["--output-dir", "here", "--name", "x", "--pod", "1", "--no-auto-kd"]))
+    assert len(named) == 2 and named[0].startswith("--output-dir 'here': replaced") and "without a teacher" in named[1]
+    assert context_notes(parse_config(DEMO)) == []

@@ -8,21 +8,22 @@ from conftest import REPO_ROOT
 from continual.config import parse_config, settings_from
 from continual.data.scenarios import load_scenarios
 from continual.method.dytox_learner import DyToxLearner
-from continual.model.dytox import DyTox
+from continual.model.baseline import IncrementalClassifier
+from continual.model.build import ContinualModel, grown_model, new_model
 from continual.runtime.distributed import DistContext
 from continual.train.loaders import Loaders
 
 DEMO = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"), str(REPO_ROOT / "options/model/demo_tiny.yaml")]
 
 
-def demo_learner(*flags: str) -> tuple[DyToxLearner, DyTox]:
+def demo_learner(*flags: str) -> tuple[DyToxLearner, ContinualModel]:
     settings = settings_from(parse_config(DEMO + list(flags)))
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     scenarios = load_scenarios(settings.data)
     loaders = Loaders(settings.loader, settings.recipe, ctx)
     learner = DyToxLearner(settings.learner, settings.loss, settings.memory, scenarios, ctx, loaders.eval,
                            np.random.default_rng(0))
-    return learner, DyTox(settings.model, scenarios.classes_per_task[0])
+    return learner, new_model(settings.model, scenarios.classes_per_task[0])
 
 
 def test_a_task_after_the_first_gets_a_frozen_teacher_and_a_new_token() -> None:
@@ -54,7 +55,7 @@ def test_no_memory_and_no_finetuning_without_a_budget() -> None:
     assert learner.memory_quota(1) is None and learner.finetuning_set(1) is None
 
 
-def learner_with_memory(*flags: str) -> tuple[DyToxLearner, DyTox]:
+def learner_with_memory(*flags: str) -> tuple[DyToxLearner, ContinualModel]:
     """The demo's learner after task 0's memory update, at the start of task 1."""
     learner, model = demo_learner(*flags)
     learner.update_memory(model, 0, learner.memory_quota(0))  # type: ignore[arg-type]
@@ -104,3 +105,48 @@ def test_sep_memory_keeps_the_memory_out_of_the_training_data() -> None:
     learner, _ = learner_with_memory("--sep-memory")
     assert len(learner.training_set(1)) == len(learner.scenarios.train[1])  # type: ignore[arg-type]
     assert len(learner.memory) == 200  # still there, for SAM's memory passes and finetuning
+
+
+BASELINE = ["--no-dytox", "--head-div", "0", "--freeze-task", "--freeze-ft", "sab"]  # options/model/baseline.yaml
+
+
+def test_the_baseline_grows_its_classifier_and_keeps_its_teacher() -> None:
+    learner, model = demo_learner(*BASELINE)
+    assert isinstance(model, IncrementalClassifier)
+    learner.begin_task(model, 0)
+    teacher = learner.begin_task(model, 1)
+    assert isinstance(teacher, IncrementalClassifier) and teacher.head.head.out_features == 2
+    assert model.head.head.out_features == 4 and model.nb_classes_per_task == [2, 2]
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    assert all(p.requires_grad for p in model.parameters())  # baseline.yaml: freeze_task []
+
+
+def test_rehearsal_modes_2_keeps_two_half_selections_of_each_class() -> None:
+    """As published: two herdings of quota // 2 each, one after the other within a class; with the training
+    augmentation the features differ between the two passes, with a deterministic pass the halves repeat."""
+    for flags, halves_equal in ((["--rehearsal", "random"], False), (["--rehearsal-test-trsf"], True)):
+        learner, model = demo_learner("--rehearsal-modes", "2", *flags)
+        learner.update_memory(model, 0, 50)
+        x, y, _ = learner.memory.get()
+        assert learner.memory.counts_per_class() == {0: 50, 1: 50}
+        first, second = x[y == 0][:25], x[y == 0][25:]
+        assert np.array_equal(first, second) is halves_equal
+        learner.begin_task(model, 1)
+        learner.update_memory(model, 1, 24)  # the old classes keep the first 12 of each half
+        kept = learner.memory.get()[0][learner.memory.get()[1] == 0]
+        assert np.array_equal(kept, np.concatenate([first[:12], second[:12]]))
+        assert learner.memory.counts_per_class() == {0: 24, 1: 24, 2: 24, 3: 24}
+
+
+def test_retrain_scratch_draws_every_weight_again_and_trains_on_all_seen_tasks() -> None:
+    learner, model = learner_with_memory("--retrain-scratch")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    learner.begin_task(model, 2)
+    drawn = grown_model(model.config, model.nb_classes_per_task).state_dict()  # which tensors are random:
+    random = {name for name, value in grown_model(model.config, model.nb_classes_per_task).named_parameters()
+              if not torch.equal(value, drawn[name])}  # (GPSA's local init of v and pos_proj is not)
+    kept = [name for name, p in model.named_parameters() if name in before and torch.equal(p, before[name])]
+    assert len(random) > 20 and not random & set(kept), random & set(kept)
+    seen = sum(len(learner.scenarios.train[task]) for task in range(3))
+    assert len(learner.training_set(2)) == seen  # type: ignore[arg-type]  # the task's and the old tasks' images
+    assert not model.task_tokens[0].requires_grad  # freeze_task still applies

@@ -1,14 +1,29 @@
 """One epoch's training step and evaluation, on a tiny model and batches."""
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from support import TINY, schedule_cfg
+from support import SMALL, TINY, schedule_cfg
 
+from continual.config import parse_config
+from continual.config.settings import LossSettings, settings_of
 from continual.method.losses import bce_with_logits
+from continual.method.pod import pod_loss
 from continual.model.dytox import DyTox
-from continual.train.epoch import BatchLoss, EpochCursor, Precision, StepOptions, evaluate, train_one_epoch
+from continual.train.epoch import (
+    BatchLoss,
+    EpochCursor,
+    Precision,
+    StepOptions,
+    batch_loss,
+    evaluate,
+    train_one_epoch,
+)
+from continual.train.fit import batch_loss_of
 from continual.train.optim import build_optimizer
 
 
@@ -109,3 +124,36 @@ def test_an_epoch_with_max_batches_trains_on_that_many_batches_only() -> None:
     short = train_one_epoch(model, None, tiny_batches(3), optimizer, settings(), Precision(torch.device("cpu"), False),
                             cursor=EpochCursor(max_batches=1))
     assert full.images == 12 and short.images == 4 and short.next_step is None
+
+
+def test_pod_adds_its_weighted_distance_between_the_encoder_maps_to_the_first_pass_only() -> None:
+    """--pod: the weight times POD between the student's and the teacher's SAB maps (published layout); SAM's
+    second pass has no POD term, as published."""
+    teacher = DyTox(SMALL, 2).eval()
+    model = copy.deepcopy(teacher)
+    model.expand(2)
+    with torch.no_grad():
+        for param in model.sabs[0].parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    images, targets = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    precision = Precision(torch.device("cpu"), False)
+    plain = batch_loss(model, teacher, images, targets, settings(), precision)
+    with_pod = batch_loss(model, teacher, images, targets, dataclasses.replace(settings(), pod=0.5), precision)
+    with torch.no_grad():
+        expected = 0.5 * pod_loss(list(model(images).encoder_maps), list(teacher(images).encoder_maps))
+    assert plain.pod is None and with_pod.pod is not None and float(expected) > 1e-4
+    torch.testing.assert_close(with_pod.pod, expected)
+    torch.testing.assert_close(with_pod.total, plain.total + expected)
+    second = batch_loss(model, teacher, images, targets, dataclasses.replace(settings(), pod=0.5), precision,
+                        first_pass=False)
+    assert second.pod is None
+
+
+def test_the_pod_weight_of_a_phase_is_off_on_the_first_task_and_scaled_with_pod_scaling() -> None:
+    cfg = parse_config(["--pod", "0.8", "--pod-scales", "1", "2", "--pod-tokens-as-maps"])
+    loss = settings_of(LossSettings, cfg)
+    assert batch_loss_of(loss, False, [2]).pod == 0.0  # no teacher on the first task, as published
+    assert batch_loss_of(loss, False, [2, 2]).pod == pytest.approx(0.8)
+    scaled = settings_of(LossSettings, parse_config(["--pod", "0.8", "--pod-scaling"]))
+    assert batch_loss_of(scaled, False, [2, 2, 4]).pod == pytest.approx(0.8 * (4 / 8) ** 0.5)
+    assert batch_loss_of(loss, False, [2, 2]).pod_scales == (1, 2) and batch_loss_of(loss, False).pod == 0.0

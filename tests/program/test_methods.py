@@ -1,0 +1,132 @@
+"""The baseline (dytox: false, ConViT or ViT), the ResNet-18 encoder, POD and joint training end to end on the
+offline digits, with python main.py and bash train.sh cpu 2; --output-dir; the grouped --help."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from program.test_multi_process import TIMEOUT, environment
+
+import main
+from conftest import REPO_ROOT
+from continual.config.options import OPTION_GROUPS
+from continual.model.baseline import IncrementalClassifier
+from continual.model.build import count_parameters
+from continual.model.dytox import DyTox
+from continual.state import checkpoints as checkpoint
+
+OPTIONS = REPO_ROOT / "options"
+DEMO_FILES = [str(OPTIONS / "data/digits_demo.yaml"), str(OPTIONS / "model/demo_tiny.yaml")]
+BASELINE_FILES = [*DEMO_FILES, str(OPTIONS / "model/baseline.yaml")]
+SHORT = ["--max-task", "3", "--base-epochs", "2", "--epochs", "1", "--finetuning-epochs", "1", "--warmup-epochs", "0",
+         "--train-per-class", "32", "--num-workers", "0", "--no-plots", "--no-tensorboard", "--no-progress"]
+
+MODES = {
+    "baseline": (BASELINE_FILES, []),
+    "baseline_self_attention_scale_norm": (BASELINE_FILES, ["--no-class-attention", "--norm", "scale"]),
+    "baseline_vit": (BASELINE_FILES, ["--model", "vit", "--freeze-ft", "backbone"]),
+    "resnet_pod": (DEMO_FILES, ["--resnet", "--pod", "0.5", "--pod-scales", "1", "2", "--pod-scaling",
+                                "--train-per-class", "16"]),
+    "joint": (BASELINE_FILES, ["--retrain-scratch", "--memory-size", "0", "--no-auto-kd", "--finetuning="]),
+}
+
+
+def run_mode(mode: str, base: Path, extra: list[str] = ()) -> Path:  # type: ignore[assignment]
+    files, flags = MODES[mode]
+    argv = ["--options", *files, *SHORT, *flags, *extra, "--name", mode, "--output-basedir", str(base),
+            "--log-dir", str(base / "logs")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main.main(argv) == 0
+    return next(base.glob(f"digits/demo/*_{mode}"))
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_each_mode_runs_end_to_end_and_its_checkpoints_rebuild_the_model(tmp_path: Path, mode: str) -> None:
+    folder = run_mode(mode, tmp_path)
+    rows = rows_of(folder / "log.jsonl")
+    assert [r["classes_seen"] for r in rows] == [2, 4, 6]
+    model, _ = checkpoint.load_task_checkpoint(checkpoint.checkpoint_path(folder, 2))
+    assert isinstance(model, DyTox if mode.startswith("resnet") else IncrementalClassifier)
+    assert rows[-1]["params_total"] == count_parameters(model)["total"]
+    epochs = rows_of(folder / "epochs.jsonl")
+    if mode == "resnet_pod":  # POD after the first task, with the teacher; the TAB on 504 channels
+        assert all(("pod" in e) == (e["task"] > 0 and e["phase"] == "train") for e in epochs)
+        assert all(e["pod"] > 0 for e in epochs if "pod" in e) and model.task_tokens[0].shape[-1] == 504
+    elif mode == "joint":  # every task trains from scratch on all its classes' images, without memory
+        assert [r["memory_total"] for r in rows] == [0, 0, 0] and {e["phase"] for e in epochs} == {"train"}
+        images = [round(e["images_per_s"] * e["seconds"]) for e in epochs if e["epoch"] == 0]
+        assert images == [64, 128, 192]
+    else:  # the baseline: the classifier gains (D + 1) parameters per new class, nothing else grows
+        dim = 64
+        growth = [b["params_total"] - a["params_total"] for a, b in zip(rows, rows[1:], strict=False)]
+        assert growth == [2 * (dim + 1)] * 2
+        last_training = [e for e in epochs if e["phase"] == "train"][-1]
+        assert "kd" in last_training and "div" not in last_training
+
+
+def sab_weights(folder: Path, task: int) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint.checkpoint_path(folder, task), weights_only=True)["model"]
+    return {name: value for name, value in state.items() if name.startswith("encoder.blocks.0.")}
+
+
+def test_what_the_baseline_finetuning_froze_stays_frozen_as_published_unless_exact_freeze(tmp_path: Path) -> None:
+    """Published ConViT.freeze never unfreezes: after task 1's finetuning (freeze_ft: [sab]) the GPSA blocks
+    stay frozen for task 2; with --exact-freeze task 2 trains them again."""
+    published = run_mode("baseline", tmp_path / "published")
+    exact = run_mode("baseline", tmp_path / "exact", ["--exact-freeze"])
+    before, after = sab_weights(published, 1), sab_weights(published, 2)
+    assert before and all(torch.equal(after[name], value) for name, value in before.items())
+    before, after = sab_weights(exact, 1), sab_weights(exact, 2)
+    assert not any(torch.equal(after[name], value) for name, value in before.items() if "norm" not in name)
+    published_rows, exact_rows = rows_of(published / "log.jsonl"), rows_of(exact / "log.jsonl")
+    assert published_rows[2]["params_trainable"] < exact_rows[2]["params_trainable"] == exact_rows[2]["params_total"]
+
+
+@pytest.mark.parametrize("mode", ["baseline", "resnet_pod"])
+def test_two_processes_run_the_new_modes(tmp_path: Path, mode: str) -> None:
+    files, flags = MODES[mode]
+    argv = ["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", "--options", *files, *SHORT, "--max-task", "2", *flags,
+            "--global-memory", "--name", mode, "--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    result = subprocess.run(argv, capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = rows_of(next(tmp_path.glob(f"digits/demo/*_{mode}/log.jsonl")))
+    assert [r["world_size"] for r in rows] == [2, 2] and rows[1]["classes_seen"] == 4
+    assert all(r["memory_fingerprints"][0] == r["memory_fingerprints"][1] for r in rows)
+
+
+def test_output_dir_is_the_run_folder_unless_a_name_is_given(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["--options", *DEMO_FILES, "--debug", "--max-task", "1", "--no-progress",
+            "--log-dir", str(tmp_path / "logs")]
+    target = tmp_path / "exactly_here"
+    assert main.main(argv + ["--output-dir", str(target)]) == 0
+    assert (target / "log.jsonl").is_file() and (target / "checkpoints" / "checkpoint_0.pth").is_file()
+    assert main.main(argv + ["--output-dir", str(target)]) == 2  # a finished run is not overwritten
+    assert f"--output-dir {target}: the folder exists and is not empty" in capsys.readouterr().err
+    named = argv + ["--output-dir", str(tmp_path / "unused"), "--name", "named", "--output-basedir", str(tmp_path)]
+    assert main.main(named) == 0
+    assert "replaced by the run folder of --name 'named'" in capsys.readouterr().err
+    assert not (tmp_path / "unused").exists() and len(list(tmp_path.glob("digits/demo/*_named/log.jsonl"))) == 1
+
+
+def test_help_groups_the_new_options_with_the_rest() -> None:
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--help"], capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0
+    text = result.stdout
+    groups = {name: text.index(f"\n{name}:") for name in OPTION_GROUPS}
+    for flag, group in (("--resnet", "model"), ("--norm", "model"), ("--dytox", "method (DyTox or the baseline)"),
+                        ("--retrain-scratch", "method (DyTox or the baseline)"), ("--pod-scales", "distillation"),
+                        ("--sam-div", "SAM"), ("--rehearsal-modes", "rehearsal"), ("--output-dir", "run")):
+        position = text.index(f"  {flag}")
+        owner = max((start, name) for name, start in groups.items() if start < position)[1]
+        assert owner == group, (flag, owner)
