@@ -85,8 +85,9 @@ def assert_same_run(got: dict, expected: dict) -> None:
     for key in ("x", "y", "t"):
         assert np.array_equal(got["memory"][key], expected["memory"][key])
     assert got["model"].keys() == expected["model"].keys()
-    for name, value in expected["model"].items():
-        assert torch.equal(got["model"][name], value), name
+    for name, value in expected["model"].items():  # weights, and the baseline's frozen parts (_extra_state)
+        ours = got["model"][name]
+        assert torch.equal(ours, value) if isinstance(value, torch.Tensor) else ours == value, name
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +160,25 @@ def test_auto_resume_continues_the_newest_run_of_that_name(tmp_path: Path, unint
     assert code == 0, output[-3000:]
     assert "running from task 2 (" in output
     assert_same_run(outputs(folder_of(tmp_path)), uninterrupted)
+
+
+BASELINE = ["--no-dytox", "--head-div", "0", "--freeze-task", "--freeze-ft", "sab",  # options/model/baseline.yaml
+            "--train-per-class", "24"]
+
+
+def test_the_baseline_killed_and_resumed_equals_uninterrupted_frozen_parts_included(tmp_path: Path) -> None:
+    """The baseline keeps what task 1's finetuning froze for task 2 (published freezing): the frozen parts are
+    saved with the weights, so a run killed in task 2 ends identically."""
+    straight = ["--output-basedir", str(tmp_path / "straight"), "--log-dir", str(tmp_path / "logs"), *BASELINE]
+    code, output = run_until(straight, None)
+    assert code == 0, output[-3000:]
+    expected = outputs(folder_of(tmp_path / "straight"))
+    where = ["--output-basedir", str(tmp_path / "killed"), "--log-dir", str(tmp_path / "logs"), *BASELINE]
+    code, _ = run_until(where, "task 2 train epoch 1/2")
+    assert code == -signal.SIGKILL
+    folder = folder_of(tmp_path / "killed")
+    code, output = run_until(where + ["--resume", str(folder)], None)
+    assert code == 0, output[-3000:]
+    got = outputs(folder)
+    assert_same_run(got, expected)
+    assert [row["params_trainable"] < row["params_total"] for row in got["log"]] == [False, False, True]
