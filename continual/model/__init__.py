@@ -1,6 +1,8 @@
-"""The network: layers (patch embedding, GPSA, class attention, SAB and TAB blocks, the memory-saving
-autograd functions of the fast path) and DyTox itself (expansion, freezing, heads, forward).
+"""The networks: their configuration (``config.py``), the layers (patch embedding, GPSA, class attention,
+SAB and TAB blocks, ScaleNorm, the memory-saving autograd functions of the fast path), DyTox itself
+(expansion, freezing, heads, forward; the ConViT or the ResNet-18 encoder of ``resnet.py``), the
+baseline of the paper's ablation (``baseline.py``) and ``build.py``, which makes or rebuilds either.
 
-It imports neither the configuration nor the runtime: it is built from a ``ModelConfig`` and never
-looks at the device to choose its arithmetic (the GPSA kernel is a field of the config).
+It imports neither the configuration of a run nor the runtime: it is built from a ``ModelConfig`` and
+never looks at the device to choose its arithmetic (the GPSA kernel is a field of the config).
 """

@@ -272,7 +272,9 @@ class DyTox(nn.Module):
     def decode(self, x: Tensor, masks: DropPathMasks) -> Tensor:
         """The task decoder: every task token's attention over the patches, task embeddings (T, B, D)."""
         if self.config.joint_tokens:
-            tokens = torch.cat(list(self.task_tokens), dim=1)  # (1, T, D): the blocks share it across the batch
+            # (1, T, D), shared by the batch; concatenated along a leading axis so that each token's gradient
+            # has the token's own strides (DDP warns about, and copies, gradients with other strides)
+            tokens = torch.cat([token.view(1, -1) for token in self.task_tokens]).unsqueeze(0)
             for block, block_masks in zip(self.tabs, masks.tabs, strict=True):
                 tokens = block(tokens, x, masks=block_masks)
             return tokens.transpose(0, 1)

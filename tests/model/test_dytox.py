@@ -352,3 +352,16 @@ def test_bfloat16_autocast_stays_close_to_float32_on_both_paths() -> None:
     for name in grads[0]:
         if not name.endswith("pos_proj.bias"):
             assert (grads[1][name] - grads[0][name]).norm() <= 0.05 * grads[0][name].norm(), name
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_every_gradient_has_its_parameters_strides(joint: bool) -> None:
+    """DDP's gradient layout contract: a gradient with other strides than its parameter is copied and warned
+    about at every step ("Grad strides do not match bucket view strides"); the joint decoding's concatenated
+    task tokens used to give each token such a gradient."""
+    model = DyTox(dataclasses.replace(SMALL, joint_tokens=joint), 2)
+    model.expand(2)
+    out = model(torch.randn(3, 3, 16, 16))
+    (out.logits.sum() + out.div_logits.sum()).backward()  # type: ignore[union-attr]
+    mismatched = [name for name, p in model.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
+    assert mismatched == [] and model.task_tokens[0].grad is not None

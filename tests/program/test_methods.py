@@ -15,11 +15,14 @@ from program.test_multi_process import TIMEOUT, environment
 
 import main
 from conftest import REPO_ROOT
+from continual.config import parse_config, settings_from
 from continual.config.options import OPTION_GROUPS
 from continual.model.baseline import IncrementalClassifier
 from continual.model.build import count_parameters
 from continual.model.dytox import DyTox
+from continual.runtime.distributed import setup
 from continual.state import checkpoints as checkpoint
+from continual.train.session import run
 
 OPTIONS = REPO_ROOT / "options"
 DEMO_FILES = [str(OPTIONS / "data/digits_demo.yaml"), str(OPTIONS / "model/demo_tiny.yaml")]
@@ -58,6 +61,10 @@ def test_each_mode_runs_end_to_end_and_its_checkpoints_rebuild_the_model(tmp_pat
     model, _ = checkpoint.load_task_checkpoint(checkpoint.checkpoint_path(folder, 2))
     assert isinstance(model, DyTox if mode.startswith("resnet") else IncrementalClassifier)
     assert rows[-1]["params_total"] == count_parameters(model)["total"]
+    files, flags = MODES[mode]
+    evaluated = run(settings_from(parse_config(["--options", *files, *SHORT, *flags, "--eval", "--resume",
+                                                str(folder)])), setup("cpu"))
+    assert evaluated[0].to_row()["acc_per_task"] == pytest.approx(rows[-1]["acc_per_task"])  # --eval of the checkpoint
     epochs = rows_of(folder / "epochs.jsonl")
     if mode == "resnet_pod":  # POD after the first task, with the teacher; the TAB on 504 channels
         assert all(("pod" in e) == (e["task"] > 0 and e["phase"] == "train") for e in epochs)
