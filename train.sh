@@ -8,8 +8,11 @@
 #
 # GPUS is a comma-separated list of GPU ids (one process per GPU, CUDA_VISIBLE_DEVICES
 # set to the list) or "cpu" followed by an optional process count. Everything after
-# it is passed to main.py. Multi-node runs: set NNODES, NODE_RANK, MASTER_ADDR and
-# MASTER_PORT (torchrun's rendezvous), e.g. NNODES=2 NODE_RANK=0 MASTER_ADDR=host0.
+# it is passed to main.py. On one node the processes meet on a free local port (torchrun
+# --standalone), so that several runs on one machine never collide; MASTER_PORT (and
+# MASTER_ADDR) set in the environment are used instead. Multi-node runs: set NNODES,
+# NODE_RANK, MASTER_ADDR and MASTER_PORT (torchrun's rendezvous), e.g. NNODES=2 NODE_RANK=0
+# MASTER_ADDR=host0.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -41,10 +44,10 @@ python=${PYTHON:-}
 if [ -z "$python" ]; then
     if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
 fi
-exec "$python" -m torch.distributed.run \
-    --nnodes="${NNODES:-1}" \
-    --node-rank="${NODE_RANK:-0}" \
-    --nproc-per-node="$nproc" \
-    --master-addr="${MASTER_ADDR:-127.0.0.1}" \
-    --master-port="${MASTER_PORT:-29500}" \
-    main.py "$@"
+if [ "${NNODES:-1}" = "1" ] && [ -z "${MASTER_PORT:-}" ]; then
+    rendezvous=(--standalone)  # a free port chosen by torchrun
+else
+    rendezvous=(--nnodes="${NNODES:-1}" --node-rank="${NODE_RANK:-0}"
+                --master-addr="${MASTER_ADDR:-127.0.0.1}" --master-port="${MASTER_PORT:-29500}")
+fi
+exec "$python" -m torch.distributed.run "${rendezvous[@]}" --nproc-per-node="$nproc" main.py "$@"

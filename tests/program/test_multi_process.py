@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,27 @@ def test_a_crash_on_one_rank_ends_the_run_with_its_error(tmp_path: Path) -> None
 def test_train_sh_rejects_a_malformed_gpu_list() -> None:
     result = subprocess.run(["bash", str(REPO_ROOT / "train.sh"), "0;1", "--options"], capture_output=True, text=True)
     assert result.returncode == 2 and "comma-separated list of GPU ids" in result.stderr
+
+
+QUICK = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"), str(REPO_ROOT / "options/model/demo_tiny.yaml"),
+         "--debug", "--max-task", "1", "--no-progress", "--no-plots", "--no-tensorboard"]
+
+
+def quick_run(out: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", *QUICK, "--output-basedir", str(out),
+                             "--log-dir", str(out / "logs")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+
+
+def test_two_runs_on_one_machine_get_their_own_port_and_an_explicit_master_port_wins(tmp_path: Path) -> None:
+    free = {k: v for k, v in environment().items() if k != "MASTER_PORT"}
+    runs = [quick_run(tmp_path / name, free) for name in ("first", "second")]  # at the same time
+    outputs = [run.communicate(timeout=TIMEOUT)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [output[-2000:] for output in outputs]
+    assert all(len(list((tmp_path / name).glob("digits/demo/*/log.jsonl"))) == 1 for name in ("first", "second"))
+    with socket.socket() as taken:  # MASTER_PORT set: train.sh uses it, here a port already in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        output = quick_run(tmp_path / "third", {**free, "MASTER_PORT": str(port)}).communicate(timeout=TIMEOUT)[0]
+    assert f"port: {port}" in output and "EADDRINUSE" in output
