@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_orders(cfg, runs, ctx)
     except ConfigError as error:  # found once the run folder is read: e.g. a resume with other options
-        print(f"error: {error}", file=sys.stderr)
+        if ctx.is_main:  # every process finds it: one line is enough
+            print(f"error: {error}", file=sys.stderr)
         return 2
     except Preempted as stopped:
         return 130 if stopped.signal_name == "SIGINT" else 143  # the shell's codes for these signals

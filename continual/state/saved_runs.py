@@ -75,14 +75,26 @@ def state_path(run_dir: Path, sequence: int, rank: int) -> Path:
     return run_dir / "checkpoints" / f"state_{sequence:06d}_rank{rank}.pth"
 
 
-def sequences(run_dir: Path, world_size: int) -> list[int]:
-    """Complete sequences (a file for every rank), newest first."""
+def _ranks_by_sequence(run_dir: Path) -> dict[int, set[int]]:
     ranks: dict[int, set[int]] = {}
     for path in (run_dir / "checkpoints").glob("state_*_rank*.pth"):
         match = _STATE_FILE.search(path.name)
         if match:
             ranks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    return ranks
+
+
+def sequences(run_dir: Path, world_size: int) -> list[int]:
+    """Complete sequences (a file for every rank), newest first."""
+    ranks = _ranks_by_sequence(run_dir)
     return sorted((s for s, r in ranks.items() if r >= set(range(world_size))), reverse=True)
+
+
+def saved_process_count(run_dir: Path) -> int | None:
+    """How many processes wrote the run states of ``run_dir`` (None without any): the highest rank of any
+    state file, since the newest sequence may be incomplete (a process killed while the others saved)."""
+    ranks = _ranks_by_sequence(run_dir)
+    return max(max(r) for r in ranks.values()) + 1 if ranks else None
 
 
 def save_state(run_dir: Path, sequence: int, rank: int, state: dict[str, object]) -> None:

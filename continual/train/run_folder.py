@@ -17,7 +17,13 @@ from continual.runtime.device import attention_kernel_for
 from continual.runtime.distributed import all_reduce_sum, broadcast_object
 from continual.state import checkpoints
 from continual.state.run_state import RunState
-from continual.state.saved_runs import Position, config_differences, find_run_to_resume, load_latest_state
+from continual.state.saved_runs import (
+    Position,
+    config_differences,
+    find_run_to_resume,
+    load_latest_state,
+    saved_process_count,
+)
 from continual.train.loop import TaskLoop
 from continual.vocabulary import FINETUNE, TRAIN
 
@@ -60,6 +66,11 @@ def restore_run_state(loop: TaskLoop) -> Position:
         failures = torch.tensor([0.0 if ok else 1.0], device=ctx.device)
         return all_reduce_sum(failures).item() == 0
 
+    saved_processes = saved_process_count(loop.run_dir)
+    if saved_processes is not None and saved_processes != ctx.world_size:
+        raise ConfigError(f"--resume {loop.run_dir}: the run was saved by {saved_processes} process(es) and is "
+                          f"resumed with {ctx.world_size}: resume it with {saved_processes} (e.g. bash train.sh cpu "
+                          f"{saved_processes}, or {saved_processes} GPUs)")
     loaded = load_latest_state(loop.run_dir, ctx.rank, ctx.world_size, say=print, all_ok=all_ok)
     if loaded is None:
         raise ConfigError(

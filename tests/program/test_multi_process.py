@@ -132,3 +132,18 @@ def test_two_runs_on_one_machine_get_their_own_port_and_an_explicit_master_port_
         port = taken.getsockname()[1]
         output = quick_run(tmp_path / "third", {**free, "MASTER_PORT": str(port)}).communicate(timeout=TIMEOUT)[0]
     assert f"port: {port}" in output and "EADDRINUSE" in output
+
+
+def test_a_one_process_run_resumed_with_two_says_that_the_number_of_processes_differs(tmp_path: Path) -> None:
+    single = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), *QUICK, "--name", "one",
+                             "--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")],
+                            capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
+    assert single.returncode == 0, single.stderr[-2000:]
+    folder = next(tmp_path.glob("digits/demo/*_one"))
+    files = {path: path.stat().st_mtime_ns for path in folder.rglob("*")}
+    output = subprocess.run(["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", *QUICK, "--name", "one", "--resume",
+                             str(folder), "--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")],
+                            capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
+    message = "the run was saved by 1 process(es) and is resumed with 2: resume it with 1"
+    assert output.returncode != 0 and output.stderr.count(message) == 1, output.stderr[-2000:]
+    assert {path: path.stat().st_mtime_ns for path in folder.rglob("*")} == files  # nothing written
