@@ -14,21 +14,20 @@ import dataclasses
 from typing import cast
 
 import torch
-from timm.layers import Attention, trunc_normal_
+from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from continual.model.config import ModelConfig
 from continual.model.dytox import DyToxOutput
 from continual.model.layers import (
-    GPSA,
     NORM_LAYERS,
-    ClassAttention,
     PatchEmbed,
     SelfAttentionBlock,
     TaskAttentionBlock,
     init_linear_and_norm,
     norm_layer,
+    set_fused_attention,
 )
 from continual.vocabulary import TRAINING_PHASES
 
@@ -171,11 +170,7 @@ class IncrementalClassifier(nn.Module):
         """Fast (fused kernels) or step-by-step attention, in this project's layers and in timm's (its
         ``fused_attn``); ``joint`` has no meaning without task tokens."""
         self.config = dataclasses.replace(self.config, fused_attention=fused, joint_tokens=joint)
-        for module in self.modules():
-            if isinstance(module, (SelfAttentionBlock, TaskAttentionBlock, GPSA, ClassAttention)):
-                module.fused = fused
-            elif isinstance(module, Attention):
-                module.fused_attn = fused  # type: ignore[misc]  # Final for TorchScript only
+        set_fused_attention(self, fused)
 
     # ----------------------------------------------------------------- freezing
     def freeze(self, names: list[str] | tuple[str, ...]) -> None:

@@ -20,12 +20,11 @@ from torch import Tensor, nn
 
 from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS, ModelConfig
 from continual.model.layers import (
-    GPSA,
     BranchMasks,
-    ClassAttention,
     PatchEmbed,
     SelfAttentionBlock,
     TaskAttentionBlock,
+    set_fused_attention,
 )
 from continual.model.resnet import ResNetEncoder
 from continual.vocabulary import TRAINING_PHASES, phase_option_name
@@ -150,9 +149,7 @@ class DyTox(nn.Module):
         """Switch every layer to the fast (``fused``, ``joint`` decoding) or the published arithmetic: the
         same function, for tests and benchmarks that compare the two on the same weights."""
         self.config = dataclasses.replace(self.config, fused_attention=fused, joint_tokens=joint)
-        for module in self.modules():
-            if isinstance(module, (SelfAttentionBlock, TaskAttentionBlock, GPSA, ClassAttention)):
-                module.fused = fused
+        set_fused_attention(self, fused)
 
     # ------------------------------------------------------------------ growth
     @property
@@ -285,12 +282,6 @@ class DyTox(nn.Module):
                 token = block(token, x, masks=masks.for_token(j, t))
             embeddings.append(token[:, 0])
         return torch.stack(embeddings)
-
-    def forward_features(self, images: Tensor, masks: DropPathMasks | None = None) -> Tensor:
-        """Encoder then decoder: task embeddings (T, B, D). ``masks``: drawn here when not given."""
-        if masks is None:
-            masks = self.draw_drop_path_masks(images.shape[0])
-        return self.decode(self.encode(images, masks)[0], masks)
 
     def forward_head(self, embeddings: Tensor) -> Tensor:
         """Task embeddings (T, B, D) -> logits (B, classes seen)."""

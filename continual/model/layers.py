@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp, trunc_normal_
+from timm.layers import Attention, Mlp, trunc_normal_
 from torch import Tensor, nn
 
 
@@ -468,3 +468,13 @@ class TaskAttentionBlock(nn.Module):
         attn_mask, mlp_mask = masks
         tokens = tokens + self.drop_path(self.attn(self.norm1(tokens), self.norm1(patches)), attn_mask)
         return tokens + self.drop_path(mlp_forward(self.mlp, self.norm2(tokens), self.fused), mlp_mask)  # (B, T, C)
+
+
+def set_fused_attention(model: nn.Module, fused: bool) -> None:
+    """Every attention layer and block of ``model`` to the fast (``fused``) or the step-by-step arithmetic:
+    this project's layers (their ``fused``) and timm's attention (its ``fused_attn``)."""
+    for module in model.modules():
+        if isinstance(module, (SelfAttentionBlock, TaskAttentionBlock, GPSA, ClassAttention)):
+            module.fused = fused
+        elif isinstance(module, Attention):
+            module.fused_attn = fused  # type: ignore[misc]  # Final for TorchScript only

@@ -44,18 +44,24 @@ def prepare_run_dir(settings: Settings) -> tuple[Path, Path, bool]:
     """(run folder, mirrored log path, whether it continues an earlier run)."""
     run, data_set = settings.run, settings.data.data_set
     run_dir = resume_folder(run, data_set)
+    continuing = run_dir is not None
+    if run_dir is None and run.output_dir and not run.name:  # the published --output-dir, unless --name is set
+        run_dir = new_output_dir(Path(run.output_dir))
     if run_dir is not None:
         relative = Path(data_set) / run.log_category / run_dir.name
-    elif run.output_dir and not run.name:  # the published --output-dir: the folder itself, unless --name is set
-        run_dir = Path(run.output_dir)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(f"--output-dir {run_dir}: the folder exists and is not empty; continue it with "
-                              f"--resume {run_dir}, or give a new folder")
-        return run_dir, Path(run.log_dir) / data_set / run.log_category / f"{run_dir.name}.jsonl", False
     else:
         relative = run_name(data_set, run.log_category, run.name)
         run_dir = Path(run.output_basedir) / relative
-    return run_dir, Path(run.log_dir) / relative.with_suffix(".jsonl"), run_dir.exists()
+        continuing = run_dir.exists()
+    return run_dir, Path(run.log_dir) / relative.with_suffix(".jsonl"), continuing
+
+
+def new_output_dir(run_dir: Path) -> Path:
+    """``--output-dir``: the folder of a new run, which must not hold anything yet."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"--output-dir {run_dir}: the folder exists and is not empty; continue it with "
+                          f"--resume {run_dir}, or give a new folder")
+    return run_dir
 
 
 def restore_run_state(loop: TaskLoop) -> Position:

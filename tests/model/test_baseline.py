@@ -31,13 +31,6 @@ def images(batch: int = 6, size: int = 16) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
-def grown(config: ModelConfig, classes: list[int]) -> IncrementalClassifier:
-    model = IncrementalClassifier(config, classes[0])
-    for nb in classes[1:]:
-        model.expand(nb)
-    return model
-
-
 def frozen_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if not p.requires_grad}
 
@@ -46,7 +39,7 @@ def frozen_names(model: nn.Module) -> set[str]:
 
 @pytest.mark.parametrize("encoder", sorted(ENCODERS))
 def test_forward_gives_logits_and_one_task_embedding(encoder: str) -> None:
-    model = grown(ENCODERS[encoder], [5, 2])
+    model = grown_model(ENCODERS[encoder], [5, 2])
     out = model(images())
     assert out.logits.shape == (6, 7)
     assert out.task_embeddings.shape == (1, 6, D)
@@ -144,7 +137,7 @@ def test_fused_attention_trains_like_the_published_arithmetic(freeze: list[str])
     gradients (1e-5 relative). pos_proj.bias is held to an absolute bound: its true gradient is zero
     (a per-head shift of the positional scores cancels in the softmax), so what is left is rounding."""
     config = dataclasses.replace(BASELINE, drop_path=0.2)
-    plain = grown(config, [5, 3]).train()
+    plain = grown_model(config, [5, 3]).train()
     plain.set_arithmetic(fused=False, joint=False)
     plain.freeze(freeze)
     fused = copy.deepcopy(plain)
@@ -177,7 +170,7 @@ def head_names(model: IncrementalClassifier) -> set[str]:
 
 
 def test_published_freezing_keeps_what_was_frozen() -> None:
-    model = grown(BASELINE, [4, 3])
+    model = grown_model(BASELINE, [4, 3])
     assert len(sab_names(model)) > 10  # the names below are those of real parameters
     model.freeze(["sab"])
     assert frozen_names(model) == sab_names(model)
@@ -190,7 +183,7 @@ def test_published_freezing_keeps_what_was_frozen() -> None:
 
 
 def test_exact_freezing_freezes_exactly_the_named_parts() -> None:
-    model = grown(dataclasses.replace(BASELINE, exact_freeze=True), [4, 3])
+    model = grown_model(dataclasses.replace(BASELINE, exact_freeze=True), [4, 3])
     model.freeze(["sab"])
     assert frozen_names(model) == sab_names(model)
     model.freeze(["heads"])
@@ -200,14 +193,14 @@ def test_exact_freezing_freezes_exactly_the_named_parts() -> None:
 
 
 def test_tab_freezes_the_later_blocks() -> None:
-    model = grown(dataclasses.replace(BASELINE, exact_freeze=True), [4, 3])
+    model = grown_model(dataclasses.replace(BASELINE, exact_freeze=True), [4, 3])
     model.freeze(["tab"])
     assert frozen_names(model) == {n for n, _ in model.named_parameters() if n.startswith("encoder.blocks.2.")}
 
 
 @pytest.mark.parametrize("encoder", sorted(ENCODERS))
 def test_backbone_freezes_the_encoder_but_its_class_token(encoder: str) -> None:
-    model = grown(ENCODERS[encoder], [4, 3])
+    model = grown_model(ENCODERS[encoder], [4, 3])
     model.freeze(["backbone"])
     encoder_names = {n for n, _ in model.named_parameters() if n.startswith("encoder.")}
     assert "encoder.cls_token" in encoder_names and "encoder.norm.weight" in encoder_names
@@ -219,7 +212,7 @@ def test_backbone_freezes_the_encoder_but_its_class_token(encoder: str) -> None:
 
 
 def test_vit_has_no_sab_and_names_the_valid_freeze_names() -> None:
-    model = grown(ENCODERS["vit"], [4, 3])
+    model = grown_model(ENCODERS["vit"], [4, 3])
     model.freeze(["heads"])
     with pytest.raises(ValueError, match=r"'sab'.*valid names: \['all', 'backbone', 'heads'\]"):
         model.freeze(["sab"])
@@ -227,7 +220,7 @@ def test_vit_has_no_sab_and_names_the_valid_freeze_names() -> None:
 
 
 def test_freeze_all_is_the_teacher_in_eval_mode() -> None:
-    model = grown(BASELINE, [4, 3]).train()
+    model = grown_model(BASELINE, [4, 3]).train()
     model.freeze(["all"])
     assert not model.training and not any(m.training for m in model.modules())
     assert frozen_names(model) == {n for n, _ in model.named_parameters()}
@@ -238,7 +231,7 @@ def test_the_frozen_set_survives_a_saved_state_dict(exact: bool, tmp_path: Path)
     """The published freezing depends on the phases run so far (what was frozen stays frozen), so a rebuilt
     model must freeze what the saved one froze, not only hold its weights."""
     config = dataclasses.replace(BASELINE, exact_freeze=exact)
-    model = grown(config, [2, 3])
+    model = grown_model(config, [2, 3])
     model.freeze(["sab"])
     model.freeze(["heads"])
     expected = sab_names(model) | head_names(model) if not exact else head_names(model)

@@ -23,18 +23,11 @@ def images(batch: int = 2, size: int = 32) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
-def grown(config: ModelConfig, classes: list[int]) -> DyTox:
-    model = DyTox(config, classes[0])
-    for nb in classes[1:]:
-        model.expand(nb)
-    return model
-
-
 @pytest.fixture(scope="module")
 def resnet_dytox() -> DyTox:
     """Three tasks (two expansions); tests copy it before changing it."""
     torch.manual_seed(0)
-    return grown(RESNET, [3, 2, 2])
+    return grown_model(RESNET, [3, 2, 2])
 
 
 def test_embed_dim_must_be_the_resnets_504() -> None:
@@ -136,7 +129,7 @@ def test_the_teacher_frozen_with_all_keeps_its_batchnorm_statistics(resnet_dytox
 
 
 def test_grown_model_reproduces_the_outputs_from_a_state_dict(resnet_dytox: DyTox) -> None:
-    model = grown(RESNET, [2, 2])
+    model = grown_model(RESNET, [2, 2])
     with torch.no_grad():
         model.train()(images())  # running statistics away from their initial 0 and 1
     assert (model.backbone.bn1.running_var - 1).abs().min() > 1e-2
@@ -156,7 +149,7 @@ def test_grown_model_reproduces_the_outputs_from_a_state_dict(resnet_dytox: DyTo
 @pytest.mark.parametrize("local_up_to_layer", [1, 3])
 def test_convit_encoder_maps_are_every_sab_output_but_the_last(local_up_to_layer: int) -> None:
     config = dataclasses.replace(SMALL, depth=4, local_up_to_layer=local_up_to_layer)
-    model = grown(config, [4, 3]).eval()
+    model = grown_model(config, [4, 3]).eval()
     x = images(5, 16)
     with torch.no_grad():
         maps = model(x).encoder_maps
