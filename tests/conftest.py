@@ -38,6 +38,19 @@ def required_path(path: Path, hint: str) -> Path:
     return path
 
 
+TEST_DEVICE_VARIABLE = "DYTOX_TEST_DEVICE"  # scripts/gpu_check.sh sets it to cuda
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device of the tests that can run on an accelerator: the CPU unless ``DYTOX_TEST_DEVICE`` names
+    another (``cuda``); asking for CUDA where there is none fails, so a GPU check cannot pass on the CPU."""
+    device = torch.device(os.environ.get(TEST_DEVICE_VARIABLE, "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"{TEST_DEVICE_VARIABLE}={device} but torch.cuda.is_available() is False")
+    return device
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     """Same seed and thread count for every test, restored afterwards."""

@@ -1,4 +1,4 @@
-"""Files that a crash cannot leave half-written."""
+"""Files that a crash cannot leave half-written, and why a file could not be read, in one line."""
 from __future__ import annotations
 
 import os
@@ -26,3 +26,10 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def reading_error(error: BaseException) -> str:
+    """An exception from reading a damaged file, as one line (torch's and zipfile's messages may run over
+    several)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'no details'}"

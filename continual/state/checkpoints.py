@@ -9,6 +9,7 @@ the previous file intact.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from continual.method.rehearsal import Memory
 from continual.model.build import ContinualModel, grown_model
 from continual.model.config import config_from_dict
 from continual.runtime.device import attention_kernel_for
-from continual.runtime.files import atomic_write
+from continual.runtime.files import atomic_write, reading_error
 
 FORMAT = "dytox-continual/1"
 
@@ -33,8 +34,10 @@ def memory_path(run_dir: Path, task_id: int, rank: int | None = None) -> Path:
     return run_dir / "memory" / f"memory_{task_id}{suffix}.npz"
 
 
-def save_task_checkpoint(run_dir: Path, task_id: int, model: ContinualModel, config: dict[str, object]) -> Path:
-    """The model after ``task_id`` with what is needed to rebuild it, and the run's configuration."""
+def save_task_checkpoint(run_dir: Path, task_id: int, model: ContinualModel, config: dict[str, object],
+                         world_size: int = 1) -> Path:
+    """The model after ``task_id`` with what is needed to rebuild it, the run's configuration and its
+    number of processes (a restart from this task must use as many)."""
     state = {
         "format": FORMAT,
         "task_id": task_id,
@@ -42,6 +45,7 @@ def save_task_checkpoint(run_dir: Path, task_id: int, model: ContinualModel, con
         "model_config": dataclasses.asdict(model.config),
         "nb_classes_per_task": list(model.nb_classes_per_task),
         "config": config,
+        "world_size": world_size,
     }
     path = checkpoint_path(run_dir, task_id)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -55,7 +59,7 @@ def load_task_checkpoint(path: Path, device: torch.device | str = "cpu") -> tupl
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # truncated or foreign file: say which
-        raise ValueError(f"checkpoint {path} cannot be read ({error})") from error
+        raise ValueError(f"checkpoint {path} cannot be read ({reading_error(error)})") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a checkpoint of this project (format {FORMAT})")
     device = torch.device(device)
@@ -77,10 +81,20 @@ def save_memory(run_dir: Path, task_id: int, memory: Memory, rank: int | None = 
 
 
 def load_memory(path: Path) -> Memory:
+    """The memory saved by :func:`save_memory`; a missing file is a FileNotFoundError, a truncated or
+    corrupted one a ValueError naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"no rehearsal memory at {path}")
-    with np.load(path, allow_pickle=False) as data:
-        x, y, t = data["x"], data["y"], data["t"]
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle, and say so
+        raise ValueError(f"rehearsal memory {path} cannot be read (not a complete .npz archive)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x, y, t = data["x"], data["y"], data["t"]
+    except Exception as error:  # a truncated zip, a damaged array, a missing key: say which file
+        raise ValueError(f"rehearsal memory {path} cannot be read ({reading_error(error)})") from error
+    if not len(x) == len(y) == len(t):
+        raise ValueError(f"rehearsal memory {path} is inconsistent: {len(x)} images, {len(y)} labels, "
+                         f"{len(t)} task ids")
     memory = Memory()
     memory.load_state_dict({"x": x if len(y) else None, "y": y, "t": t})
     return memory

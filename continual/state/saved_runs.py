@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from continual.config.options import NO_EFFECT_OPTIONS
-from continual.runtime.files import atomic_write
+from continual.runtime.files import atomic_write, reading_error
 from continual.vocabulary import TASK_STEPS
 
 FORMAT = "dytox-continual-state/1"
@@ -30,7 +30,7 @@ FORMAT = "dytox-continual-state/1"
 SAFE_TO_CHANGE = frozenset({
     "data_path", "eval_every", "output_basedir", "log_dir", "resume", "start_task", "auto_resume", "num_workers",
     "pin_mem", "no_progress", "plots", "tensorboard", "retain_freed_memory", "device", "name", "options",
-    "save_every_epoch", "max_task",
+    "save_every_epoch", "max_task", "eval",
 }) | NO_EFFECT_OPTIONS
 _STATE_FILE = re.compile(r"state_(\d+)_rank(\d+)\.pth$")
 
@@ -110,7 +110,7 @@ def read_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, corrupted or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read: {error}") from error
+        raise ValueError(f"checkpoint {path} cannot be read: {reading_error(error)}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {path} is not a run state of this project ({FORMAT})")
     return state
@@ -127,13 +127,15 @@ def load_latest_state(
     sequence (a collective with several processes), so that all of them fall
     back together.
     """
-    for sequence in sequences(run_dir, world_size):
+    complete = sequences(run_dir, world_size)
+    for position, sequence in enumerate(complete):
         path = state_path(run_dir, sequence, rank)
         state = None
         try:
             state = read_state(path)
         except ValueError as error:
-            say(f"warning: {error}; using the previous checkpoint")
+            fallback = "using the previous checkpoint" if position + 1 < len(complete) else "no earlier one is left"
+            say(f"warning: {error}; {fallback}")
         if all_ok(state is not None):  # then this process read its file too
             assert state is not None
             return sequence, state
@@ -141,9 +143,17 @@ def load_latest_state(
 
 
 def config_differences(saved: dict[str, object], current: dict[str, object]) -> list[str]:
-    """Options that differ between a saved and a current configuration, except the safe ones."""
+    """Options that differ between a saved and a current configuration, except the safe ones, each as
+    ``name (saved X, now Y)``."""
     keys = (set(saved) | set(current)) - SAFE_TO_CHANGE
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
+    return [f"{key} (saved {_short(saved.get(key))}, now {_short(current.get(key))})"
+            for key in sorted(keys) if saved.get(key) != current.get(key)]
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """A value in one short line: a long class order is cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def find_run_to_resume(output_basedir: Path, data_set: str, log_category: str, name: str) -> Path | None:

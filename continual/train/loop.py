@@ -196,7 +196,8 @@ class TaskLoop:
         task_id = result.task
         if self.logs is not None:
             self.logs.add_task(result)
-            checkpoints.save_task_checkpoint(self.run_dir, task_id, self.model, dict(self.settings.options))
+            checkpoints.save_task_checkpoint(self.run_dir, task_id, self.model, dict(self.settings.options),
+                                             self.ctx.world_size)
             if self.reporter is not None:  # after the checkpoint: a plotting failure must not lose the model
                 self.reporter.task_done(self.logs.task_results(), self.logs.epoch_records())
         if self.ctx.is_main or (self.ctx.distributed and self.learner.memory_mode != "global"):

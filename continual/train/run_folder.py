@@ -5,12 +5,15 @@ checkpoint of another scenario) is a ConfigError raised before any training.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from continual.config.errors import ConfigError
 from continual.config.settings import RunSettings, Settings
+from continual.method.rehearsal import Memory
+from continual.model.build import ContinualModel
 from continual.report.records import TaskResult
 from continual.report.run_log import run_name
 from continual.runtime.device import attention_kernel_for
@@ -64,31 +67,40 @@ def new_output_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+def check_same_run(action: str, run_dir: Path, saved_config: dict[str, object], options: Mapping[str, object],
+                   saved_processes: int | None = None, processes: int | None = None) -> None:
+    """The one rule for every way back into a run folder (``--resume``, ``--resume --start-task K``,
+    ``--eval --resume``): refuse, before any work, a run whose computation differs from the saved one's,
+    naming the two numbers of processes or each differing option. ``processes`` None: the number does
+    not matter (evaluation shards the test set exactly)."""
+    check_processes(action, saved_processes, processes)
+    differences = config_differences(saved_config, dict(options))
+    if differences:
+        raise ConfigError(f"{action}: refused, these options differ from the saved run: {'; '.join(differences)}; "
+                          f"give the options the run was saved with (listed in {run_dir / 'config.yaml'})")
+
+
+def check_processes(action: str, saved: int | None, now: int | None) -> None:
+    if now is not None and saved is not None and saved != now:
+        raise ConfigError(f"{action}: the run was saved by {saved} process(es) and is resumed with {now}: "
+                          f"resume it with {saved} (e.g. bash train.sh cpu {saved}, or {saved} GPUs)")
+
+
 def restore_run_state(loop: TaskLoop) -> Position:
     """Load the newest complete run state of the run folder into ``loop``; return where to continue."""
-    ctx = loop.ctx
+    ctx, run_dir = loop.ctx, loop.run_dir
+    action = f"--resume {run_dir}"
 
     def all_ok(ok: bool) -> bool:
         failures = torch.tensor([0.0 if ok else 1.0], device=ctx.device)
         return all_reduce_sum(failures).item() == 0
 
-    saved_processes = saved_process_count(loop.run_dir)
-    if saved_processes is not None and saved_processes != ctx.world_size:
-        raise ConfigError(f"--resume {loop.run_dir}: the run was saved by {saved_processes} process(es) and is "
-                          f"resumed with {ctx.world_size}: resume it with {saved_processes} (e.g. bash train.sh cpu "
-                          f"{saved_processes}, or {saved_processes} GPUs)")
-    loaded = load_latest_state(loop.run_dir, ctx.rank, ctx.world_size, say=print, all_ok=all_ok)
+    check_processes(action, saved_process_count(run_dir), ctx.world_size)  # before reading any file
+    loaded = load_latest_state(run_dir, ctx.rank, ctx.world_size, say=print, all_ok=all_ok)
     if loaded is None:
-        raise ConfigError(
-            f"no saved run state (checkpoints/state_*_rank*.pth for {ctx.world_size} process(es)) in "
-            f"{loop.run_dir}; to restart from the end of a task use --resume DIR --start-task K")
+        raise ConfigError(no_run_state_message(run_dir))
     loop.sequence, saved = loaded
-    differences = config_differences(saved["config"], dict(loop.settings.options))
-    if saved["world_size"] != ctx.world_size:
-        differences.insert(0, f"world_size ({saved['world_size']} saved, {ctx.world_size} now)")
-    if differences:
-        raise ConfigError(f"refusing to resume {loop.run_dir}: these options differ from the saved run: "
-                          f"{', '.join(differences)}")
+    check_same_run(action, run_dir, saved["config"], loop.settings.options, saved["world_size"], ctx.world_size)
     state = RunState.from_state_dict(saved, ctx.device, attention_kernel_for(ctx.device))
     loop.model = state.model
     loop.learner.memory = state.memory
@@ -100,18 +112,51 @@ def restore_run_state(loop: TaskLoop) -> Position:
     return state.position
 
 
+def no_run_state_message(run_dir: Path) -> str:
+    """Why a full resume cannot start, and the way back that remains: the end of the newest saved task."""
+    states = sorted((run_dir / "checkpoints").glob("state_*_rank*.pth"))
+    tasks = saved_tasks(run_dir)
+    restart = (f"restart from the end of task {tasks[-1]} with --resume {run_dir} --start-task {tasks[-1] + 1}"
+               if tasks else f"no task was completed ({run_dir / 'checkpoints'} holds no checkpoint_<task>.pth): "
+                             f"start the run again in a new folder")
+    if states:
+        return (f"--resume {run_dir}: every run state is unreadable ({len(states)} checkpoints/state_*.pth files, "
+                f"see the warnings above); {restart}")
+    return f"--resume {run_dir}: no saved run state (checkpoints/state_*_rank*.pth); {restart}"
+
+
+def task_checkpoint(action: str, run_dir: Path, task_id: int, device: torch.device) -> tuple[ContinualModel, dict]:
+    """The model saved after ``task_id`` and its checkpoint, or a ConfigError saying what to do."""
+    path = checkpoints.checkpoint_path(run_dir, task_id)
+    try:
+        return checkpoints.load_task_checkpoint(path, device)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{action}: {error}; {_other_tasks(run_dir)}") from error
+    except ValueError as error:
+        raise ConfigError(f"{action}: {error}; it was truncated or corrupted: {_other_tasks(run_dir, task_id)}"
+                          ) from error
+
+
+def _other_tasks(run_dir: Path, unreadable: int | None = None) -> str:
+    tasks = [task for task in saved_tasks(run_dir) if task != unreadable]
+    if not tasks:
+        return "the folder holds no other task checkpoint"
+    return f"the folder holds the checkpoints of tasks {tasks} (--start-task K continues after task K - 1)"
+
+
 def restart_at_task(loop: TaskLoop, start_task: int) -> None:
     """``--start-task K``: load the model and memory saved after task K - 1 of the run folder."""
-    previous = start_task - 1
-    model, _ = checkpoints.load_task_checkpoint(checkpoints.checkpoint_path(loop.run_dir, previous), loop.ctx.device)
+    previous, ctx, run_dir = start_task - 1, loop.ctx, loop.run_dir
+    action = f"--resume {run_dir} --start-task {start_task}"
+    model, saved = task_checkpoint(action, run_dir, previous, ctx.device)
+    check_same_run(action, run_dir, saved["config"], loop.settings.options, saved.get("world_size"), ctx.world_size)
     expected = loop.scenarios.classes_per_task[:start_task]
     if model.nb_classes_per_task != expected:
-        raise ConfigError(f"checkpoint of task {previous} has classes per task {model.nb_classes_per_task}, "
-                          f"the scenario {expected}")
+        raise ConfigError(f"{action}: the checkpoint of task {previous} has classes per task "
+                          f"{model.nb_classes_per_task}, the scenario {expected}")
     loop.model = model
     if loop.settings.memory.memory_size:
-        loop.learner.memory = checkpoints.load_memory(
-            checkpoints.memory_path(loop.run_dir, previous, loop.memory_rank()))
+        loop.learner.memory = saved_memory(action, checkpoints.memory_path(run_dir, previous, loop.memory_rank()))
     rows = None
     if loop.logs is not None:
         loop.logs.keep_before_task(start_task)
@@ -119,9 +164,29 @@ def restart_at_task(loop: TaskLoop, start_task: int) -> None:
     loop.results = [TaskResult.from_row(row) for row in broadcast_object(rows)]  # type: ignore[union-attr]
 
 
+def saved_memory(action: str, path: Path) -> Memory:
+    """The rehearsal memory of ``path``; a missing, unreadable or empty file is a ConfigError (a run
+    must never continue with an empty memory in place of the saved one)."""
+    try:
+        memory = checkpoints.load_memory(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"{action}: {error}; continue from an earlier task (--start-task K with a readable "
+                          f"memory_<K-1>.npz), or from the full run state with --resume alone") from error
+    if not len(memory):
+        raise ConfigError(f"{action}: the rehearsal memory {path} holds no exemplars, but --memory-size is set; "
+                          f"continue from an earlier task, or from the full run state with --resume alone")
+    return memory
+
+
+def saved_tasks(run_dir: Path) -> list[int]:
+    """Ids of the tasks whose checkpoint the run folder holds, in order."""
+    paths = (run_dir / "checkpoints").glob("checkpoint_*.pth")
+    return sorted(int(path.stem.split("_")[1]) for path in paths if path.stem.split("_")[1].isdigit())
+
+
 def latest_task_checkpoint(run_dir: Path) -> int:
     """Task id of the last checkpoint in a run folder."""
-    tasks = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("checkpoint_*.pth"))
+    tasks = saved_tasks(run_dir)
     if not tasks:
-        raise ConfigError(f"no checkpoint_<task>.pth in {run_dir / 'checkpoints'}")
+        raise ConfigError(f"--eval --resume {run_dir}: no checkpoint_<task>.pth in {run_dir / 'checkpoints'}")
     return tasks[-1]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from continual.config.errors import ConfigError
 from continual.config.files import save_config
 from continual.config.settings import Settings
 from continual.config.validate import check_world_size
@@ -28,12 +29,18 @@ from continual.runtime.device import attention_kernel_for, set_deterministic
 from continual.runtime.distributed import DistContext, broadcast_object
 from continual.runtime.preemption import Preempted, StopRequest
 from continual.runtime.seeding import restore_rng, seed_everything
-from continual.state import checkpoints
 from continual.state.saved_runs import Position
 from continual.train.fit import precision_of
 from continual.train.loaders import Loaders
 from continual.train.loop import TaskLoop
-from continual.train.run_folder import latest_task_checkpoint, prepare_run_dir, restart_at_task, restore_run_state
+from continual.train.run_folder import (
+    check_same_run,
+    latest_task_checkpoint,
+    prepare_run_dir,
+    restart_at_task,
+    restore_run_state,
+    task_checkpoint,
+)
 
 
 @dataclass(frozen=True)
@@ -70,10 +77,14 @@ def run(settings: Settings, ctx: DistContext) -> list[TaskResult] | list[EvalRec
 def evaluate_checkpoint(settings: Settings, ctx: DistContext) -> EvalRecord:
     """``--eval --resume DIR [--start-task K]``: accuracy of the model saved after task K-1 (default: the last)."""
     run_dir = Path(settings.run.resume)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--eval --resume {run_dir}: no such run folder")
     start_task = settings.run.start_task
     task_id = start_task - 1 if start_task else latest_task_checkpoint(run_dir)
+    action = f"--eval --resume {run_dir}"
+    model, saved = task_checkpoint(action, run_dir, task_id, ctx.device)
+    check_same_run(action, run_dir, saved["config"], settings.options)  # any number of processes evaluates alike
     scenarios = load_scenarios(settings.data)
-    model, _ = checkpoints.load_task_checkpoint(checkpoints.checkpoint_path(run_dir, task_id), ctx.device)
     loop = build_loop(settings, ctx, run_dir, scenarios, model)
     accuracy, nb_images = loop.evaluate(task_id)
     record = EvalRecord(task_id, scenarios.classes_seen(task_id), accuracy.top1, accuracy.top5, accuracy.per_task,

@@ -55,7 +55,8 @@ def test_two_processes_with_global_memory(tmp_path: Path) -> None:
     assert sorted(p.name for p in (folder / "memory").iterdir()) == ["memory_0.npz", "memory_1.npz"]
     assert "global memory" in result.stdout
     # The sharded, all-reduced counts equal a single-process evaluation of the same checkpoint.
-    evaluated = run(settings_from(parse_config(DEMO + ["--eval", "--resume", str(folder)])), setup("cpu"))[0].to_row()
+    evaluated = run(settings_from(parse_config(DEMO + ["--global-memory", "--eval", "--resume", str(folder)])),
+                    setup("cpu"))[0].to_row()
     for key in ("acc1", "acc5", "acc_old", "acc_new", "acc_task_incremental", "acc_task_prediction"):
         assert evaluated[key] == pytest.approx(log[-1][key]), key
 
