@@ -70,7 +70,7 @@ class DyToxLearner:
     memory_settings: MemorySettings
     scenarios: Scenarios
     ctx: DistContext
-    feature_loader: Callable[[Dataset, int], DataLoader]  # loader of a task's images for herding
+    feature_loader: Callable[[Dataset, int, int], DataLoader]  # (images, task, pass) -> herding's loader
     rng: np.random.Generator
     memory: Memory = field(default_factory=Memory)
 
@@ -140,7 +140,7 @@ class DyToxLearner:
         ``quota // 2``, each on its own pass of features: with the training augmentation they differ, with a
         deterministic selection on test-transform features the second repeats the first."""
         modes = self.memory_settings.rehearsal_modes
-        return np.concatenate([self._herd(model, task_id, quota // modes) for _ in range(modes)])
+        return np.concatenate([self._herd(model, task_id, quota // modes, mode) for mode in range(modes)])
 
     def _herding_set(self, task_id: int) -> TaskSet:
         """The task's images with the transform features are extracted with (train by default, as published)."""
@@ -150,14 +150,15 @@ class DyToxLearner:
         test_transform = self.scenarios.test[0].trsf
         return TaskSet(*taskset.get_raw_samples(), trsf=test_transform, data_type=taskset.data_type)
 
-    def _herd(self, model: ContinualModel, task_id: int, quota: int) -> np.ndarray:
-        """Indices of the exemplars of the new classes, herded on this process's features."""
+    def _herd(self, model: ContinualModel, task_id: int, quota: int, pass_index: int) -> np.ndarray:
+        """Indices of the exemplars of the new classes, herded on this process's features of that pass."""
         taskset = self._herding_set(task_id)
         y = taskset.get_raw_samples()[1]
         kind = feature_kind(self.memory_settings.rehearsal)
         features = None
         if kind is not None:
-            features, targets = extract_features(model, self.feature_loader(taskset, task_id), kind, self.ctx.device)
+            loader = self.feature_loader(taskset, task_id, pass_index)
+            features, targets = extract_features(model, loader, kind, self.ctx.device)
             assert np.array_equal(targets, y), "feature extraction must keep the task set's order"
         return select_exemplars(y, features, quota, self.memory_settings.rehearsal, self.rng)
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import numpy as np
@@ -19,6 +21,28 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def seed_streams(seed: int) -> None:
+    """Seed the three streams the augmentations draw from: Python's, NumPy's and torch's CPU generator
+    (not ``torch.manual_seed``, which would reseed the CUDA generators too)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+
+
+@contextmanager
+def streams_kept(keep: bool = True) -> Iterator[None]:
+    """Put Python's, NumPy's and torch's CPU streams back as they were afterwards (``keep``), so that draws
+    made inside do not disturb the caller's."""
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if keep else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
 
 
 # ------------------------------------------------------------------------ RNG

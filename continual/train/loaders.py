@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from continual.config.settings import LoaderSettings, RecipeSettings
-from continual.data.samplers import build_eval_loader, build_train_loader, set_sampler_epoch
+from continual.data.samplers import build_eval_loader, build_feature_loader, build_train_loader, set_sampler_epoch
 from continual.runtime.device import pin_memory_wanted
 from continual.runtime.distributed import DistContext, shard
 from continual.runtime.seeding import seed_worker
@@ -36,9 +36,20 @@ class Loaders:
         """Dataset order; ``sharded``: this process's share only, every sample on exactly one process."""
         if sharded and self.ctx.distributed:
             dataset = Subset(dataset, shard(len(dataset), self.ctx))  # type: ignore[arg-type]
-        batch = int(1.5 * self.recipe.batch_size_of(task_id))  # as published: no gradients, larger batch
-        return build_eval_loader(dataset, batch_size=batch, num_workers=self.settings.num_workers,
+        return build_eval_loader(dataset, batch_size=self.eval_batch_size(task_id),
+                                 num_workers=self.settings.num_workers,
                                  pin_memory=pin_memory_wanted(self.settings.pin_mem, self.ctx.device))
+
+    def features(self, dataset: Dataset, task_id: int, pass_index: int) -> DataLoader:
+        """Herding's pass ``pass_index`` over a task's images, in dataset order, with seeded augmentations."""
+        return build_feature_loader(dataset, batch_size=self.eval_batch_size(task_id),
+                                    num_workers=self.settings.num_workers,
+                                    pin_memory=pin_memory_wanted(self.settings.pin_mem, self.ctx.device),
+                                    seed=self.settings.seed, rank=self.ctx.rank, task_id=task_id,
+                                    pass_index=pass_index)
+
+    def eval_batch_size(self, task_id: int) -> int:
+        return int(1.5 * self.recipe.batch_size_of(task_id))  # as published: no gradients, larger batch
 
 
 def endless(loader: DataLoader) -> Iterator:

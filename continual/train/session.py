@@ -57,7 +57,7 @@ def build_loop(settings: Settings, ctx: DistContext, run_dir: Path, scenarios: S
     """The task loop of a run, with the DyTox learner; both draw from the process's generator."""
     rng = np.random.default_rng(settings.run.seed + ctx.rank)
     loaders = Loaders(settings.loader, settings.recipe, ctx)
-    learner = DyToxLearner(settings.learner, settings.loss, settings.memory, scenarios, ctx, loaders.eval, rng)
+    learner = DyToxLearner(settings.learner, settings.loss, settings.memory, scenarios, ctx, loaders.features, rng)
     return TaskLoop(settings, ctx, run_dir, scenarios, model, learner, loaders, rng)
 
 

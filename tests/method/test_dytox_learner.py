@@ -21,7 +21,7 @@ def demo_learner(*flags: str) -> tuple[DyToxLearner, ContinualModel]:
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     scenarios = load_scenarios(settings.data)
     loaders = Loaders(settings.loader, settings.recipe, ctx)
-    learner = DyToxLearner(settings.learner, settings.loss, settings.memory, scenarios, ctx, loaders.eval,
+    learner = DyToxLearner(settings.learner, settings.loss, settings.memory, scenarios, ctx, loaders.features,
                            np.random.default_rng(0))
     return learner, new_model(settings.model, scenarios.classes_per_task[0])
 

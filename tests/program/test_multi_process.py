@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,3 +149,46 @@ def test_a_one_process_run_resumed_with_two_says_that_the_number_of_processes_di
     message = "the run was saved by 1 process(es) and is resumed with 2: resume it with 1"
     assert output.returncode != 0 and output.stderr.count(message) == 1, output.stderr[-2000:]
     assert {path: path.stat().st_mtime_ns for path in folder.rglob("*")} == files  # nothing written
+
+
+KILLABLE = ["--repeated-aug", "--deterministic", "--save-every-epoch", "1", "--epochs", "2", "--name", "killed"]
+
+
+def outputs_of(folder: Path) -> dict:
+    """Weights of the last task, every memory file, and the log rows without their timings."""
+    timings = {"seconds", "data_seconds", "images_per_s", "data_wait_fraction"}
+
+    def rows(name: str) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if k not in timings}
+                for line in (folder / name).read_text().splitlines()]
+
+    memories = {}
+    for path in sorted((folder / "memory").iterdir()):
+        with np.load(path) as memory:
+            memories[path.name] = {key: memory[key] for key in ("x", "y", "t")}
+    model = torch.load(folder / "checkpoints/checkpoint_1.pth", weights_only=True)["model"]
+    return {"model": model, "memories": memories, "log": rows("log.jsonl"), "epochs": rows("epochs.jsonl")}
+
+
+def test_a_two_process_run_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    straight = train_sh(KILLABLE, tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    expected = outputs_of(rows(tmp_path / "straight")[0])
+    hook = {"PYTHONPATH": f"{HELPERS / 'kill_hook'}:{REPO_ROOT}", "DYTOX_TEST_KILL_AT": "task 1, train epoch 1, step 2"}
+    killed = subprocess.run(["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", *DEMO, *KILLABLE, "--output-basedir",
+                             str(tmp_path / "killed/out"), "--log-dir", str(tmp_path / "killed/logs")],
+                            capture_output=True, text=True, env={**environment(), **hook}, timeout=TIMEOUT)
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL) received" in killed.stderr, killed.stderr[-3000:]
+    folder = next((tmp_path / "killed/out").glob("digits/demo/*_killed"))
+    assert not (folder / "checkpoints/checkpoint_1.pth").exists()  # it died inside task 1
+    resumed = train_sh([*KILLABLE, "--resume", str(folder)], tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "running from task 1 (train)" in resumed.stdout
+    got = outputs_of(folder)
+    assert got["log"] == expected["log"] and got["epochs"] == expected["epochs"]
+    assert got["memories"].keys() == expected["memories"].keys() == {
+        "memory_0_rank0.npz", "memory_0_rank1.npz", "memory_1_rank0.npz", "memory_1_rank1.npz"}
+    for name, arrays in expected["memories"].items():
+        assert all(np.array_equal(got["memories"][name][key], arrays[key]) for key in arrays), name
+    for name, value in expected["model"].items():
+        assert torch.equal(got["model"][name], value), name

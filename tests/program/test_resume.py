@@ -115,17 +115,32 @@ def test_killed_four_times_and_resumed_equals_uninterrupted(tmp_path: Path, unin
     assert_same_run(outputs(folder), uninterrupted)
 
 
-def test_sigterm_saves_inside_the_epoch_and_the_run_finishes_identically(tmp_path: Path, uninterrupted: dict) -> None:
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])  # pre-emption, Ctrl-C
+def test_a_signal_saves_inside_the_epoch_and_the_run_finishes_identically(tmp_path: Path, uninterrupted: dict,
+                                                                           name: str, code: int) -> None:
     where = ["--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
-    code, output = run_until(where, None, script=HELPERS / "sigterm_at_step.py",
-                             env={"DYTOX_TEST_SIGTERM_AT": "task 1, train epoch 1, step 3"})
-    assert code == 143, output[-3000:]
+    exit_code, output = run_until(where, None, script=HELPERS / "sigterm_at_step.py",
+                                  env={"DYTOX_TEST_SIGTERM_AT": "task 1, train epoch 1, step 3",
+                                       "DYTOX_TEST_SIGNAL": name})
+    assert exit_code == code, output[-3000:]
     folder = folder_of(tmp_path)
-    assert "stopped by SIGTERM in task 1, train epoch 1, step 4" in output  # inside the epoch
+    assert f"stopped by {name} in task 1, train epoch 1, step 4" in output  # inside the epoch
     assert f"--resume {folder}" in output
     code, output = run_until(where + ["--resume", str(folder)], None)
     assert code == 0, output[-3000:]
     assert_same_run(outputs(folder), uninterrupted)
+
+
+def test_a_run_with_two_loader_workers_killed_and_resumed_equals_the_run_without_workers(
+        tmp_path: Path, uninterrupted: dict) -> None:
+    """Each sample is augmented from its own seed: two worker processes give the batches the main process
+    gives, also when an epoch is replayed after a kill."""
+    where = ["--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs"), "--num-workers", "2"]
+    code, output = run_until(where, "task 1 train epoch 1/2")
+    assert code == -signal.SIGKILL, output[-3000:]
+    code, output = run_until(where + ["--resume", str(folder_of(tmp_path))], None)
+    assert code == 0, output[-3000:]
+    assert_same_run(outputs(folder_of(tmp_path)), uninterrupted)
 
 
 def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, uninterrupted: dict) -> None:
