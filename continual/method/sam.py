@@ -47,13 +47,15 @@ class SAM:
         return self.look_k <= 0 or step % self.look_k == 0 or not self._orthogonal
 
     @torch.no_grad()
-    def ascend(self, grad_scale: float = 1.0) -> None:
-        """w <- w + e from the current gradients (divided by ``grad_scale`` when AMP scaled them)."""
+    def ascend(self, grad_scale: float = 1.0) -> bool:
+        """w <- w + e from the current gradients (divided by ``grad_scale`` when AMP scaled them).
+
+        Returns False, and leaves w, when a gradient is not finite (an overflowing AMP pass)."""
         params = self.parameters_with_grad()
         grads = {p: torch.div(cast(Tensor, p.grad), grad_scale) for p in params}
         if not all(torch.isfinite(g).all() for g in grads.values()):
             self._perturbation, self._first_grad = {}, {}  # an overflowing AMP step: the scaler will skip it
-            return
+            return False
         norm = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(grads[p] * p.abs() if self.adaptive else grads[p]) for p in params])
         )
@@ -64,15 +66,19 @@ class SAM:
             p.add_(e)
             self._perturbation[p] = e
             self._first_grad[p] = grads[p].clone()
+        return True
 
     @torch.no_grad()
     def restore(self) -> None:
-        """w + e -> w, keeping the gradient taken at w + e; look-SAM stores its orthogonal direction."""
+        """w + e -> w, keeping the gradient taken at w + e; look-SAM stores its orthogonal direction, unless
+        that gradient overflowed (AMP: the scaler skips the step, the previous direction is kept)."""
         for p, e in self._perturbation.items():
             p.sub_(e)
         if self.look_k > 0:
-            self._orthogonal = {p: self._orthogonal_part(p.grad, g) for p, g in self._first_grad.items()
-                                if p.grad is not None}
+            orthogonal = {p: self._orthogonal_part(p.grad, g) for p, g in self._first_grad.items()
+                          if p.grad is not None}
+            if all(torch.isfinite(g_v).all() for g_v in orthogonal.values()):
+                self._orthogonal = orthogonal
         self._perturbation, self._first_grad = {}, {}
 
     @staticmethod

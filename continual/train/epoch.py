@@ -211,7 +211,8 @@ def sam_step(
     if not plan.sam.is_full_step(step):
         plan.sam.reuse_direction()
         return terms
-    plan.sam.ascend(grad_scale=1.0 if scaler is None else scaler.get_scale())
+    if not plan.sam.ascend(grad_scale=1.0 if scaler is None else scaler.get_scale()):
+        return terms  # an overflowing first pass: its gradients make the scaler skip the step
     second_images, second_targets = (t.to(device) for t in plan.batch(plan.second_on_memory, main))
     optimizer.zero_grad(set_to_none=True)
     second_terms = loss_of(second_images, second_targets, first_pass=False)
