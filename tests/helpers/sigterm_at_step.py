@@ -1,5 +1,5 @@
-"""main.py that sends itself SIGTERM (or DYTOX_TEST_SIGNAL, e.g. SIGINT) right after a given training step,
-for tests/program/test_resume.py.
+"""main.py that sends itself SIGTERM (or DYTOX_TEST_SIGNAL, e.g. SIGINT; to its whole process group with
+DYTOX_TEST_SIGNAL_GROUP set) right after a given training step, for tests/program/test_resume.py.
 
 The step is named by DYTOX_TEST_SIGTERM_AT, e.g. "task 1, train epoch 1, step 3",
 so that the stop lands inside an epoch at a known point (a signal sent from
@@ -22,7 +22,11 @@ checked = engine.check_finite
 def check_finite_then_signal(terms: engine.LossTerms, where: str) -> None:
     checked(terms, where)
     if where == os.environ["DYTOX_TEST_SIGTERM_AT"]:
-        os.kill(os.getpid(), signal.Signals[os.environ.get("DYTOX_TEST_SIGNAL", "SIGTERM")])
+        signum = signal.Signals[os.environ.get("DYTOX_TEST_SIGNAL", "SIGTERM")]
+        if os.environ.get("DYTOX_TEST_SIGNAL_GROUP"):  # as Ctrl-C does: the loader workers get it too
+            os.killpg(os.getpgrp(), signum)
+        else:
+            os.kill(os.getpid(), signum)
 
 
 engine.check_finite = check_finite_then_signal
