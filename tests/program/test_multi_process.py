@@ -62,19 +62,35 @@ def test_two_processes_with_global_memory(tmp_path: Path) -> None:
         assert evaluated[key] == pytest.approx(log[-1][key]), key
 
 
-@pytest.mark.parametrize(("flag", "mode", "total"), [
-    ("--distributed-memory", "distributed", 200),  # memory_size / 2 per process: the erratum's protocol
-    ("--published-memory", "published", 400),  # memory_size per process, as the published code did
-])
-def test_two_processes_with_per_process_memory(tmp_path: Path, flag: str, mode: str, total: int) -> None:
-    result = train_sh([flag, "--name", "ddp"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    folder, log = rows(tmp_path)
+def check_per_process_memory(base: Path, mode: str, total: int) -> None:
+    folder, log = rows(base)
     assert all(r["memory_mode"] == mode for r in log)
     assert [r["memory_total"] for r in log] == [total, total]
     assert all(r["memory_fingerprints"][0] != r["memory_fingerprints"][1] for r in log)  # own augmentations
     assert sorted(p.name for p in (folder / "memory").iterdir()) == [
         "memory_0_rank0.npz", "memory_0_rank1.npz", "memory_1_rank0.npz", "memory_1_rank1.npz"]
+
+
+def test_two_processes_with_distributed_memory(tmp_path: Path) -> None:
+    result = train_sh(["--distributed-memory", "--name", "ddp"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_per_process_memory(tmp_path, "distributed", 200)  # memory_size / 2 per process: the erratum's protocol
+
+
+# Two processes with the published defaults: repeated augmentation, the published memory; resumable exactly.
+KILLABLE = ["--repeated-aug", "--deterministic", "--save-every-epoch", "1", "--epochs", "2", "--name", "killed"]
+
+
+@pytest.fixture(scope="module")
+def two_processes_published(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("published")
+    result = train_sh(KILLABLE, base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base
+
+
+def test_two_processes_keep_the_published_memory_by_default(two_processes_published: Path) -> None:
+    check_per_process_memory(two_processes_published, "published", 400)  # memory_size per process, as published
 
 
 def test_one_process_with_accumulation_takes_the_same_step_as_two_processes(tmp_path: Path) -> None:
@@ -151,8 +167,6 @@ def test_a_one_process_run_resumed_with_two_says_that_the_number_of_processes_di
     assert {path: path.stat().st_mtime_ns for path in folder.rglob("*")} == files  # nothing written
 
 
-KILLABLE = ["--repeated-aug", "--deterministic", "--save-every-epoch", "1", "--epochs", "2", "--name", "killed"]
-
 
 def outputs_of(folder: Path) -> dict:
     """Weights of the last task, every memory file, and the log rows without their timings."""
@@ -170,10 +184,9 @@ def outputs_of(folder: Path) -> dict:
     return {"model": model, "memories": memories, "log": rows("log.jsonl"), "epochs": rows("epochs.jsonl")}
 
 
-def test_a_two_process_run_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(tmp_path: Path) -> None:
-    straight = train_sh(KILLABLE, tmp_path / "straight")
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    expected = outputs_of(rows(tmp_path / "straight")[0])
+def test_a_two_process_run_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(
+        tmp_path: Path, two_processes_published: Path) -> None:
+    expected = outputs_of(rows(two_processes_published)[0])
     hook = {"PYTHONPATH": f"{HELPERS / 'kill_hook'}:{REPO_ROOT}", "DYTOX_TEST_KILL_AT": "task 1, train epoch 1, step 2"}
     killed = subprocess.run(["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", *DEMO, *KILLABLE, "--output-basedir",
                              str(tmp_path / "killed/out"), "--log-dir", str(tmp_path / "killed/logs")],
