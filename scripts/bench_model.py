@@ -15,19 +15,22 @@ memory is its own):
 - ``fast``: the defaults of ``main.py``: fused Q/K/V projection, positional map
   once per forward, joint decoding of all task tokens, freed host memory kept
   for reuse (``continual.runtime.host_memory``).
-- ``fast-amp``: ``fast`` under bfloat16 autocast (``--amp``).
+- ``fast-amp``, ``plain-amp``: the same under autocast, as ``--amp`` trains: bfloat16 on
+  the CPU, float16 with loss scaling (``torch.amp.GradScaler``) on CUDA.
 - ``fast-model``: the model's fast paths with glibc's default allocator behaviour,
   to tell the two sources of speed apart.
 
-For each: images/s (median and min-max of the timed runs), peak resident memory
-and the memory a step adds on top of the built model (peak minus resident
-memory just before the first step), FLOPs of a step (``torch.utils.flop_counter``)
-and the achieved GFLOP/s next to a 2048x2048 float32 matrix-multiply rate
-measured in the same process.
+For each: images/s (median and min-max of the timed runs), peak memory and the
+memory a step adds on top of the built model (peak minus the memory just before
+the first step; resident memory on the CPU, the CUDA allocator's on ``--device
+cuda``), FLOPs of a step (``torch.utils.flop_counter``) and the achieved GFLOP/s
+next to a 2048x2048 float32 matrix-multiply rate measured in the same process
+on the same device.
 
     python scripts/bench_model.py                                  # 1, 3, 10, 50 tokens, plain and fast
     python scripts/bench_model.py --tokens 10 --modes plain fast fast-amp --runs 7
     python scripts/bench_model.py --tokens 10 --modes fast --kinds train --profile   # top operators
+    python scripts/bench_model.py --device cuda --tokens 1 10 50 --modes plain fast plain-amp fast-amp
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,13 +56,15 @@ from continual.config import parse_config  # noqa: E402
 from continual.config.settings import LossSettings, model_config, settings_of  # noqa: E402
 from continual.model.build import grown_model  # noqa: E402
 from continual.model.dytox import DyTox  # noqa: E402
+from continual.runtime.device import attention_kernel_for, resolve_device  # noqa: E402
 from continual.runtime.host_memory import retain_freed_memory  # noqa: E402
-from continual.train.epoch import Precision, evaluate, train_one_epoch  # noqa: E402
+from continual.train.epoch import Precision, StepOptions, evaluate, train_one_epoch  # noqa: E402
 from continual.train.fit import batch_loss_of  # noqa: E402
 
 OPTIONS = ["--options", "options/model/cifar_dytox.yaml"]
 MODES = {
     "plain": dict(fast=False, amp=False, retain=False),
+    "plain-amp": dict(fast=False, amp=True, retain=False),
     "fast": dict(fast=True, amp=False, retain=True),
     "fast-amp": dict(fast=True, amp=True, retain=True),
     "fast-model": dict(fast=True, amp=False, retain=False),  # the model's fast paths alone
@@ -66,80 +72,122 @@ MODES = {
 CLASSES_PER_TASK = 2  # 50 tokens = the 50-step CIFAR-100 setting
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    seconds = []
-    for _ in range(repeats):
+class Clock:
+    """Times and memory on one device. CUDA runs asynchronously, so a timing waits for the device before it
+    starts and before it stops; its memory is the caching allocator's, not the process's resident memory.
+    On the CPU the same code runs with nothing to wait for."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def seconds(self, step: Callable[[], object]) -> float:
+        self.synchronize()
         start = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - start)
+        step()
+        self.synchronize()
+        return time.perf_counter() - start
+
+    def memory_mib(self) -> float:
+        """Memory held now: tensors on the GPU, or this process's resident memory."""
+        return torch.cuda.memory_allocated(self.device) / 2**20 if self.cuda else _resident_mib()
+
+    def peak_mib(self) -> float:
+        """The most held since the process started (ru_maxrss is in KiB on Linux)."""
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(clock: Clock, size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size, device=clock.device), torch.randn(size, size, device=clock.device)
+    clock.seconds(lambda: a @ b)  # warm-up (the first call also loads cuBLAS)
+    seconds = [clock.seconds(lambda: a @ b) for _ in range(repeats)]
     return 2 * size**3 / statistics.median(seconds) / 1e9
 
 
-def build(cfg: argparse.Namespace, fast: bool, tokens: int) -> tuple[DyTox, DyTox | None]:
-    """The model during task ``tokens - 1``, frozen as in training, and its teacher, as the task loop
-    makes them: the teacher is a frozen copy of the model before it expands."""
+def build(cfg: argparse.Namespace, fast: bool, tokens: int, device: torch.device) -> tuple[DyTox, DyTox | None]:
+    """The model during task ``tokens - 1`` on ``device``, frozen as in training, and its teacher, as the task
+    loop makes them: the teacher is a frozen copy of the model before it expands; the GPSA kernel is the
+    device's (``attention_kernel_for``), as ``main.py`` picks it."""
     torch.manual_seed(0)
-    config = dataclasses.replace(model_config(cfg), fused_attention=fast, joint_tokens=fast)
+    config = dataclasses.replace(model_config(cfg), fused_attention=fast, joint_tokens=fast,
+                                 gpsa_kernel=attention_kernel_for(device))
     student = grown_model(config, [CLASSES_PER_TASK] * max(tokens - 1, 1))
+    assert isinstance(student, DyTox)  # the options are DyTox's
     if tokens == 1:
-        return student, None
+        return student.to(device), None
     teacher = copy.deepcopy(student)
     teacher.freeze(["all"])
     student.expand(CLASSES_PER_TASK)
     student.freeze(cfg.freeze_task)
-    return student, teacher
+    return student.to(device), teacher.to(device)
 
 
-def measure(mode: str, tokens: int, kind: str, args: argparse.Namespace) -> dict:
-    """Everything for one configuration, in this process."""
+def make_step(cfg: argparse.Namespace, mode: str, tokens: int, kind: str, batch_size: int,
+              device: torch.device) -> tuple[Callable[[], None], DyTox]:
+    """One training step (``train_one_epoch`` on one batch, loss-scaled under float16 as ``fit`` does) or one
+    evaluation forward, on a fixed batch already on ``device``; and the model it runs."""
     settings = MODES[mode]
-    if settings["retain"]:
-        retain_freed_memory()
-    torch.set_num_threads(args.threads)
-    cfg = parse_config(OPTIONS)
-    student, teacher = build(cfg, settings["fast"], tokens)
-    precision = Precision(torch.device("cpu"), settings["amp"])
-    training_loss = batch_loss_of(settings_of(LossSettings, cfg), mixup_on=False)
+    student, teacher = build(cfg, settings["fast"], tokens, device)
+    precision = Precision(device, settings["amp"])  # amp_dtype "auto": bfloat16 on the CPU, float16 on CUDA
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, 3, 32, 32, generator=generator)
-    targets = torch.randint(student.nb_classes - CLASSES_PER_TASK, student.nb_classes, (args.batch,),
+    images = torch.randn(batch_size, 3, 32, 32, generator=generator)
+    targets = torch.randint(student.nb_classes - CLASSES_PER_TASK, student.nb_classes, (batch_size,),
                             generator=generator)  # new-task labels, as in training
-    batch = [(images, targets)]
-    if kind == "train":
-        optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)
-
-        def step() -> None:
-            train_one_epoch(student, teacher, batch, optimizer, training_loss, precision)
-    else:
-        def step() -> None:
+    batch = [(images.to(device), targets.to(device))]
+    if kind == "eval":
+        def forward() -> None:
             evaluate(student, batch, precision, student.nb_classes_per_task)
+        return forward, student
+    training_loss = batch_loss_of(settings_of(LossSettings, cfg), mixup_on=False)
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)
+    options = StepOptions(scaler=precision.grad_scaler())  # one scaler for all steps, as in a phase
 
-    resident_before = _resident_mib()
+    def step() -> None:
+        train_one_epoch(student, teacher, batch, optimizer, training_loss, precision, options)
+    return step, student
+
+
+def count_flops(step: Callable[[], None], model: DyTox, kind: str) -> int:
+    """FLOPs of one step; the step runs once."""
     with FlopCounterMode(display=False) as counter:
         if kind == "train":
             step()
         else:  # the counter's module hooks fail on parameters that require grad in inference mode
-            trainable = [p for p in student.parameters() if p.requires_grad]
-            student.requires_grad_(False)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            model.requires_grad_(False)
             step()
             for param in trainable:
                 param.requires_grad_(True)
-    flops = counter.get_total_flops()
-    seconds = []
-    for i in range(args.warmup + args.runs):
-        start = time.perf_counter()
-        step()
-        if i >= args.warmup:
-            seconds.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    matmul_rate = matmul_gflops()  # after the peak is read, so that its buffers do not count
-    result = dict(mode=mode, tokens=tokens, kind=kind, images_per_s=[args.batch / s for s in seconds],
-                  gflop_per_image=flops / args.batch / 1e9, gflops=flops / statistics.median(seconds) / 1e9,
-                  matmul_gflops=matmul_rate, peak_rss_mib=peak, step_memory_mib=peak - resident_before)
+    return counter.get_total_flops()
+
+
+def measure(mode: str, tokens: int, kind: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """Everything for one configuration, in this process."""
+    if MODES[mode]["retain"]:
+        retain_freed_memory()
+    if device.type == "cpu":  # on CUDA the work is the GPU's; torch keeps its own host threads
+        torch.set_num_threads(args.threads)
+    clock = Clock(device)
+    step, model = make_step(parse_config(OPTIONS), mode, tokens, kind, args.batch, device)
+    memory_before = clock.memory_mib()
+    flops = count_flops(step, model, kind)
+    for _ in range(args.warmup):
+        clock.seconds(step)
+    seconds = [clock.seconds(step) for _ in range(args.runs)]
+    peak = clock.peak_mib()
+    matmul_rate = matmul_gflops(clock)  # after the peak is read, so that its buffers do not count
+    result = dict(mode=mode, tokens=tokens, kind=kind, device=device.type,
+                  images_per_s=[args.batch / s for s in seconds], gflop_per_image=flops / args.batch / 1e9,
+                  gflops=flops / statistics.median(seconds) / 1e9, matmul_gflops=matmul_rate, peak_mib=peak,
+                  step_memory_mib=peak - memory_before)
     if args.profile:
-        result["profile"] = profile_table(step)
+        result["profile"] = profile_table(step, device)
     return result
 
 
@@ -148,18 +196,21 @@ def _resident_mib() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def profile_table(step) -> str:
+def profile_table(step: Callable[[], None], device: torch.device) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         for _ in range(2):
             step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=15)
 
 
 def run_isolated(args: argparse.Namespace, mode: str, tokens: int, kind: str) -> dict:
     command = [sys.executable, __file__, "--one", mode, str(tokens), kind, "--batch", str(args.batch),
-               "--runs", str(args.runs), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+               "--runs", str(args.runs), "--warmup", str(args.warmup), "--threads", str(args.threads),
+               "--device", args.device]
     if args.profile:
         command.append("--profile")
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -167,7 +218,7 @@ def run_isolated(args: argparse.Namespace, mode: str, tokens: int, kind: str) ->
 
 
 def summarise(results: list[dict]) -> None:
-    print(f"{'kind':5} {'tokens':>6} {'mode':8} {'img/s':>7} {'min-max':>11} {'speed-up':>8} "
+    print(f"{'kind':5} {'tokens':>6} {'mode':10} {'img/s':>7} {'min-max':>11} {'speed-up':>8} "
           f"{'peak MiB':>8} {'step MiB':>8} {'mem ratio':>9} {'GFLOP/img':>9} {'GFLOP/s':>7} {'matmul':>6}")
     by_key = {(r["kind"], r["tokens"], r["mode"]): r for r in results}
     for r in results:
@@ -176,8 +227,8 @@ def summarise(results: list[dict]) -> None:
         speedup = median / statistics.median(plain["images_per_s"]) if plain else float("nan")
         memory = r["step_memory_mib"] / plain["step_memory_mib"] if plain else float("nan")
         spread = f"{min(r['images_per_s']):.1f}-{max(r['images_per_s']):.1f}"
-        print(f"{r['kind']:5} {r['tokens']:>6} {r['mode']:8} {median:>7.1f} {spread:>11} {speedup:>7.2f}x "
-              f"{r['peak_rss_mib']:>8.0f} {r['step_memory_mib']:>8.0f} {memory:>8.2f}x "
+        print(f"{r['kind']:5} {r['tokens']:>6} {r['mode']:10} {median:>7.1f} {spread:>11} {speedup:>7.2f}x "
+              f"{r['peak_mib']:>8.0f} {r['step_memory_mib']:>8.0f} {memory:>8.2f}x "
               f"{r['gflop_per_image']:>9.2f} "
               f"{r['gflops']:>7.1f} {r['matmul_gflops']:>6.0f}")
     for r in results:
@@ -185,26 +236,51 @@ def summarise(results: list[dict]) -> None:
             print(f"\n## profile: {r['kind']} {r['tokens']} tokens {r['mode']} (2 steps)\n{r['profile']}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 3, 10, 50])
     parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["plain", "fast"])
     parser.add_argument("--kinds", nargs="+", choices=["train", "eval"], default=["train", "eval"])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the model and the batches live (cuda: the first GPU)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU (ignored with cuda)")
     parser.add_argument("--profile", action="store_true", help="print the top operators of each configuration")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--one", nargs=3, metavar=("MODE", "TOKENS", "KIND"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def device_or_exit(option: str) -> torch.device:
+    """The device of ``--device``; without CUDA, ``--device cuda`` is a one-line error (exit 2, as argparse's)."""
+    try:
+        return resolve_device(option, local_rank=0)
+    except RuntimeError as error:
+        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def machine_line(args: argparse.Namespace, device: torch.device) -> str:
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, memory of the CUDA allocator"
+    else:
+        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, " \
+                f"resident memory"
+    return (f"# {where}, torch {torch.__version__}, batch {args.batch}, "
+            f"median of {args.runs} runs after {args.warmup} warm-up")
+
+
+def main() -> None:
+    args = parse_args()
+    device = device_or_exit(args.device)
     os.chdir(Path(__file__).resolve().parents[1])  # the option files are relative to the repository
     if args.one:
         mode, tokens, kind = args.one
-        print(json.dumps(measure(mode, int(tokens), kind, args)))
+        print(json.dumps(measure(mode, int(tokens), kind, args, device)))
         return
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{args.threads} threads, batch {args.batch}, median of {args.runs} runs after {args.warmup} warm-up")
+    print(machine_line(args, device))
     results = []
     for kind in args.kinds:
         for tokens in args.tokens:

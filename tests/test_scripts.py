@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT
 
@@ -25,6 +27,27 @@ def test_a_script_starts(script: Path) -> None:
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_bench_model_refuses_cuda_without_a_gpu_in_one_line() -> None:
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "bench_model.py"), "--device", "cuda",
+                             "--tokens", "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "bench_model.py: error: --device cuda: CUDA is not available on this machine\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the script runs its checks (minutes)")
+def test_the_gpu_check_skips_at_once_without_cuda(tmp_path: Path) -> None:
+    """scripts/gpu_check.sh asks torch for CUDA before anything else: here it says why it skips and exits 0,
+    having written nothing (its temporary folder is made only after the check)."""
+    start = time.perf_counter()
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "GPU_CHECK_OUT": str(tmp_path / "out")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("gpu_check: skipped: CUDA is not available") and result.stderr == ""
+    assert time.perf_counter() - start < 10  # one python start and torch import, nothing else
+    assert not (tmp_path / "out").exists()
 
 
 def test_compare_methods_trains_the_four_methods_and_rebuilds_the_same_numbers_from_their_runs(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from continual.config import parse_config
 from continual.config.settings import model_config
 from continual.model.config import ModelConfig
 from continual.model.dytox import DropPathMasks, DyTox
+from continual.runtime.device import attention_kernel_for
 
 
 def grown(config: ModelConfig, classes: list[int]) -> DyTox:
@@ -26,6 +28,21 @@ def grown(config: ModelConfig, classes: list[int]) -> DyTox:
 
 def images(batch: int = 6, size: int = 16) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def grown_on(device: torch.device, config: ModelConfig, classes: list[int]) -> DyTox:
+    """``grown`` on ``device``, with the GPSA kernel a run there uses (SDPA on CUDA), as the task loop builds it."""
+    return grown(dataclasses.replace(config, gpsa_kernel=attention_kernel_for(device)), classes).to(device)
+
+
+@pytest.fixture
+def exact_device(device: torch.device) -> Iterator[torch.device]:
+    """``device`` with float32 products computed in float32: CUDA runs cuDNN convolutions (the patch embedding)
+    in TF32 by default, whose 10-bit mantissa is far coarser than the 1e-5 that the path comparisons assert."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield device
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def with_paths(model: DyTox, fused: bool, joint: bool) -> DyTox:
@@ -131,11 +148,12 @@ def test_freeze_rejects_unknown_names_without_changing_anything() -> None:
     assert {n for n, p in model.named_parameters() if not p.requires_grad} == expected_frozen(model, "sab")
 
 
+@pytest.mark.gpu_check
 @pytest.mark.parametrize("joint", [False, True])
-def test_every_trainable_parameter_gets_a_gradient(joint: bool) -> None:
-    model = grown(dataclasses.replace(SMALL, joint_tokens=joint), [4, 3, 3])
+def test_every_trainable_parameter_gets_a_gradient(joint: bool, device: torch.device) -> None:
+    model = grown_on(device, dataclasses.replace(SMALL, joint_tokens=joint), [4, 3, 3])
     model.freeze(["old_task_tokens", "old_heads"])
-    out = model(images())
+    out = model(images().to(device))
     (out.logits.sum() + out.div_logits.sum()).backward()
     for n, p in model.named_parameters():
         if p.requires_grad:
@@ -152,7 +170,7 @@ def loss_and_grads(
     model.zero_grad()
     torch.manual_seed(seed)
     out = model(x, masks)
-    weights = torch.linspace(-1, 1, out.logits.shape[1])
+    weights = torch.linspace(-1, 1, out.logits.shape[1], device=out.logits.device)
     # Means, as the real losses: gradients of order 1e-2..1, so that 1e-5 is far above float32 rounding.
     loss = (out.logits * weights).mean() + out.div_logits.square().mean() + out.task_embeddings.square().mean()
     loss.backward()
@@ -173,34 +191,37 @@ def assert_same_training_step(reference: tuple, other: tuple, what: object) -> N
 FAST_PATHS = [(True, False), (False, True), (True, True)]  # (fused attention, joint decoding)
 
 
+@pytest.mark.gpu_check
 @pytest.mark.parametrize(("freeze", "depth"), [
     ([], 3), (["old_task_tokens", "old_heads"], 3), (["sab"], 3),
     ([], 4), (["old_task_tokens", "old_heads"], 4),  # two TABs: the second gets per-image task tokens
 ])
 @pytest.mark.parametrize("drop_path", [0.0, 0.5])
-def test_fast_paths_train_like_the_plain_path_with_ten_tasks(freeze: list[str], depth: int, drop_path: float) -> None:
+def test_fast_paths_train_like_the_plain_path_with_ten_tasks(freeze: list[str], depth: int, drop_path: float,
+                                                            exact_device: torch.device) -> None:
     """Fused attention and joint decoding are the same *training* function as the published arithmetic:
     train mode, stochastic depth on (the masks drawn from the same seed), frozen parts, the divergence
-    head, ten tasks."""
+    head, ten tasks; on the device's GPSA kernel (SDPA on CUDA)."""
     config = dataclasses.replace(SMALL, depth=depth, attn_drop=0.0, drop=0.0, drop_path=drop_path)
-    plain = with_paths(grown(config, [5] + [3] * 9), fused=False, joint=False).train()
+    plain = with_paths(grown_on(exact_device, config, [5] + [3] * 9), fused=False, joint=False).train()
     plain.freeze(freeze)
-    x = images(4)
+    x = images(4).to(exact_device)
     reference = loss_and_grads(plain, x)
     for fused, joint in FAST_PATHS:
         assert_same_training_step(reference, loss_and_grads(with_paths(plain, fused, joint), x), (fused, joint))
 
 
-def test_fast_paths_apply_injected_stochastic_depth_masks_identically() -> None:
+@pytest.mark.gpu_check
+def test_fast_paths_apply_injected_stochastic_depth_masks_identically(exact_device: torch.device) -> None:
     """Hand-made masks, one per (sample, task token, block): every path drops exactly those branches."""
     config = dataclasses.replace(SMALL, depth=4, drop_path=0.5)
-    plain = with_paths(grown(config, [5] + [3] * 9), fused=False, joint=False).train()
+    plain = with_paths(grown_on(exact_device, config, [5] + [3] * 9), fused=False, joint=False).train()
     plain.freeze(["old_task_tokens", "old_heads"])
-    x = images(4)
+    x = images(4).to(exact_device)
     generator = torch.Generator().manual_seed(3)
 
-    def mask(*shape: int) -> torch.Tensor:
-        return (torch.rand(*shape, generator=generator) < 0.5).float() * 2.0  # kept branches scaled by 1 / keep
+    def mask(*shape: int) -> torch.Tensor:  # kept branches scaled by 1 / keep
+        return ((torch.rand(*shape, generator=generator) < 0.5).float() * 2.0).to(exact_device)
 
     masks = DropPathMasks(
         sabs=[(None, None)] + [(mask(4, 1, 1), mask(4, 1, 1)) for _ in plain.sabs[1:]],  # block 0's rate is 0
@@ -261,11 +282,12 @@ def test_stochastic_depth_consumes_the_random_stream_as_the_published_loop() -> 
                                        rtol=0, atol=0)
 
 
-def test_fused_path_falls_back_to_plain_when_attention_dropout_is_active() -> None:
+@pytest.mark.gpu_check
+def test_fused_path_falls_back_to_plain_when_attention_dropout_is_active(exact_device: torch.device) -> None:
     config = dataclasses.replace(SMALL, attn_drop=0.5, joint_tokens=False)  # same decoding order: same masks
-    model = grown(config, [4, 3]).train()
+    model = grown_on(exact_device, config, [4, 3]).train()
     plain = with_paths(model, fused=False, joint=False)
-    x = images()
+    x = images().to(exact_device)
     torch.manual_seed(3)
     fused_out = model(x).logits
     torch.manual_seed(3)
@@ -309,11 +331,12 @@ def test_parameter_counts_of_the_published_cifar_model(tasks: int, classes: int,
     assert count == 10_683_564 + tasks * (per_task - 385 * classes) + 100 * 385
 
 
-def test_expand_creates_parameters_on_the_models_dtype() -> None:
-    model = DyTox(SMALL, 4).double()
+@pytest.mark.gpu_check
+def test_expand_creates_parameters_on_the_models_device_and_dtype(device: torch.device) -> None:
+    model = DyTox(SMALL, 4).double().to(device)
     model.expand(3)
-    assert {p.dtype for p in model.parameters()} == {torch.float64}
-    assert model(images().double()).logits.dtype == torch.float64
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {(device.type, torch.float64)}
+    assert model(images().double().to(device)).logits.dtype == torch.float64
 
 
 def test_frozen_encoder_records_no_autograd_graph() -> None:
@@ -327,41 +350,49 @@ def test_frozen_encoder_records_no_autograd_graph() -> None:
     assert out.logits.requires_grad  # the decoder and heads still train
 
 
-def test_bfloat16_autocast_stays_close_to_float32_on_both_paths() -> None:
-    """``--amp`` on a CPU: bfloat16 autocast. Stated tolerance: logits within 1 % of the largest float32
-    logit (here 1.6; bfloat16 keeps 8 bits, a relative step of 0.4 %), gradients within 5 % (relative norm)
-    of the plain path's bfloat16 gradients. pos_proj.bias is excluded: its true gradient is zero (a per-head
-    shift of the positional scores cancels in the softmax), so what is left of it is rounding."""
+@pytest.mark.gpu_check
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_stays_close_to_float32_on_both_paths(dtype: torch.dtype, device: torch.device) -> None:
+    """``--amp``: bfloat16 autocast on a CPU, float16 (the default) or bfloat16 on CUDA; float16 also runs
+    on the CPU here (torch autocasts its products), so both dtypes are checked on every device. Stated
+    tolerance: logits within 1 % of the largest float32 logit (here 1.6; bfloat16 keeps 8 bits, a relative
+    step of 0.4 %, float16 11 bits), gradients within 5 % (relative norm) of the plain path's gradients
+    under the same autocast. pos_proj.bias is excluded: its true gradient is zero (a per-head shift of the
+    positional scores cancels in the softmax), so what is left of it is rounding."""
     torch.manual_seed(0)
-    plain = with_paths(grown(dataclasses.replace(SMALL, drop_path=0.0), [5] + [3] * 9), fused=False, joint=False)
+    config = dataclasses.replace(SMALL, drop_path=0.0)
+    plain = with_paths(grown_on(device, config, [5] + [3] * 9), fused=False, joint=False)
     fast = with_paths(plain, fused=True, joint=True)
-    x = images(8)
+    x = images(8).to(device)
     with torch.no_grad():
         reference = plain.eval()(x).logits
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=dtype):
             low = {name: model.eval()(x).logits.float() for name, model in (("plain", plain), ("fast", fast))}
     for name, logits in low.items():
         assert (logits - reference).abs().max() <= 0.01 * reference.abs().max(), name
-    grads = []
-    for model in (plain.train(), fast.train()):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(x).logits
-        (logits.float() * torch.linspace(-1, 1, logits.shape[1])).sum().backward()
-        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    grads = [autocast_gradients(model.train(), x, dtype) for model in (plain, fast)]
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         if not name.endswith("pos_proj.bias"):
             assert (grads[1][name] - grads[0][name]).norm() <= 0.05 * grads[0][name].norm(), name
 
 
+def autocast_gradients(model: DyTox, x: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient of a weighted logit sum, the forward under ``dtype`` autocast."""
+    with torch.autocast(x.device.type, dtype=dtype):
+        logits = model(x).logits
+    (logits.float() * torch.linspace(-1, 1, logits.shape[1], device=x.device)).sum().backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.gpu_check
 @pytest.mark.parametrize("joint", [True, False])
-def test_every_gradient_has_its_parameters_strides(joint: bool) -> None:
+def test_every_gradient_has_its_parameters_strides(joint: bool, device: torch.device) -> None:
     """DDP's gradient layout contract: a gradient with other strides than its parameter is copied and warned
     about at every step ("Grad strides do not match bucket view strides"); the joint decoding's concatenated
     task tokens used to give each token such a gradient."""
-    model = DyTox(dataclasses.replace(SMALL, joint_tokens=joint), 2)
-    model.expand(2)
-    out = model(torch.randn(3, 3, 16, 16))
+    model = grown_on(device, dataclasses.replace(SMALL, joint_tokens=joint), [2, 2])
+    out = model(torch.randn(3, 3, 16, 16).to(device))
     (out.logits.sum() + out.div_logits.sum()).backward()  # type: ignore[union-attr]
     mismatched = [name for name, p in model.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
     assert mismatched == [] and model.task_tokens[0].grad is not None
