@@ -1,15 +1,15 @@
 """Train DyTox task by task: ``python main.py --options data.yaml order.yaml model.yaml [flags]``.
 
 Launch with ``bash train.sh GPUS ...`` for one process per GPU (torchrun), or
-directly for a single process. See README.md for the option files and outputs.
+directly for a single process. ``python main.py --help`` lists every option; docs/ says the rest.
 """
 from __future__ import annotations
 
 import sys
 
 from continual.config import ConfigError, parse_config
+from continual.config.notes import context_notes, memory_note
 from continual.config.options import no_effect_notes
-from continual.config.validate import context_notes
 from continual.runtime.distributed import cleanup, record_errors, setup
 from continual.runtime.host_memory import retain_freed_memory
 from continual.runtime.preemption import Preempted
@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.retain_freed_memory:
         retain_freed_memory()
     ctx = setup(cfg.device)
-    for note in [*no_effect_notes(cfg), *context_notes(cfg)] if ctx.is_main else []:
+    memory = None if cfg.eval else memory_note(runs[0].memory, ctx.world_size)  # the same in every order's run
+    for note in [*no_effect_notes(cfg), *context_notes(cfg), *([memory] if memory else [])] if ctx.is_main else []:
         print(f"note: {note}", file=sys.stderr, flush=True)
     try:
         if len(runs) == 1:

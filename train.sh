@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Launch DyTox training with torchrun (python -m torch.distributed.run).
 #
+#   # CIFAR-100, 10 steps, 2 GPUs, 20 exemplars per class in total, each GPU herding its own 1000
+#   # (the erratum's distributed memory; the published README's --memory-size 1000, kept per GPU, is the same run)
 #   bash train.sh 0,1 --options options/data/cifar100_10-10.yaml options/data/cifar100_order1.yaml \
-#       options/model/cifar_dytox.yaml --name dytox --data-path data/ --memory-size 2000
+#       options/model/cifar_dytox.yaml --name dytox --data-path data/ --distributed-memory --memory-size 2000
+#   # the same with one selection of 2000 shared by both GPUs (the erratum's global memory)
+#   bash train.sh 0,1 --options ... --global-memory --memory-size 2000
 #   bash train.sh cpu --options ...          # one CPU process
 #   bash train.sh cpu 2 --options ...        # two CPU processes (gloo)
+#
+# Without --distributed-memory or --global-memory, several processes keep the published memory: each process
+# its own --memory-size exemplars, N times --memory-size in all (--memory-size 2000 on 2 GPUs is the first
+# version of the paper, 4000 exemplars, which its erratum corrected); the run says so at start-up.
 #
 # GPUS is a comma-separated list of GPU ids (one process per GPU, CUDA_VISIBLE_DEVICES
 # set to the list) or "cpu" followed by an optional process count. Everything after

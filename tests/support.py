@@ -78,3 +78,42 @@ def hand_rows() -> list[TaskResult]:
             "seconds": {"train": 10.0, "eval": 1.0 + task},
         }))
     return rows
+
+
+# ------------------------------------------------- whole programs (tests/program)
+
+def run_in_terminal(argv: list[str], env: dict[str, str], timeout: float, columns: int = 120) -> tuple[int, str]:
+    """Run ``argv`` with stdin, stdout and stderr on a pseudo-terminal of ``columns`` columns, as a person at a
+    terminal runs it; returns the exit status and everything it wrote (stdout and stderr interleaved, as shown)."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    process = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env, close_fds=True)
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([leader], [], [], 1.0)[0]:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # EIO: every process holding the terminal has exited
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif process.poll() is not None:
+                break
+        else:
+            process.kill()
+            raise TimeoutError(f"{argv[:3]}... still running after {timeout} s")
+        return process.wait(timeout=30), b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(leader)

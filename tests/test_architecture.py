@@ -1,5 +1,5 @@
 """The package's shape: layer contracts, sizes, where torch.distributed and device checks may appear,
-and that tests use public names only (README, "Project layout")."""
+and that tests use public names only (docs/architecture.md)."""
 from __future__ import annotations
 
 import ast

@@ -1,6 +1,6 @@
 """Configuration: the option table, YAML option files, validation, and typed settings.
 
-One source of configuration (STYLE rule 1): parser defaults, then the YAML
+One source of configuration: parser defaults, then the YAML
 files named by ``--options`` in order (later files win), then explicit
 command-line flags, which always win wherever they appear. The files' values
 are installed as parser defaults *before* the real parse (as timm does), so a
@@ -14,7 +14,7 @@ import argparse
 
 from continual.config.errors import ConfigError
 from continual.config.files import read_option_files
-from continual.config.options import build_parser
+from continual.config.parser import build_parser
 from continual.config.settings import Settings, settings_from
 from continual.config.validate import validate_config
 

@@ -1,7 +1,7 @@
 """YAML option files: read and checked like the command line; the resolved configuration saved.
 
-YAML values are converted and checked exactly like command-line values (type
-and choices), and a file that repeats a key, names an unknown option or holds
+YAML values are converted and checked exactly like command-line values (type,
+choices and bounds), and a file that repeats a key, names an unknown option or holds
 anything but a map is a ConfigError naming the file.
 """
 from __future__ import annotations
@@ -83,6 +83,8 @@ def _convert_item(option: Option, item: object) -> object:
     if option.choices is not None and converted not in option.choices:
         choices = ", ".join(repr(c) for c in option.choices)
         raise ValueError(f"{converted!r} is not one of {choices}")
+    if option.bounds is not None and converted not in option.bounds:
+        raise ValueError(f"must be {option.bounds}")
     return converted
 
 

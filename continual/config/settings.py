@@ -18,7 +18,7 @@ from continual.config.files import config_to_dict
 from continual.config.validate import check_runnable
 from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS, ModelConfig
 
-# Reference batch of the linear learning-rate scaling rule (SPEC §2.4).
+# Reference batch of the linear learning-rate scaling rule.
 LR_REFERENCE_BATCH = 512.0
 
 T = TypeVar("T")
@@ -40,7 +40,7 @@ def settings_of(cls: type[T], cfg: argparse.Namespace, **values: Any) -> T:
 
 
 def scaled_lr(base_lr: float, batch_size: int, world_size: int, accum_steps: int = 1) -> float:
-    """Linear scaling rule: base_lr * effective batch / 512 (SPEC §2.4)."""
+    """Linear scaling rule: base_lr * effective batch / 512."""
     return base_lr * batch_size * world_size * accum_steps / LR_REFERENCE_BATCH
 
 
@@ -67,7 +67,7 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class RecipeSettings:
-    """Per-task batch size, epochs and learning rates (linear scaling rule, SPEC §2.4)."""
+    """Per-task batch size, epochs and learning rates (linear scaling rule)."""
 
     batch_size: int
     incremental_batch_size: int | None
@@ -152,7 +152,7 @@ class LoaderSettings:
 
 @dataclass(frozen=True)
 class LossSettings:
-    """The classification loss, the distillation and the divergence head's weight (SPEC §2.5)."""
+    """The classification loss, the distillation and the divergence head's weight."""
 
     bce_loss: bool
     smoothing: float
@@ -233,7 +233,7 @@ class MemorySettings:
 
 @dataclass(frozen=True)
 class LearnerSettings:
-    """What DyTox freezes and how it finetunes (SPEC §2.3, §2.7)."""
+    """What DyTox freezes and how it finetunes."""
 
     freeze_task: tuple[str, ...]
     freeze_ft: tuple[str, ...]
@@ -253,7 +253,7 @@ class PrecisionSettings:
 
     amp: bool
     amp_dtype: str
-    amp_overridden: bool  # --amp given but no_amp true: the user should be told
+    amp_overridden: bool  # amp and no_amp both true (in option files): the user should be told
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ class RunSettings:
     start_task: int
     auto_resume: bool
     deterministic: bool
-    no_progress: bool
+    progress: bool
     plots: bool
     tensorboard: bool
     world_size: int  # as given by --world-size (the processes come from torchrun)

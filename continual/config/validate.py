@@ -1,4 +1,4 @@
-"""Every check of a configuration, raising ConfigError.
+"""Every check of a configuration, raising ConfigError (the notes that only inform are in ``notes``).
 
 ``parse_config`` runs ``validate_config`` (consistency); ``settings_from`` runs
 ``check_runnable`` (what this implementation runs); ``check_world_size`` needs
@@ -9,53 +9,16 @@ from __future__ import annotations
 import argparse
 
 from continual.config.errors import ConfigError
-from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS
-from continual.vocabulary import (
-    BASELINE_FREEZE_NAMES,
-    DYTOX_FREEZE_NAMES,
-    FREEZE_NAMES,
-    PHASE_OPTIONS,
-    REHEARSAL_METHODS,
-)
-
-_POSITIVE = ("initial_increment", "increment", "batch_size", "grad_accum_steps", "world_size",
-             "input_size", "embed_dim", "depth", "num_heads", "patch_size", "eval_every")
-_NON_NEGATIVE = ("memory_size", "train_per_class", "num_workers", "epochs", "base_epochs",
-                 "finetuning_epochs", "warmup_epochs", "start_task", "save_every_epoch",
-                 "replay_memory", "look_sam_k", "sam_rho", "oversample_memory")
-_AT_LEAST_ONE = ("oversample_memory_ft",)
-_OPTIONAL_POSITIVE = ("incremental_batch_size", "max_task")
-_NAME_LISTS = {"freeze_task": FREEZE_NAMES, "freeze_ft": FREEZE_NAMES,
-               "head_div_mode": PHASE_OPTIONS, "sam_mode": PHASE_OPTIONS}
+from continual.config.options import record_violations
+from continual.vocabulary import BASELINE_FREEZE_NAMES, DYTOX_FREEZE_NAMES
 
 
-def _check_signs(cfg: argparse.Namespace) -> None:
-    """Counts and sizes that must be positive, budgets that must be >= 0."""
-    for dest in _POSITIVE:
-        if getattr(cfg, dest) <= 0:
-            raise ConfigError(f"option {dest!r} must be positive, got {getattr(cfg, dest)}")
-    for dest in _NON_NEGATIVE:
-        if getattr(cfg, dest) < 0:
-            raise ConfigError(f"option {dest!r} must be >= 0, got {getattr(cfg, dest)}")
-    for dest in _AT_LEAST_ONE:
-        if getattr(cfg, dest) < 1:
-            raise ConfigError(f"option {dest!r} must be >= 1, got {getattr(cfg, dest)}")
-    for dest in _OPTIONAL_POSITIVE:
-        value = getattr(cfg, dest)
-        if value is not None and value <= 0:
-            raise ConfigError(f"option {dest!r} must be positive when set, got {value}")
-
-
-def _check_names(cfg: argparse.Namespace) -> None:
-    """List options whose items must come from an explicit table."""
-    for dest, table in _NAME_LISTS.items():
-        unknown = [name for name in getattr(cfg, dest) if name not in table]
-        if unknown:
-            raise ConfigError(f"option {dest!r}: unknown name(s) {unknown}; "
-                              f"expected names from {list(table)}")
-    if cfg.rehearsal not in REHEARSAL_METHODS:
-        raise ConfigError(f"option 'rehearsal': unknown method {cfg.rehearsal!r}; "
-                          f"expected one of {list(REHEARSAL_METHODS)}")
+def _check_records(cfg: argparse.Namespace) -> None:
+    """Every value within its option record's bounds and choices (counts positive, budgets >= 0, names
+    from their tables)."""
+    problems = record_violations(cfg)
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def _check_one_order(order: list[int]) -> None:
@@ -84,8 +47,7 @@ def _check_class_order(cfg: argparse.Namespace) -> None:
 
 def validate_config(cfg: argparse.Namespace) -> None:
     """Check consistency between options; raise ConfigError naming the option(s)."""
-    _check_signs(cfg)
-    _check_names(cfg)
+    _check_records(cfg)
     _check_class_order(cfg)
     _check_run_request(cfg)
     chosen = [name for name in ("global_memory", "distributed_memory", "published_memory") if getattr(cfg, name)]
@@ -95,8 +57,6 @@ def validate_config(cfg: argparse.Namespace) -> None:
         raise ConfigError("options 'grad_accum_steps' > 1 and 'sam_rho' > 0 cannot be combined: "
                           "SAM's two passes are defined on one batch")
     _check_sam(cfg)
-    if not 0.0 <= cfg.validation < 1.0:
-        raise ConfigError(f"option 'validation' is the held-out fraction of each task, in [0, 1), got {cfg.validation}")
     if cfg.validation_test_transform and cfg.validation == 0.0:
         raise ConfigError("option 'validation_test_transform' needs validation > 0 (a held-out split)")
 
@@ -140,41 +100,16 @@ def _check_pod(cfg: argparse.Namespace) -> None:
     """POD distils DyTox's encoder maps; the published token layout gives NaN at scales > 1."""
     if cfg.pod is None:
         return
-    if cfg.pod < 0:
-        raise ConfigError(f"option 'pod' is a loss weight, >= 0, got {cfg.pod}")
     if not cfg.dytox:
         raise ConfigError("option 'pod' distils DyTox's encoder feature maps: the baseline has none "
                           "(the published code stops with an AttributeError)")
     if not cfg.resnet and cfg.local_up_to_layer < 2:
         raise ConfigError(f"option 'pod' distils every SAB's output but the last: it needs at least 2 SABs, "
                           f"local_up_to_layer is {cfg.local_up_to_layer} (the published code stops with an error)")
-    if any(scale < 1 for scale in cfg.pod_scales):
-        raise ConfigError(f"option 'pod_scales' must be positive integers, got {cfg.pod_scales}")
     if not cfg.resnet and not cfg.pod_tokens_as_maps and max(cfg.pod_scales) > 1:
         raise ConfigError(f"option 'pod_scales' {cfg.pod_scales}: on the ConViT's tokens the published layout "
                           f"pools the channels as a spatial axis and gives NaN at scales > 1; set "
                           f"pod_tokens_as_maps (--pod-tokens-as-maps) or pod_scales: [1]")
-
-
-def context_notes(cfg: argparse.Namespace) -> list[str]:
-    """Options that the chosen mode does not read, so that a user does not believe they acted."""
-    notes = []
-    if not cfg.dytox:
-        dytox_only = [f"{dest} {getattr(cfg, dest)!r}" for dest, unused in (
-            ("head_div", cfg.head_div > 0), ("ind_clf", cfg.ind_clf not in ("", "1-1")),
-        ) if unused]
-        if dytox_only:
-            notes.append(f"{', '.join(dytox_only)}: no effect without DyTox (the baseline has one classifier)")
-    elif cfg.resnet:
-        notes.append(f"--resnet: the decoder is one TAB of {RESNET_NUM_HEADS} heads on {RESNET_EMBED_DIM} channels, as "
-                     f"published; embed_dim, "
-                     f"num_heads, depth, local_up_to_layer, patch_size and the dropouts of the options are not used")
-    if cfg.output_dir and cfg.name:
-        notes.append(f"--output-dir {cfg.output_dir!r}: replaced by the run folder of --name {cfg.name!r}, "
-                     f"as published")
-    if cfg.pod is not None and not (cfg.auto_kd or cfg.kd > 0):
-        notes.append("--pod: no effect without a teacher (auto_kd or kd > 0), as published")
-    return notes
 
 
 def _check_run_request(cfg: argparse.Namespace) -> None:
@@ -211,8 +146,6 @@ def _check_sam(cfg: argparse.Namespace) -> None:
         if set_without_rho:
             raise ConfigError(f"option(s) {set_without_rho} need sharpness-aware minimisation: set sam_rho > 0")
         return
-    if cfg.sam_final is not None and cfg.sam_final < 0:
-        raise ConfigError(f"option 'sam_final' must be >= 0, got {cfg.sam_final}")
     if cfg.sam_first == "memory" and cfg.sam_second == "memory":
         raise ConfigError("options 'sam_first' and 'sam_second' cannot both be 'memory': "
                           "one of the two SAM passes uses the training batch")

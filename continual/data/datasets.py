@@ -10,7 +10,7 @@ What `build_dataset` returns:
 - `cifar`, `fashion_mnist`, `digits`: a continuum `InMemoryDataset` of uint8
   images `(N, H, W, 3)` (`TaskType.IMAGE_ARRAY`). Greyscale datasets are
   converted once to RGB (three equal channels) and resized to `input_size`
-  with bicubic interpolation, before any augmentation (BENCHMARKS.md §1).
+  with bicubic interpolation, before any augmentation (docs/benchmarks.md).
 - `imagenet100`, `imagenet1000`: an `InMemoryDataset` of image paths
   (`TaskType.IMAGE_PATH`); continuum opens each file as RGB when it is read.
 
@@ -100,7 +100,7 @@ class DatasetInfo:
 def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     """Indices keeping the first `per_class` samples of every class, in file order.
 
-    BENCHMARKS.md §1 defines its small train set this way (not a random
+    The Split Fashion-MNIST benchmark (docs/benchmarks.md) defines its small train set this way (not a random
     subset), so that it is the same on every machine. `per_class <= 0` keeps
     everything; a class with fewer samples keeps all of them.
     """
@@ -113,7 +113,7 @@ def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
 def greyscale_to_rgb(images: np.ndarray, size: int) -> np.ndarray:
     """(N, H, W) uint8 -> (N, size, size, 3) uint8: RGB, then bicubic resize (PIL).
 
-    Done once when the dataset is built, as BENCHMARKS.md §1 prescribes, so the
+    Done once when the dataset is built, as the benchmark's definition prescribes, so the
     augmentations see 3-channel images of the model's input size.
     """
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
@@ -224,7 +224,7 @@ def _image_folder_samples(split_dir: Path, wnids: list[str]) -> RawSamples:
 
 
 def _load_imagenet100(root: Path, train: bool) -> RawSamples:
-    """ImageNet-100: the packaged WNID list, in its order (SPEC §3)."""
+    """ImageNet-100: the packaged WNID list, in its order."""
     return _image_folder_samples(_split_folder(root, train), imagenet100_wnids())
 
 

@@ -1,11 +1,11 @@
 """Samplers and data loaders of the training phases.
 
 The published recipe uses DeiT's repeated-augmentation sampler by default
-(SPEC §6b): each drawn image appears 3 times (with different augmentations),
+(docs/differences.md): each drawn image appears 3 times (with different augmentations),
 an epoch has about as many samples as the task set, rounded down to a multiple
 of 256 / world size, and the shuffle is seeded by the epoch number alone.
 
-Two defects of the published code are fixed here (SPEC §6): the epoch is set
+Two defects of the published code are fixed here (docs/differences.md): the epoch is set
 on the sampler in every run, single-process included, so each epoch draws a
 new shuffle; and a task with fewer than 256 samples (which the rounding would
 empty), or fewer samples than a batch with ``drop_last``, still yields batches.

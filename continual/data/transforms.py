@@ -1,4 +1,4 @@
-"""Train and test image transforms (SPEC §3, §6b, §7).
+"""Train and test image transforms (docs/differences.md).
 
 Train: timm's `create_transform` (DeiT/timm ImageNet recipe: random resized
 crop, horizontal flip, RandAugment or colour jitter, normalisation, optional
@@ -9,7 +9,7 @@ published code does for CIFAR-100.
 Test: `ToTensor` + `Normalize` for small images; for ImageNet-size images
 `Resize(int(input_size / 0.875), bicubic)` + `CenterCrop(input_size)` first.
 
-Published behaviours kept on purpose (SPEC §6b), both inherited from timm:
+Published behaviours kept on purpose (docs/differences.md), both inherited from timm:
 
 - colour jitter is *not* applied when an auto-augment policy such as
   RandAugment is set: timm drops it (`color_jitter` only acts with `aa` off);
@@ -20,7 +20,7 @@ Published behaviours kept on purpose (SPEC §6b), both inherited from timm:
   the dataset's own normalisation.
 
 Pillow 13 rejects the 0-bit posterize that `rand-m9-mstd0.5-inc1` requests
-when the sampled magnitude reaches 10 (SPEC §7); requirements.txt pins
+when the sampled magnitude reaches 10; requirements.txt pins
 Pillow < 13 and tests/data/test_transforms.py runs the whole pipeline on real images.
 """
 from __future__ import annotations

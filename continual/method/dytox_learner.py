@@ -1,4 +1,4 @@
-"""DyTox as a continual learner: the hooks the task loop calls at each phase of a task (SPEC §2).
+"""DyTox as a continual learner: the hooks the task loop calls at each phase of a task.
 
     begin_task       the teacher (a frozen copy, when distilling), the new task token and head, freeze_task
     training_set     the task's images and the memory
@@ -29,7 +29,7 @@ from continual.vocabulary import FINETUNE, TRAIN
 
 def begin_task(model: ContinualModel, learner: LearnerSettings, distills: bool, task_id: int,
                nb_new_classes: int) -> ContinualModel | None:
-    """Start a task (SPEC §2.2-2.3): the teacher, a frozen copy taken before the expansion (when
+    """Start a task: the teacher, a frozen copy taken before the expansion (when
     distilling), then the new token and heads (the baseline: the classifier's new rows), and
     ``freeze_task``; with ``retrain_scratch`` every weight is then drawn afresh. Returns the teacher."""
     teacher = None
@@ -55,7 +55,7 @@ def redraw_weights(model: ContinualModel) -> None:
 
 
 def begin_finetuning(model: ContinualModel, learner: LearnerSettings) -> None:
-    """Balanced finetuning (SPEC §2.7): the divergence head per ``head_div_mode`` and ``freeze_ft``,
+    """Balanced finetuning: the divergence head per ``head_div_mode`` and ``freeze_ft``,
     which (as published) makes everything it does not name trainable again, old heads included."""
     model.set_phase(FINETUNE)
     model.freeze(learner.freeze_ft)
@@ -169,7 +169,7 @@ class DyToxLearner:
         return int(all_reduce_sum(torch.tensor([len(self.memory)], device=self.ctx.device)).item())
 
     def finetuning_set(self, task_id: int) -> Dataset | None:
-        """The memory, for balanced finetuning after this task; None when there is none (SPEC §2.7)."""
+        """The memory, for balanced finetuning after this task; None when there is none."""
         single_task = self.nb_tasks == 1
         if self.learner.finetuning != "balanced" or not len(self.memory) or not (task_id > 0 or single_task):
             return None

@@ -1,4 +1,4 @@
-"""DyTox training losses as pure functions of logits (SPEC §2.5).
+"""DyTox training losses as pure functions of logits.
 
 The published reductions are kept on purpose: the BCE is averaged over batch
 *and* classes, and the distillation KL is averaged over batch *and* classes
@@ -270,7 +270,7 @@ def dytox_loss(
     tau: float,
     head_div: float,
 ) -> LossTerms:
-    """DyTox loss of one batch, term by term (SPEC §2.5).
+    """DyTox loss of one batch, term by term.
 
     logits: (B, C_all) all seen classes in task order; div_logits: (B, n_new + 1)
     or None; targets: (B,) ints or (B, C_all) soft; teacher_logits: (B, C_old) or None.

@@ -1,4 +1,4 @@
-"""Exemplar selection and the rehearsal memory (SPEC §2.6).
+"""Exemplar selection and the rehearsal memory.
 
 Selection functions are pure numpy functions of features, so they can be
 checked against the reference's herding indices without a model. The memory is

@@ -20,9 +20,9 @@ from continual.report.records import EpochProgress
 BAR_TERMS = {"total": "loss", "kd": "kd", "div": "div"}
 
 
-def bars_wanted(no_progress: bool, is_main: bool, streams: tuple[TextIO, ...] = (sys.stdout, sys.stderr)) -> bool:
-    """Bars only for a person watching: main process, terminal output, not switched off."""
-    return is_main and not no_progress and all(stream.isatty() for stream in streams)
+def bars_wanted(progress: bool, is_main: bool, streams: tuple[TextIO, ...] = (sys.stdout, sys.stderr)) -> bool:
+    """Bars only for a person watching: main process, terminal output, not switched off (``--no-progress``)."""
+    return is_main and progress and all(stream.isatty() for stream in streams)
 
 
 def bar_postfix(progress: EpochProgress, lr: float) -> dict[str, str]:

@@ -21,7 +21,7 @@ def resolve_device(option: str, local_rank: int) -> torch.device:
 
 def attention_kernel_for(device: torch.device) -> str:
     """The fast form of GPSA's attention for ``device`` (the model never looks at the device):
-    SDPA on CUDA; on the CPU one mixed map times V, about 17 % faster there (SPEC, README)."""
+    SDPA on CUDA; on the CPU one mixed map times V, about 17 % faster there (docs/benchmarks.md)."""
     return "sdpa" if device.type == "cuda" else "mixed"
 
 

@@ -1,4 +1,4 @@
-"""Process-group logic, in one place (STYLE rule 3).
+"""Process-group logic, in one place.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them the run is a single
 process, which never creates a process group and never calls a collective.

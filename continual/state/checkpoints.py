@@ -34,6 +34,11 @@ def memory_path(run_dir: Path, task_id: int, rank: int | None = None) -> Path:
     return run_dir / "memory" / f"memory_{task_id}{suffix}.npz"
 
 
+def memory_rank(rank: int, world_size: int, memory_mode: str) -> int | None:
+    """The rank in a memory file's name: with several processes each has its own memory, unless global."""
+    return rank if world_size > 1 and memory_mode != "global" else None
+
+
 def save_task_checkpoint(run_dir: Path, task_id: int, model: ContinualModel, config: dict[str, object],
                          world_size: int = 1) -> Path:
     """The model after ``task_id`` with what is needed to rebuild it, the run's configuration and its

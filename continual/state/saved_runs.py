@@ -20,18 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from continual.config.options import NO_EFFECT_OPTIONS
 from continual.runtime.files import atomic_write, reading_error
 from continual.vocabulary import TASK_STEPS
 
 FORMAT = "dytox-continual-state/1"
-# Options that may differ between the interrupted run and its resumption: they
-# change where files go or how often things are reported, not what is computed.
-SAFE_TO_CHANGE = frozenset({
-    "data_path", "eval_every", "output_basedir", "log_dir", "resume", "start_task", "auto_resume", "num_workers",
-    "pin_mem", "no_progress", "plots", "tensorboard", "retain_freed_memory", "device", "name", "options",
-    "save_every_epoch", "max_task", "eval",
-}) | NO_EFFECT_OPTIONS
 _STATE_FILE = re.compile(r"state_(\d+)_rank(\d+)\.pth$")
 
 
@@ -140,20 +132,6 @@ def load_latest_state(
             assert state is not None
             return sequence, state
     return None
-
-
-def config_differences(saved: dict[str, object], current: dict[str, object]) -> list[str]:
-    """Options that differ between a saved and a current configuration, except the safe ones, each as
-    ``name (saved X, now Y)``."""
-    keys = (set(saved) | set(current)) - SAFE_TO_CHANGE
-    return [f"{key} (saved {_short(saved.get(key))}, now {_short(current.get(key))})"
-            for key in sorted(keys) if saved.get(key) != current.get(key)]
-
-
-def _short(value: object, limit: int = 40) -> str:
-    """A value in one short line: a long class order is cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def find_run_to_resume(output_basedir: Path, data_set: str, log_category: str, name: str) -> Path | None:

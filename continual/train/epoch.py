@@ -23,7 +23,7 @@ Mixer = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 @dataclass(frozen=True)
 class BatchLoss:
-    """How a batch's loss is formed (SPEC §2.5)."""
+    """How a batch's loss is formed."""
 
     criterion: Criterion
     auto_kd: bool
@@ -83,8 +83,8 @@ class Precision:
         """What the user should know about this precision before a long run."""
         notes = []
         if amp_requested_but_disabled:
-            notes.append("--amp has no effect: no_amp is true (the published CIFAR option files set it; "
-                         "add --no-no-amp)")
+            notes.append("amp: true has no effect: no_amp is true in the option files (the published CIFAR "
+                         "files set it); --amp on the command line turns mixed precision on")
         if self.amp and self.device.type == "cpu" and not cpu_has_fast_bfloat16():  # bfloat16 on the CPU
             notes.append("mixed precision (--amp, or no_amp: false as in the published ImageNet files) on a CPU "
                          "without bfloat16 instructions (AVX-512 / AMX): bfloat16 runs emulated, far slower than "

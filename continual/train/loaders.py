@@ -15,7 +15,7 @@ from continual.runtime.seeding import seed_worker
 
 @dataclass(frozen=True)
 class Loaders:
-    """Loaders with the batch size of each task (SPEC §2.4) for this process."""
+    """Loaders with the batch size of each task for this process."""
 
     settings: LoaderSettings
     recipe: RecipeSettings

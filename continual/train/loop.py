@@ -1,4 +1,4 @@
-"""The continual-learning task loop (SPEC §2), written once: every phase of a task is in this file.
+"""The continual-learning task loop, written once: every phase of a task is in this file.
 
 For each task: begin (teacher copy, expansion, freezing), train on the task's
 data and the memory, update the memory, finetune on the balanced memory,
@@ -9,6 +9,7 @@ resumes at the phase (or the epoch, or the step) where it stopped.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,9 +69,22 @@ class PhaseClock:
         return seconds
 
 
+def evaluate_seen_classes(model: ContinualModel, settings: Settings, ctx: DistContext, loaders: Loaders,
+                          scenarios: Scenarios, task_id: int) -> tuple[TaskAccuracy, int]:
+    """Accuracy on the test images of all classes seen up to ``task_id``, each image evaluated on exactly one
+    process; also the number of images."""
+    loader = loaders.eval(scenarios.evaluation_set(task_id), task_id, sharded=True)
+    counts = evaluate(model, loader, precision_of(settings.precision, ctx.device),
+                      scenarios.classes_per_task[: task_id + 1])
+    counts = EvalCounts.from_tensor(all_reduce_sum(counts.as_tensor()))
+    return TaskAccuracy.from_counts(counts), int(counts.total.sum())
+
+
 @dataclass
 class TaskLoop:
-    """The state of a run across tasks, and its phases."""
+    """The state of a run across tasks, and its phases. Built whole by ``continual.train.session``: the
+    run's start (model, learner with its memory, results so far, the run state being resumed), its
+    files (main process), its stop request and whether progress bars show."""
 
     settings: Settings
     ctx: DistContext
@@ -80,18 +94,18 @@ class TaskLoop:
     learner: DyToxLearner
     loaders: Loaders
     rng: np.random.Generator
-    results: list[TaskResult] = field(default_factory=list)  # one per finished task, on every process
-    logs: RunLogs | None = None  # the main process's files
-    reporter: RunResults | None = None  # the main process's summary, plots and TensorBoard
-    stop: StopRequest | None = None
-    sequence: int = 0  # number of the last saved run state
-    resumed: RunState | None = None  # the run state being resumed, until the loop has caught up with it
-    bars: bool = False
+    logs: RunLogs | None  # the main process's files
+    reporter: RunResults | None  # the main process's summary, plots and TensorBoard
+    stop: StopRequest
+    bars: bool
+    results: list[TaskResult]  # one per finished task, on every process
+    resumed: RunState | None  # the run state being resumed, until the loop has caught up with it
+    sequence: int  # number of the last saved run state
     clock: PhaseClock = field(default_factory=PhaseClock)
 
     def __post_init__(self) -> None:
         self.trainer = PhaseTrainer(self.settings, self.ctx, self.loaders, self.rng,
-                                    len(self.scenarios.classes_per_task), control=self)
+                                    len(self.scenarios.classes_per_task), control=self, bars=self.bars)
 
     def say(self, message: str) -> None:
         if self.ctx.is_main:
@@ -150,7 +164,7 @@ class TaskLoop:
         self.learner.update_memory(self.model, task_id, quota)
 
     def finetune_phase(self, task_id: int, teacher: ContinualModel | None, resume: Resume | None) -> None:
-        """Balanced finetuning on the memory, with ``freeze_ft`` (SPEC §2.7), when it applies."""
+        """Balanced finetuning on the memory, with ``freeze_ft``, when it applies."""
         dataset = self.learner.finetuning_set(task_id)
         if dataset is None:
             return
@@ -163,13 +177,7 @@ class TaskLoop:
         self.learner.end_finetuning(self.model)
 
     def evaluate(self, task_id: int) -> tuple[TaskAccuracy, int]:
-        """Accuracy on the test images of all seen classes, each image evaluated on exactly one process;
-        also the number of images."""
-        loader = self.loaders.eval(self.scenarios.evaluation_set(task_id), task_id, sharded=True)
-        counts = evaluate(self.model, loader, precision_of(self.settings.precision, self.ctx.device),
-                          self.scenarios.classes_per_task[: task_id + 1])
-        counts = EvalCounts.from_tensor(all_reduce_sum(counts.as_tensor()))
-        return TaskAccuracy.from_counts(counts), int(counts.total.sum())
+        return evaluate_seen_classes(self.model, self.settings, self.ctx, self.loaders, self.scenarios, task_id)
 
     # -------------------------------------------------------------- end of a task
     def task_result(self, task_id: int, accuracy: TaskAccuracy, params: dict[str, int],
@@ -200,17 +208,16 @@ class TaskLoop:
                                              self.ctx.world_size)
             if self.reporter is not None:  # after the checkpoint: a plotting failure must not lose the model
                 self.reporter.task_done(self.logs.task_results(), self.logs.epoch_records())
-        if self.ctx.is_main or (self.ctx.distributed and self.learner.memory_mode != "global"):
-            checkpoints.save_memory(self.run_dir, task_id, self.learner.memory, self.memory_rank())
+        rank = checkpoints.memory_rank(self.ctx.rank, self.ctx.world_size, self.learner.memory_mode)
+        if self.ctx.is_main or rank is not None:  # one file, or one per process
+            checkpoints.save_memory(self.run_dir, task_id, self.learner.memory, rank)
+        no_old_classes = result.acc_old is None or math.isnan(result.acc_old)  # the first task
+        old = "-" if no_old_classes else f"{result.acc_old:.2f}"
         self.say(f"task {task_id}: top-1 {result.acc1:.2f} top-5 {result.acc5:.2f} "
-                 f"old {result.acc_old:.2f} new {result.acc_new:.2f} task-IL {result.acc_task_incremental:.2f} "
+                 f"old {old} new {result.acc_new:.2f} task-IL {result.acc_task_incremental:.2f} "
                  f"task-pred {result.acc_task_prediction:.2f} | Avg {result.avg_acc:.2f} "
                  f"forgetting {result.forgetting:.2f} BWT {result.backward_transfer:.2f} | "
                  f"{result.memory_mode} memory, {result.memory_total} exemplars over {self.ctx.world_size} process(es)")
-
-    def memory_rank(self) -> int | None:
-        """The rank in the memory file name: each process has its own memory unless it is global."""
-        return self.ctx.rank if self.ctx.distributed and self.learner.memory_mode != "global" else None
 
     # ------------------------------------------------ RunControl: what phases ask
     def epoch_done(self, phase: Phase, epoch: int, stats: EpochStats, lr: float) -> None:
@@ -229,10 +236,10 @@ class TaskLoop:
             self.say(f"  task {phase.task_id} {phase.name} epoch {epoch + 1}: top-1 {accuracy.top1:.2f}")
 
     def stop_requested(self) -> bool:
-        return self.stop is not None and self.stop.requested(self.ctx.device)
+        return self.stop.requested(self.ctx.device)
 
     def preempted(self, where: str) -> NoReturn:
-        raise Preempted(self.stop.signal_name if self.stop and self.stop.signal_name else "SIGTERM", where)
+        raise Preempted(self.stop.signal_name or "SIGTERM", where)
 
     def save(self, position: Position, teacher: ContinualModel | None, fit: FitState | None = None) -> None:
         """Everything this process needs to continue at ``position`` exactly (continual.state)."""

@@ -3,7 +3,7 @@
 The learning rate is computed per task from the configuration (linear scaling,
 ``RecipeSettings.lr_of``), never written back into it.
 
-Schedule stepping (SPEC §6b): the published loop steps timm's per-epoch
+Schedule stepping (docs/differences.md): the published loop steps timm's per-epoch
 scheduler *after* each epoch with the index of the epoch just finished, so
 epoch e trains at the schedule's value for e - 1 (epoch 0 at the value for 0).
 That off-by-one is the default because the published numbers depend on it;

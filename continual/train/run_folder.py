@@ -1,33 +1,36 @@
 """The run folder of a run: a new one, or an earlier one continued from a run state or a task checkpoint.
 
-Every refusal (a missing folder, other options than the saved run's, a
-checkpoint of another scenario) is a ConfigError raised before any training.
+Each way of starting gives a ``Start`` (the model, the memory, the results so far and, for a full
+resume, the run state), from which the session builds the task loop whole. Every refusal (a missing
+folder, other options than the saved run's, a checkpoint of another scenario) is a ConfigError raised
+before any training.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from continual.config.errors import ConfigError
+from continual.config.options import config_differences
 from continual.config.settings import RunSettings, Settings
+from continual.data.scenarios import Scenarios
 from continual.method.rehearsal import Memory
 from continual.model.build import ContinualModel
 from continual.report.records import TaskResult
-from continual.report.run_log import run_name
+from continual.report.run_log import RunLogs, run_name
 from continual.runtime.device import attention_kernel_for
-from continual.runtime.distributed import all_reduce_sum, broadcast_object
+from continual.runtime.distributed import DistContext, all_reduce_sum, broadcast_object
 from continual.state import checkpoints
 from continual.state.run_state import RunState
 from continual.state.saved_runs import (
     Position,
-    config_differences,
     find_run_to_resume,
     load_latest_state,
     saved_process_count,
 )
-from continual.train.loop import TaskLoop
 from continual.vocabulary import FINETUNE, TRAIN
 
 
@@ -86,9 +89,22 @@ def check_processes(action: str, saved: int | None, now: int | None) -> None:
                           f"resume it with {saved} (e.g. bash train.sh cpu {saved}, or {saved} GPUs)")
 
 
-def restore_run_state(loop: TaskLoop) -> Position:
-    """Load the newest complete run state of the run folder into ``loop``; return where to continue."""
-    ctx, run_dir = loop.ctx, loop.run_dir
+@dataclass
+class Start:
+    """Where a run begins: a new model at task 0, or what a run folder holds. ``resumed`` is the full run
+    state being continued (until the loop has caught up with it); ``sequence`` the number of the last
+    saved run state."""
+
+    model: ContinualModel
+    memory: Memory
+    results: list[TaskResult]
+    position: Position
+    resumed: RunState | None = None
+    sequence: int = 0
+
+
+def restore_run_state(settings: Settings, ctx: DistContext, run_dir: Path, logs: RunLogs | None) -> Start:
+    """The newest complete run state of the run folder (the logs take its records): where to continue."""
     action = f"--resume {run_dir}"
 
     def all_ok(ok: bool) -> bool:
@@ -99,17 +115,13 @@ def restore_run_state(loop: TaskLoop) -> Position:
     loaded = load_latest_state(run_dir, ctx.rank, ctx.world_size, say=print, all_ok=all_ok)
     if loaded is None:
         raise ConfigError(no_run_state_message(run_dir))
-    loop.sequence, saved = loaded
-    check_same_run(action, run_dir, saved["config"], loop.settings.options, saved["world_size"], ctx.world_size)
+    sequence, saved = loaded
+    check_same_run(action, run_dir, saved["config"], settings.options, saved["world_size"], ctx.world_size)
     state = RunState.from_state_dict(saved, ctx.device, attention_kernel_for(ctx.device))
-    loop.model = state.model
-    loop.learner.memory = state.memory
-    loop.results = list(state.results)
-    if loop.logs is not None:
-        loop.logs.reset(state.results, state.epochs)
-    loop.resumed = state
-    loop.model.set_phase(FINETUNE if state.position.phase == FINETUNE else TRAIN)
-    return state.position
+    if logs is not None:
+        logs.reset(state.results, state.epochs)
+    state.model.set_phase(FINETUNE if state.position.phase == FINETUNE else TRAIN)
+    return Start(state.model, state.memory, list(state.results), state.position, state, sequence)
 
 
 def no_run_state_message(run_dir: Path) -> str:
@@ -144,24 +156,29 @@ def _other_tasks(run_dir: Path, unreadable: int | None = None) -> str:
     return f"the folder holds the checkpoints of tasks {tasks} (--start-task K continues after task K - 1)"
 
 
-def restart_at_task(loop: TaskLoop, start_task: int) -> None:
-    """``--start-task K``: load the model and memory saved after task K - 1 of the run folder."""
-    previous, ctx, run_dir = start_task - 1, loop.ctx, loop.run_dir
+def restart_at_task(settings: Settings, ctx: DistContext, run_dir: Path, scenarios: Scenarios,
+                    logs: RunLogs | None) -> Start:
+    """``--start-task K``: the model and memory saved after task K - 1 of the run folder (the logs forget
+    task K and the later ones)."""
+    start_task = settings.run.start_task
+    previous = start_task - 1
     action = f"--resume {run_dir} --start-task {start_task}"
     model, saved = task_checkpoint(action, run_dir, previous, ctx.device)
-    check_same_run(action, run_dir, saved["config"], loop.settings.options, saved.get("world_size"), ctx.world_size)
-    expected = loop.scenarios.classes_per_task[:start_task]
+    check_same_run(action, run_dir, saved["config"], settings.options, saved.get("world_size"), ctx.world_size)
+    expected = scenarios.classes_per_task[:start_task]
     if model.nb_classes_per_task != expected:
         raise ConfigError(f"{action}: the checkpoint of task {previous} has classes per task "
                           f"{model.nb_classes_per_task}, the scenario {expected}")
-    loop.model = model
-    if loop.settings.memory.memory_size:
-        loop.learner.memory = saved_memory(action, checkpoints.memory_path(run_dir, previous, loop.memory_rank()))
+    memory = Memory()
+    if settings.memory.memory_size:
+        rank = checkpoints.memory_rank(ctx.rank, ctx.world_size, settings.memory.mode(ctx.world_size))
+        memory = saved_memory(action, checkpoints.memory_path(run_dir, previous, rank))
     rows = None
-    if loop.logs is not None:
-        loop.logs.keep_before_task(start_task)
-        rows = loop.logs.tasks.rows
-    loop.results = [TaskResult.from_row(row) for row in broadcast_object(rows)]  # type: ignore[union-attr]
+    if logs is not None:
+        logs.keep_before_task(start_task)
+        rows = logs.tasks.rows
+    results = [TaskResult.from_row(row) for row in broadcast_object(rows)]  # type: ignore[union-attr]
+    return Start(model, memory, results, Position(start_task))
 
 
 def saved_memory(action: str, path: Path) -> Memory:

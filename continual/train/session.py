@@ -19,6 +19,7 @@ from continual.config.settings import Settings
 from continual.config.validate import check_world_size
 from continual.data.scenarios import Scenarios, load_scenarios
 from continual.method.dytox_learner import DyToxLearner
+from continual.method.rehearsal import Memory
 from continual.model import build
 from continual.report.progress import bars_wanted
 from continual.report.records import EvalRecord, TaskResult
@@ -32,8 +33,9 @@ from continual.runtime.seeding import restore_rng, seed_everything
 from continual.state.saved_runs import Position
 from continual.train.fit import precision_of
 from continual.train.loaders import Loaders
-from continual.train.loop import TaskLoop
+from continual.train.loop import TaskLoop, evaluate_seen_classes
 from continual.train.run_folder import (
+    Start,
     check_same_run,
     latest_task_checkpoint,
     prepare_run_dir,
@@ -52,13 +54,18 @@ class Outcome:
     summary: dict | None
 
 
-def build_loop(settings: Settings, ctx: DistContext, run_dir: Path, scenarios: Scenarios,
-               model: build.ContinualModel) -> TaskLoop:
-    """The task loop of a run, with the DyTox learner; both draw from the process's generator."""
+def build_loop(settings: Settings, ctx: DistContext, run_dir: Path, scenarios: Scenarios, start: Start,
+               logs: RunLogs | None, reporter: RunResults | None) -> TaskLoop:
+    """The task loop of a run, whole: the DyTox learner with the start's memory, the run's files, a stop
+    request (installed while the tasks run) and the progress bars' switch. Both draw from the process's
+    generator."""
     rng = np.random.default_rng(settings.run.seed + ctx.rank)
     loaders = Loaders(settings.loader, settings.recipe, ctx)
-    learner = DyToxLearner(settings.learner, settings.loss, settings.memory, scenarios, ctx, loaders.features, rng)
-    return TaskLoop(settings, ctx, run_dir, scenarios, model, learner, loaders, rng)
+    learner = DyToxLearner(settings.learner, settings.loss, settings.memory, scenarios, ctx, loaders.features, rng,
+                           start.memory)
+    return TaskLoop(settings, ctx, run_dir, scenarios, start.model, learner, loaders, rng, logs, reporter,
+                    StopRequest(), bars_wanted(settings.run.progress, ctx.is_main), start.results, start.resumed,
+                    start.sequence)
 
 
 def new_model(settings: Settings, ctx: DistContext, nb_classes: int) -> build.ContinualModel:
@@ -85,17 +92,20 @@ def evaluate_checkpoint(settings: Settings, ctx: DistContext) -> EvalRecord:
     model, saved = task_checkpoint(action, run_dir, task_id, ctx.device)
     check_same_run(action, run_dir, saved["config"], settings.options)  # any number of processes evaluates alike
     scenarios = load_scenarios(settings.data)
-    loop = build_loop(settings, ctx, run_dir, scenarios, model)
-    accuracy, nb_images = loop.evaluate(task_id)
+    loaders = Loaders(settings.loader, settings.recipe, ctx)
+    accuracy, nb_images = evaluate_seen_classes(model, settings, ctx, loaders, scenarios, task_id)
     record = EvalRecord(task_id, scenarios.classes_seen(task_id), accuracy.top1, accuracy.top5, accuracy.per_task,
                         accuracy.old, accuracy.new, accuracy.task_incremental, accuracy.task_prediction, nb_images)
-    loop.say(f"checkpoint of task {task_id} ({record.classes_seen} classes, {nb_images} test images), "
-             f"{run_dir}:\n{task_table([record])}\naccuracy per task {[round(a, 2) for a in accuracy.per_task]}")
+    if ctx.is_main:
+        print(f"checkpoint of task {task_id} ({record.classes_seen} classes, {nb_images} test images), "
+              f"{run_dir}:\n{task_table([record])}\naccuracy per task {[round(a, 2) for a in accuracy.per_task]}",
+              flush=True)
     return record
 
 
 def start_run(settings: Settings, ctx: DistContext, started: float) -> tuple[TaskLoop, Position, int]:
-    """Seeds, data, run folder and (when continuing) the restored state: (loop, start, last task + 1)."""
+    """Seeds, data, run folder and where the run begins (a new model, or what the folder holds): (loop, start,
+    last task + 1). Nothing is written in the folder before a resume is accepted."""
     if settings.run.deterministic:
         set_deterministic(ctx.device)
     seed_everything(settings.run.seed + ctx.rank)
@@ -106,30 +116,29 @@ def start_run(settings: Settings, ctx: DistContext, started: float) -> tuple[Tas
     scenarios = load_scenarios(settings.data)  # fails fast on missing or malformed data
     classes_per_task = scenarios.classes_per_task
     run_dir, mirror, continuing = broadcast_object(prepare_run_dir(settings))  # rank 0's names
-    loop = build_loop(settings, ctx, run_dir, scenarios, new_model(settings, ctx, classes_per_task[0]))
+    logs = RunLogs(run_dir, mirror) if ctx.is_main else None
+    if continuing and settings.run.start_task:
+        start = restart_at_task(settings, ctx, run_dir, scenarios, logs)
+    elif continuing:
+        start = restore_run_state(settings, ctx, run_dir, logs)
+    else:
+        start = Start(new_model(settings, ctx, classes_per_task[0]), Memory(), [], Position(0))
     max_task = settings.run.max_task
     last_task = len(classes_per_task) if max_task is None else min(max_task, len(classes_per_task))
-    if ctx.is_main:
-        loop.logs = RunLogs(run_dir, mirror)
-    start = Position(settings.run.start_task)
-    if continuing and settings.run.start_task:
-        restart_at_task(loop, settings.run.start_task)
-    elif continuing:
-        start = restore_run_state(loop)
-    if ctx.is_main:  # only once the resume is accepted: nothing is written in a refused run's folder
+    reporter = None
+    if logs is not None:  # the main process, once the resume is accepted
         run_dir.mkdir(parents=True, exist_ok=True)
         name = f"config_resume_{time.strftime('%Y%m%d-%H%M%S')}.yaml" if continuing else "config.yaml"
         save_config(dict(settings.options), run_dir / name)
-        loop.reporter = RunResults(run_dir, settings.run, last_task, started)  # rebuilds tensorboard/ from the logs
-        loop.reporter.resume_from(loop.logs.task_results(), loop.logs.epoch_records())  # type: ignore[union-attr]
-    return loop, start, last_task
+        reporter = RunResults(run_dir, settings.run, last_task, started)  # rebuilds tensorboard/ from the logs
+        reporter.resume_from(logs.task_results(), logs.epoch_records())
+    return build_loop(settings, ctx, run_dir, scenarios, start, logs, reporter), start.position, last_task
 
 
 def train(settings: Settings, ctx: DistContext) -> Outcome:
     """Train task after task in a new or resumed run folder; print the summary at the end."""
     started = time.perf_counter()
     loop, start, last_task = start_run(settings, ctx, started)
-    loop.bars = bars_wanted(settings.run.no_progress, ctx.is_main)
     classes_per_task = loop.scenarios.classes_per_task
     loop.say(f"run folder {loop.run_dir}: {len(classes_per_task)} tasks {classes_per_task}, "
              f"running from task {start.task} ({start.phase}) to {last_task - 1} on {ctx.world_size} process(es), "
@@ -137,7 +146,7 @@ def train(settings: Settings, ctx: DistContext) -> Outcome:
              f"{settings.memory.budget(ctx.world_size)} exemplars per process")
     if loop.resumed is not None:
         restore_rng(loop.resumed.rng, loop.rng)
-    loop.stop = StopRequest().install()
+    loop.stop.install()
     try:
         for task_id in range(start.task, last_task):
             loop.run_task(task_id, start if task_id == start.task else None)

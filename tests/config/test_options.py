@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,16 @@ from support import write_yaml
 
 from conftest import REPO_ROOT
 from continual.config import parse_config, settings_from
-from continual.config.options import no_effect_notes
-from continual.state.saved_runs import config_differences
+from continual.config.errors import ConfigError
+from continual.config.options import (
+    NO_EFFECT_OPTIONS,
+    OPTION_GROUPS,
+    OPTIONS,
+    Bounds,
+    Option,
+    config_differences,
+    no_effect_notes,
+)
 
 DEMO_OPTIONS = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"),
                 str(REPO_ROOT / "options/model/demo_tiny.yaml")]
@@ -82,11 +91,14 @@ def test_command_line_errors_exit_like_argparse() -> None:
 
 
 def test_flags_named_no_something() -> None:
-    """argparse's BooleanOptionalAction would set False for --no-amp / --no-progress."""
+    """argparse's BooleanOptionalAction would set False for --no-amp; there is no --no-no-* spelling."""
     assert parse_config(["--no-amp"]).no_amp is True
-    assert parse_config(["--no-progress"]).no_progress is True
-    assert parse_config(["--no-progress", "--no-no-progress"]).no_progress is False
+    assert parse_config(["--no-progress"]).progress is False
+    assert parse_config(["--no-progress", "--progress"]).progress is True
     assert parse_config(["--no-pin-mem"]).pin_mem is False
+    for spelling in ("--no-no-amp", "--no-no-progress"):
+        with pytest.raises(SystemExit):
+            parse_config([spelling])
 
 
 # --------------------------------------------------------------------------- #
@@ -130,3 +142,57 @@ def test_debug_trains_one_epoch_of_one_batch_per_task() -> None:
     assert recipe.batches_per_epoch == 1
     assert recipe.finetuning_epochs == 10  # as published: finetuning keeps its epochs, of one batch each
     assert settings_from(parse_config(DEMO_OPTIONS)).recipe.batches_per_epoch is None
+
+
+# --------------------------------------------------------------------------- #
+# One record per option: what is derived from it
+# --------------------------------------------------------------------------- #
+
+def outside(bounds: Bounds, integer: bool) -> float:
+    """A value just outside ``bounds``."""
+    if bounds.low is not None:
+        return bounds.low if bounds.low_open else bounds.low - (1 if integer else 0.5)
+    assert bounds.high is not None
+    return bounds.high if bounds.high_open else bounds.high + 1
+
+
+BOUNDED = [option for option in OPTIONS.values() if option.bounds is not None]
+
+
+@pytest.mark.parametrize("option", BOUNDED, ids=lambda option: option.dest)
+def test_a_value_outside_an_option_s_bounds_is_refused_on_the_command_line_and_in_a_file(
+        option: Option, tmp_path: Path) -> None:
+    assert option.bounds is not None
+    bad = outside(option.bounds, option.type is int)
+    value = int(bad) if option.type is int else bad
+    with pytest.raises(ConfigError, match=rf"option '{option.dest}' must be {re.escape(str(option.bounds))}"):
+        parse_config([option.flag, str(value)])
+    path = write_yaml(tmp_path / "bad.yaml", f"{option.dest}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"bad.yaml: option '{option.dest}'.*must be"):
+        parse_config(["--options", path])
+
+
+def test_the_bounds_read_as_written() -> None:
+    assert [str(b) for b in (Bounds(1), Bounds(0, low_open=True), Bounds(0, 1, high_open=True), Bounds(0, 1))] == \
+        [">= 1", "> 0", "[0, 1)", "[0, 1]"]
+    assert 0.999 in Bounds(0, 1, high_open=True) and 1 not in Bounds(0, 1, high_open=True)
+    assert 0 not in Bounds(0, low_open=True) and -1 not in Bounds(0)
+
+
+def test_only_the_options_that_change_no_computation_may_change_on_a_resume() -> None:
+    safe = {dest for dest, option in OPTIONS.items() if option.resume_safe}
+    assert safe == {"options", "name", "output_basedir", "log_dir", "device", "num_workers", "pin_mem", "eval",
+                    "eval_every", "max_task", "save_every_epoch", "resume", "start_task", "auto_resume", "progress",
+                    "retain_freed_memory", "plots", "tensorboard", "data_path"}
+    saved = {dest: option.default for dest, option in OPTIONS.items()}
+    now = {**saved, **{dest: "changed" for dest in safe | NO_EFFECT_OPTIONS}, "lr": 0.1}
+    assert config_differences(saved, now) == ["lr (saved 0.0005, now 0.1)"]
+    older = {**saved, "no_progress": False}  # a key of an option an earlier version had
+    assert config_differences(older, saved) == []
+
+
+def test_every_record_has_a_group_a_help_and_its_own_spellings() -> None:
+    spellings = [flag for option in OPTIONS.values() for flag in option.flags]
+    assert len(spellings) == len(set(spellings))
+    assert all(option.group in OPTION_GROUPS and option.help for option in OPTIONS.values())
+    assert len(OPTIONS) == sum(len(group) for group in OPTION_GROUPS.values())

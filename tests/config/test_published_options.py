@@ -43,7 +43,7 @@ PUBLISHED_DEFAULTS = {
     "locality_strength": 1.0, "class_attention": False, "bce_loss": False, "model": "", "ind_clf": "",
     "log_category": "misc",
 }
-# Not compared: the memory mode (explicit here, SPEC §2.6) and the decoding path (joint decoding is
+# Not compared: the memory mode (explicit here) and the decoding path (joint decoding is
 # the same function as the published per-task loop, tests/model/test_dytox.py); data_set is compared
 # case-insensitively (the published files spell it CIFAR).
 
@@ -162,7 +162,7 @@ def test_parameter_counts_of_the_published_imagenet_model(data: str, classes: in
     """ConViT with 384 channels, patch 16 on 224x224, 5 SABs + 1 TAB; counts without the divergence
     head. After 10 tasks: 11.06M (ImageNet-100) and 11.41M (ImageNet-1000). The paper's figures
     (millions, truncated) are 11.01M and 11.36M: the counts before any expansion and after 9 tasks
-    respectively (the published log takes its count once, before the loop: SPEC §6), whereas its
+    respectively (the published log takes its count once, before the loop: docs/differences.md), whereas its
     CIFAR figures are the counts after the last task (tests/model/test_dytox.py)."""
     cfg = parse_config(["--options", str(REPO_ROOT / "options/data" / f"{data}.yaml"),
                         str(REPO_ROOT / "options/model/imagenet_dytox.yaml")])

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from support import write_yaml
 
-from continual.config import parse_config
+from continual.config import parse_config, settings_from
 from continual.config.settings import MemorySettings, RecipeSettings, amp_enabled, scaled_lr, settings_of
 
 
@@ -14,10 +14,16 @@ def test_amp_and_no_amp(tmp_path: Path) -> None:
     assert amp_enabled(parse_config(["--amp"])) is True
     assert amp_enabled(parse_config(["--amp", "--no-amp"])) is False
     assert amp_enabled(parse_config([])) is False  # unset: off without --amp
-    assert amp_enabled(parse_config(["--no-no-amp"])) is True  # no_amp false: on, as published
+    assert amp_enabled(parse_config(["--no-amp", "--amp"])) is True  # one switch: the last spelling wins
     published_imagenet = write_yaml(tmp_path / "o.yaml", "no_amp: false\n")
-    assert amp_enabled(parse_config(["--options", published_imagenet])) is True
+    assert amp_enabled(parse_config(["--options", published_imagenet])) is True  # no_amp false: on, as published
     assert amp_enabled(parse_config(["--options", published_imagenet, "--no-amp"])) is False
+    published_cifar = write_yaml(tmp_path / "c.yaml", "no_amp: true\n")
+    assert amp_enabled(parse_config(["--options", published_cifar])) is False
+    assert amp_enabled(parse_config(["--options", published_cifar, "--amp"])) is True  # the flag wins
+    both = write_yaml(tmp_path / "b.yaml", "amp: true\nno_amp: true\n")
+    assert amp_enabled(parse_config(["--options", both])) is False  # a file that contradicts itself: float32
+    assert settings_from(parse_config(["--options", both])).precision.amp_overridden  # and a warning
 
 
 # --------------------------------------------------------------------------- #

@@ -7,7 +7,7 @@ import pytest
 from support import with_values
 
 from continual.config import ConfigError, parse_config, settings_from
-from continual.config.validate import context_notes, validate_config
+from continual.config.validate import validate_config
 
 
 @pytest.mark.parametrize("changes,option", [
@@ -97,7 +97,7 @@ DEMO = ["--options", "options/data/digits_demo.yaml", "options/model/demo_tiny.y
     (["--no-dytox", "--freeze-task", "--freeze-ft", "--model", "vit", "--norm", "scale"], "keeps LayerNorm"),
     (["--no-dytox", "--freeze-task", "--freeze-ft", "--pod", "1"], "the baseline has none"),
     (["--pod", "1", "--pod-scales", "1", "2"], "gives NaN at scales > 1"),
-    (["--pod", "1", "--pod-scales", "0"], "positive integers"),
+    (["--pod", "1", "--pod-scales", "0"], r"'pod_scales' must be >= 1 \(each value\), got \[0\]"),
     (["--pod", "1", "--local-up-to-layer", "1"], "at least 2 SABs"),
     (["--no-class-attention"], "class_attention must be true"),
 ])
@@ -112,12 +112,3 @@ def test_the_resnet_and_the_baseline_settings() -> None:
     baseline = settings_from(parse_config(DEMO + ["--no-dytox", "--freeze-task", "--freeze-ft", "backbone",
                                                   "--model", "vit", "--exact-freeze"])).model
     assert (baseline.encoder, baseline.dytox, baseline.exact_freeze, baseline.embed_dim) == ("vit", False, True, 64)
-
-
-def test_options_the_chosen_method_does_not_read_get_a_note() -> None:
-    baseline = parse_config(DEMO + ["--no-dytox", "--freeze-task", "--freeze-ft"])  # demo: head_div 0.1
-    assert context_notes(baseline) == ["head_div 0.1: no effect without DyTox (the baseline has one classifier)"]
-    assert "embed_dim, num_heads" in context_notes(parse_config(DEMO + ["--resnet"]))[0]
-    named = context_notes(parse_config(DEMO + ["--output-dir", "here", "--name", "x", "--pod", "1", "--no-auto-kd"]))
-    assert len(named) == 2 and named[0].startswith("--output-dir 'here': replaced") and "without a teacher" in named[1]
-    assert context_notes(parse_config(DEMO)) == []

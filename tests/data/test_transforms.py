@@ -41,7 +41,7 @@ def test_test_transforms() -> None:
 
 
 def test_zero_bit_posterize_works_on_real_image(fashion_train) -> None:
-    """SPEC §7: `inc1` at magnitude 10 posterizes to 0 bits; Pillow 13 refuses it."""
+    """`inc1` at magnitude 10 posterizes to 0 bits; Pillow 13 refuses it."""
     image = Image.fromarray(fashion_train.get_data()[0][0])
     posterize = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
     assert np.asarray(posterize(image)).max() == 0

@@ -1,4 +1,4 @@
-"""Tests of the DyTox loss terms (SPEC §2.5) and of the reference loss fixture."""
+"""Tests of the DyTox loss terms and of the reference loss fixture."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Tests of exemplar selection (SPEC §2.6), feature extraction and the rehearsal memory."""
+"""Tests of exemplar selection, feature extraction and the rehearsal memory."""
 from __future__ import annotations
 
 import io

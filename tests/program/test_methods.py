@@ -1,12 +1,11 @@
 """The baseline (dytox: false, ConViT or ViT), the ResNet-18 encoder, POD and joint training end to end on the
-offline digits, with python main.py and bash train.sh cpu 2; --output-dir; the grouped --help."""
+offline digits, with python main.py and bash train.sh cpu 2; and --output-dir."""
 from __future__ import annotations
 
 import contextlib
 import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from program.test_multi_process import TIMEOUT, environment
 import main
 from conftest import REPO_ROOT
 from continual.config import parse_config, settings_from
-from continual.config.options import OPTION_GROUPS
 from continual.model.baseline import IncrementalClassifier
 from continual.model.build import count_parameters
 from continual.model.dytox import DyTox
@@ -123,17 +121,3 @@ def test_output_dir_is_the_run_folder_unless_a_name_is_given(tmp_path: Path, cap
     assert main.main(named) == 0
     assert "replaced by the run folder of --name 'named'" in capsys.readouterr().err
     assert not (tmp_path / "unused").exists() and len(list(tmp_path.glob("digits/demo/*_named/log.jsonl"))) == 1
-
-
-def test_help_groups_the_new_options_with_the_rest() -> None:
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--help"], capture_output=True, text=True,
-                            timeout=TIMEOUT)
-    assert result.returncode == 0
-    text = result.stdout
-    groups = {name: text.index(f"\n{name}:") for name in OPTION_GROUPS}
-    for flag, group in (("--resnet", "model"), ("--norm", "model"), ("--dytox", "method (DyTox or the baseline)"),
-                        ("--retrain-scratch", "method (DyTox or the baseline)"), ("--pod-scales", "distillation"),
-                        ("--sam-div", "SAM"), ("--rehearsal-modes", "rehearsal"), ("--output-dir", "run")):
-        position = text.index(f"  {flag}")
-        owner = max((start, name) for name, start in groups.items() if start < position)[1]
-        assert owner == group, (flag, owner)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import run_in_terminal
 
 from conftest import HELPERS, REPO_ROOT
 from continual.config import parse_config, settings_from
@@ -44,6 +46,8 @@ def test_two_processes_with_global_memory(tmp_path: Path) -> None:
     result = train_sh(["--global-memory", "--name", "ddp"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("average incremental and last") == 1  # only rank 0 prints
+    assert "%|" not in result.stdout + result.stderr  # output to pipes: no progress bar
+    assert "note: published memory" not in result.stderr  # the memory is --memory-size in all
     folder, log = rows(tmp_path)
     cfg = parse_config(DEMO)
     _, test = build_scenarios(cfg)
@@ -71,10 +75,16 @@ def check_per_process_memory(base: Path, mode: str, total: int) -> None:
         "memory_0_rank0.npz", "memory_0_rank1.npz", "memory_1_rank0.npz", "memory_1_rank1.npz"]
 
 
-def test_two_processes_with_distributed_memory(tmp_path: Path) -> None:
-    result = train_sh(["--distributed-memory", "--name", "ddp"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_processes_with_distributed_memory_on_a_terminal(tmp_path: Path) -> None:
+    """Run on a pseudo-terminal: only rank 0 draws progress bars (one initial render per epoch)."""
+    argv = ["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", *DEMO, "--distributed-memory", "--name", "ddp",
+            "--output-basedir", str(tmp_path / "out"), "--log-dir", str(tmp_path / "logs")]
+    status, shown = run_in_terminal(argv, environment(), TIMEOUT)
+    assert status == 0, shown[-3000:]
     check_per_process_memory(tmp_path, "distributed", 200)  # memory_size / 2 per process: the erratum's protocol
+    for bar in ("task 0 train 1/2", "task 0 train 2/2", "task 1 train 1/1", "task 1 finetune 1/1"):
+        assert len(re.findall(re.escape(bar) + r": +0%\|", shown)) == 1, (bar, shown[-3000:])
+    assert "note: published memory" not in shown
 
 
 # Two processes with the published defaults: repeated augmentation, the published memory; resumable exactly.
@@ -86,11 +96,20 @@ def two_processes_published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("published")
     result = train_sh(KILLABLE, base)
     assert result.returncode == 0, result.stderr[-3000:]
+    (base / "stderr.txt").write_text(result.stderr)
     return base
 
 
-def test_two_processes_keep_the_published_memory_by_default(two_processes_published: Path) -> None:
+def test_two_processes_keep_the_published_memory_by_default_and_say_so(two_processes_published: Path) -> None:
     check_per_process_memory(two_processes_published, "published", 400)  # memory_size per process, as published
+    notes = [line for line in (two_processes_published / "stderr.txt").read_text().splitlines()
+             if line.startswith("note: published memory")]
+    assert notes == ["note: published memory: each of the 2 processes keeps its own --memory-size 200 exemplars, "
+                     "400 in all. The DyTox erratum compares memories by their total (20 per class: 2000 on "
+                     "CIFAR-100); to set the total, use --distributed-memory --memory-size TOTAL (each process "
+                     "herds TOTAL/2 of its own: the erratum's distributed memory) or --global-memory --memory-size "
+                     "TOTAL (one selection shared by all processes: its global memory). This run equals "
+                     "--distributed-memory --memory-size 400."]  # once: rank 0 only
 
 
 def test_one_process_with_accumulation_takes_the_same_step_as_two_processes(tmp_path: Path) -> None:

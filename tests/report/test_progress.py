@@ -18,11 +18,11 @@ class FakeStream(io.StringIO):
 
 def test_bars_only_on_the_main_process_on_a_terminal_without_no_progress() -> None:
     terminal = (FakeStream(True), FakeStream(True))
-    assert bars_wanted(False, True, terminal)
-    assert not bars_wanted(True, True, terminal)  # --no-progress
-    assert not bars_wanted(False, False, terminal)  # not rank 0
-    assert not bars_wanted(False, True, (FakeStream(False), FakeStream(True)))  # stdout to a file
-    assert not bars_wanted(False, True, (FakeStream(True), FakeStream(False)))  # stderr to a file
+    assert bars_wanted(True, True, terminal)
+    assert not bars_wanted(False, True, terminal)  # --no-progress
+    assert not bars_wanted(True, False, terminal)  # not rank 0
+    assert not bars_wanted(True, True, (FakeStream(False), FakeStream(True)))  # stdout to a file
+    assert not bars_wanted(True, True, (FakeStream(True), FakeStream(False)))  # stderr to a file
     with epoch_bar(False, "x", 10, 1e-3) as after_step:
         assert after_step is None
 

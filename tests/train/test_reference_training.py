@@ -1,19 +1,25 @@
 """The task loop's own training step replays optimisation steps recorded from the published code.
 
-The recording (``../shared/fixtures/reference_training``, see its README; another folder in the
-same format through ``DYTOX_TRAINING_FIXTURE``) starts from the published code's initial weights
-and batches and holds the whole state after every step of task 0, of task 1 (with the teacher)
-and of the finetuning of task 1, the loss terms before each step, the trainable parameters, the
-weight-decay groups, the scaled learning rates and the lr of every epoch of the schedules.
-Each phase here starts from the recording's weights and runs the functions the task loop runs:
-``begin_task`` / ``begin_finetuning``, ``build_optimizer`` at ``lr_of`` / ``finetuning_lr_of``,
-``batch_loss_of`` and ``train_one_epoch``, on the settings made from the option files.
+Each recording (a folder in the format of ``shared/fixtures/reference_training``, see its README)
+starts from the published code's initial weights and batches and holds the whole state after every
+step of task 0, of task 1 (with the teacher) and of the finetuning of task 1, the loss terms before
+each step, the trainable parameters, the weight-decay groups, the scaled learning rates and the lr of
+every epoch of the schedules. Each phase here starts from the recording's weights and runs the
+functions the task loop runs: ``begin_task`` / ``begin_finetuning``, ``build_optimizer`` at ``lr_of``
+/ ``finetuning_lr_of``, ``batch_loss_of`` and ``train_one_epoch``, on the settings made from the
+recording's ``config.json``; every expectation (teacher, divergence head, trainable sets, schedules,
+steps) comes from the recording and that configuration, so any recording in the format replays.
+
+By default the two recordings of the shared fixtures replay: ``reference_training`` (divergence head
+in training only) and ``reference_training_div_ft`` (divergence head in finetuning too, other sizes
+and rates). ``DYTOX_TRAINING_FIXTURE`` names other folders instead (several separated by ``:``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,18 +44,33 @@ LOSS_TOLERANCE = 1e-6
 LOSS_TERMS = ("classification", "kd", "div")
 
 
-def fixture_dir() -> Path:
+SHARED_RECORDINGS = ("reference_training", "reference_training_div_ft")
+
+
+def recording_folders() -> list[Path]:
     configured = os.environ.get(FIXTURE_ENV)
-    folder = Path(configured) if configured else SHARED_DIR / "fixtures" / "reference_training"
+    if configured:
+        return [Path(folder) for folder in configured.split(os.pathsep) if folder]
+    return [SHARED_DIR / "fixtures" / name for name in SHARED_RECORDINGS]
+
+
+@pytest.fixture(scope="module", params=recording_folders(), ids=lambda folder: folder.name)
+def folder(request: pytest.FixtureRequest) -> Path:
     hint = f"set {FIXTURE_ENV} or put ../shared beside the repo"
     for name in ("trajectory.pt", "config.json", "init_task0.pth", "init_task1.pth", "after_task0.pth"):
-        required_path(folder / name, hint)
-    return folder
+        required_path(request.param / name, hint)
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def recording() -> dict:
-    return torch.load(fixture_dir() / "trajectory.pt", weights_only=True)
+def recording(folder: Path) -> dict:
+    return torch.load(folder / "trajectory.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def recorded(folder: Path) -> dict:
+    """The recording's ``config.json``: option files, overrides, batch, steps, schedule length."""
+    return json.loads((folder / "config.json").read_text())
 
 
 def command_line(option_files: list[str], override: dict[str, object], batch: int) -> list[str]:
@@ -69,13 +90,14 @@ def command_line(option_files: list[str], override: dict[str, object], batch: in
 
 
 @pytest.fixture(scope="module")
-def cfg() -> argparse.Namespace:
-    recorded = json.loads((fixture_dir() / "config.json").read_text())
+def cfg(recorded: dict) -> argparse.Namespace:
     return parse_config(command_line(recorded["options"], recorded["override"], recorded["batch"]))
 
 
-def reference_state(name: str) -> dict[str, Tensor]:
-    return read_reference_checkpoint(fixture_dir() / name)[0]
+@pytest.fixture(scope="module")
+def reference_state(folder: Path) -> Callable[[str], dict[str, Tensor]]:
+    """The weights of one of the recording's checkpoints, by file name."""
+    return lambda name: read_reference_checkpoint(folder / name)[0]
 
 
 def fresh_model(cfg: argparse.Namespace) -> DyTox:
@@ -106,6 +128,7 @@ def decay_groups(model: DyTox, optimizer: torch.optim.Optimizer) -> dict[str, li
 
 def replay(
     phase: str, model: DyTox, teacher: DyTox | None, lr: float, cfg: argparse.Namespace, recording: dict,
+    recorded: dict,
 ) -> None:
     """The recorded steps of ``phase``, each a one-batch epoch of the loop's ``train_one_epoch``."""
     settings = settings_from(cfg)
@@ -116,6 +139,7 @@ def replay(
     loss = batch_loss_of(settings.loss, settings.mixup.active)
     precision = precision_of(settings.precision, torch.device("cpu"))
     batches, states, losses = (recording[f"{phase}_{kind}"] for kind in ("batches", "states", "losses"))
+    assert len(batches) == recorded["steps"]
     for step, ((images, targets), state, expected) in enumerate(zip(batches, states, losses, strict=True)):
         stats = train_one_epoch(model, teacher, [(images, targets)], optimizer, loss, precision)
         assert all(module.training for module in model.modules()), "the loop trains in train mode throughout"
@@ -129,55 +153,66 @@ def replay(
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
-def test_task0_steps_give_the_recorded_weights_and_losses(cfg: argparse.Namespace, recording: dict,
-                                                          plain: bool) -> None:
+def test_task0_steps_give_the_recorded_weights_and_losses(cfg: argparse.Namespace, recording: dict, recorded: dict,
+                                                          reference_state: Callable, plain: bool) -> None:
     model = paths(fresh_model(cfg), plain)
     model.load_state_dict(reference_state("init_task0.pth"))
     settings = settings_from(cfg)
     assert begin_task(model, settings.learner, settings.loss.distills, 0, cfg.initial_increment) is None
     assert all(p.requires_grad for p in model.parameters())
-    replay("task0", model, None, settings.recipe.lr_of(0, world_size=1), cfg, recording)
+    replay("task0", model, None, settings.recipe.lr_of(0, world_size=1), cfg, recording, recorded)
 
 
-@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
-def test_task1_steps_with_the_teacher_give_the_recorded_weights_and_losses(cfg: argparse.Namespace,
-                                                                           recording: dict, plain: bool) -> None:
+def task1_start(cfg: argparse.Namespace, reference_state: Callable, plain: bool) -> tuple[DyTox, DyTox | None]:
+    """The model of task 1 from the recording's weights after task 0, expanded and frozen by ``begin_task``, and
+    its teacher (a frozen copy taken before the expansion, when the configuration distils)."""
     model = paths(fresh_model(cfg), plain)
     after_task0 = reference_state("after_task0.pth")
     model.load_state_dict(after_task0)
     settings = settings_from(cfg)
     teacher = begin_task(model, settings.learner, settings.loss.distills, 1, cfg.increment)
-    assert teacher is not None and not teacher.training
-    assert not any(p.requires_grad for p in teacher.parameters())
-    assert state_error(teacher.state_dict(), after_task0) == 0  # copied before the expansion
+    assert (teacher is not None) == settings.loss.distills
+    if teacher is not None:
+        assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+        assert state_error(teacher.state_dict(), after_task0) == 0  # copied before the expansion
     model.load_state_dict(reference_state("init_task1.pth"))  # the recording's fresh token and heads
-    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
-    assert trainable == sorted(recording["task1_trainable"])
-    replay("task1", model, teacher, settings.recipe.lr_of(1, world_size=1), cfg, recording)
+    return model, teacher
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
-def test_finetuning_steps_give_the_recorded_weights_and_losses(cfg: argparse.Namespace, recording: dict,
-                                                               plain: bool) -> None:
-    """Balanced finetuning: freeze_ft [sab] leaves the old heads and old tokens trainable, no teacher,
-    no divergence head (head_div_mode tr), a constant lr."""
-    model = paths(fresh_model(cfg), plain)
-    model.expand(cfg.increment)
+def test_task1_steps_with_the_teacher_give_the_recorded_weights_and_losses(
+        cfg: argparse.Namespace, recording: dict, recorded: dict, reference_state: Callable, plain: bool) -> None:
+    model, teacher = task1_start(cfg, reference_state, plain)
+    assert model.divergence_active() == (cfg.head_div > 0 and "tr" in cfg.head_div_mode)
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable == sorted(recording["task1_trainable"])
+    replay("task1", model, teacher, settings_from(cfg).recipe.lr_of(1, world_size=1), cfg, recording, recorded)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
+def test_finetuning_steps_give_the_recorded_weights_and_losses(
+        cfg: argparse.Namespace, recording: dict, recorded: dict, reference_state: Callable, plain: bool) -> None:
+    """Balanced finetuning: with freeze_ft [sab] the old heads and old tokens train too (as published), the
+    divergence head when head_div_mode names ft, the teacher when finetuning_teacher is set; a constant lr."""
+    model, teacher = task1_start(cfg, reference_state, plain)
     model.load_state_dict(recording["task1_states"][-1])
     settings = settings_from(cfg)
     begin_finetuning(model, settings.learner)
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     assert trainable == sorted(recording["finetune_trainable"])
-    assert not model.divergence_active() and not cfg.finetuning_teacher
-    replay("finetune", model, None, settings.recipe.finetuning_lr_of(1, world_size=1), cfg, recording)
+    assert model.divergence_active() == (cfg.head_div > 0 and "ft" in cfg.head_div_mode)
+    finetuning_teacher = teacher if settings.learner.finetuning_teacher else None
+    replay("finetune", model, finetuning_teacher, settings.recipe.finetuning_lr_of(1, world_size=1), cfg, recording,
+           recorded)
 
 
 @pytest.mark.parametrize("task", [0, 1])
 def test_learning_rate_of_every_epoch_follows_the_recorded_schedule(cfg: argparse.Namespace, recording: dict,
-                                                                    task: int) -> None:
+                                                                    recorded: dict, task: int) -> None:
     """Epoch e trains at the schedule's value for e - 1 (published stepping), and task 0's schedule
     spans ``epochs`` although task 0 trains ``base_epochs`` (500 in the published data files)."""
     settings = settings_from(cfg)
+    assert settings.recipe.schedule_epochs(task) == recorded["schedule_epochs"]
     optimizer = build_optimizer(fresh_model(cfg), settings.optimizer, settings.recipe.lr_of(task, world_size=1))
     scheduler = build_scheduler(optimizer, settings.schedule, settings.recipe.schedule_epochs(task))
     expected = recording[f"task{task}_lr_per_epoch"]
@@ -196,7 +231,8 @@ def ks_distance(a: Tensor, b: Tensor) -> float:
     return gap.abs().max().item()
 
 
-def test_fresh_parameters_are_drawn_like_the_published_ones(cfg: argparse.Namespace) -> None:
+def test_fresh_parameters_are_drawn_like_the_published_ones(cfg: argparse.Namespace,
+                                                           reference_state: Callable) -> None:
     """Every parameter of a new model (task 0) and every new one of an expansion (task 1) follows the
     published initialisation: a two-sample KS test (level 0.001) against the recording's initial
     weights. Heads and the divergence head use PyTorch's Linear init (uniform in +-1/sqrt(fan_in)),

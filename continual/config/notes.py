@@ -1,0 +1,48 @@
+"""Notes printed at start-up (main process): what the user should know before a long run, that is no error.
+
+``context_notes`` names options the chosen mode does not read; ``memory_note`` says when the
+rehearsal memory over all processes exceeds ``--memory-size`` (the paper's erratum).
+"""
+from __future__ import annotations
+
+import argparse
+
+from continual.config.settings import MemorySettings
+from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS
+
+
+def memory_note(memory: MemorySettings, world_size: int) -> str | None:
+    """With the published memory on several processes the memory exceeds ``memory_size``: say so, and how
+    to state the total the paper's erratum compares methods by (its two protocols)."""
+    if world_size == 1 or memory.mode(world_size) != "published" or not memory.memory_size:
+        return None
+    size, total = memory.memory_size, memory.memory_size * world_size
+    return (f"published memory: each of the {world_size} processes keeps its own --memory-size {size} exemplars, "
+            f"{total} in all. The DyTox erratum compares memories by their total (20 per class: 2000 on "
+            f"CIFAR-100); to set the total, use --distributed-memory --memory-size TOTAL (each process herds "
+            f"TOTAL/{world_size} of its own: the erratum's distributed memory) or --global-memory --memory-size "
+            f"TOTAL (one selection shared by all processes: its global memory). This run equals "
+            f"--distributed-memory --memory-size {total}.")
+
+
+def context_notes(cfg: argparse.Namespace) -> list[str]:
+    """Options that the chosen mode does not read, so that a user does not believe they acted."""
+    notes = []
+    if not cfg.dytox:
+        dytox_only = [f"{dest} {getattr(cfg, dest)!r}" for dest, unused in (
+            ("head_div", cfg.head_div > 0), ("ind_clf", cfg.ind_clf not in ("", "1-1")),
+        ) if unused]
+        if dytox_only:
+            notes.append(f"{', '.join(dytox_only)}: no effect without DyTox (the baseline has one classifier)")
+    elif cfg.resnet:
+        notes.append(f"--resnet: the decoder is one TAB of {RESNET_NUM_HEADS} heads on {RESNET_EMBED_DIM} channels, as "
+                     f"published; embed_dim, "
+                     f"num_heads, depth, local_up_to_layer, patch_size and the dropouts of the options are not used")
+    if cfg.output_dir and cfg.name:
+        notes.append(f"--output-dir {cfg.output_dir!r}: replaced by the run folder of --name {cfg.name!r}, "
+                     f"as published")
+    if cfg.pod is not None and not (cfg.auto_kd or cfg.kd > 0):
+        notes.append("--pod: no effect without a teacher (auto_kd or kd > 0), as published")
+    return notes
+
+
