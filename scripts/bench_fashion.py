@@ -1,4 +1,4 @@
-"""BENCHMARKS.md §1: Split Fashion-MNIST (5 tasks of 2 classes) with the small CPU DyTox, seeds 0, 1, 2.
+"""Split Fashion-MNIST (5 tasks of 2 classes) with the small CPU DyTox, seeds 0, 1, 2 (docs/benchmarks.md).
 
 Runs ``main.py`` once per seed (each in its own process, 2 torch threads),
 then prints per-task accuracies, Avg and Last (mean ± std over seeds) and the
@@ -20,7 +20,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from bench_common import REPO, mean_std, read_rows, run_main
+from lib.bench_common import REPO, mean_std, read_rows, run_main
 
 OPTIONS = ["options/data/fashion_mnist_5x2.yaml", "options/model/cpu_small.yaml"]
 

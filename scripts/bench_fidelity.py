@@ -1,4 +1,4 @@
-"""BENCHMARKS.md §3: whole-run fidelity on the offline demo, next to the published code's figures.
+"""Whole-run fidelity on the offline demo, next to the published code's figures (docs/benchmarks.md).
 
 Runs the demo configuration (scikit-learn digits at 16x16, 5 tasks of 2 classes, memory 200,
 20 epochs per task, 10 finetuning epochs) for seeds 0, 1, 2, one process after the other, 2 torch
@@ -19,11 +19,11 @@ import platform
 import statistics
 from pathlib import Path
 
-from bench_common import REPO, mean_std, run_main
+from lib.bench_common import REPO, mean_std, run_main
 
 OPTIONS = ["options/data/digits_demo.yaml", "options/model/demo_tiny.yaml"]
 MODES = {"default": [], "plain": ["--no-fused-attention", "--no-joint-tokens"]}
-# The published code (arthurdouillard/dytox at 4da25c1), seeds 0, 1, 2 (BENCHMARKS.md §3).
+# The published code (arthurdouillard/dytox at 4da25c1), seeds 0, 1, 2, run on the same arrays and options.
 PUBLISHED = {"avg": [68.06, 70.15, 69.01], "last": [54.32, 61.84, 52.09]}
 BARS = {"avg": 3.0, "last": 6.0}  # largest allowed gap between the means, in points
 

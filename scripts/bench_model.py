@@ -1,4 +1,4 @@
-"""BENCHMARKS.md §2: throughput of the published CIFAR DyTox model, plain baseline vs fast paths.
+"""Throughput of the published CIFAR DyTox model, plain baseline vs fast paths (docs/benchmarks.md).
 
 A training step is exactly the task loop's (``continual.train.epoch.train_one_epoch``
 on one batch): forward, the DyTox loss (BCE, with the teacher's forward and the

@@ -39,7 +39,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import REPO, mean_std, run_main
+from lib.bench_common import REPO, mean_std, run_main
 
 sys.path.insert(0, str(REPO))
 from matplotlib.figure import Figure  # noqa: E402
@@ -75,7 +75,7 @@ def run_name(method: str, seed: int) -> str:
 
 
 def main_command(options: list[str], seed: int, name: str, out_dir: Path, extra: list[str], threads: int) -> str:
-    """The command ``bench_common.run_main`` runs (from the repo folder), for the record."""
+    """The command ``lib.bench_common.run_main`` runs (from the repo folder), for the record."""
     argv = ["python", "main.py", "--options", *options, "--seed", str(seed), "--name", name, "--output-basedir",
             str(out_dir / "outputs"), "--log-dir", str(out_dir / "logs"), "--no-progress", *extra]
     return f"OMP_NUM_THREADS={threads} {shlex.join(argv)}"

@@ -3,7 +3,7 @@
     python scripts/compare_runs.py RUN_A RUN_B
 
 Exit status 0 when they are identical. Used to check that a refactoring
-changed no computation (README, "Layout"): run the demo with --deterministic
+changed no computation (docs/architecture.md): run the demo with --deterministic
 before and after, then compare the two folders.
 """
 from __future__ import annotations

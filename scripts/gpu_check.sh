@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA device, sized for under 5 minutes on one H200 (README, "Checks on a GPU"):
+# The checks that need a CUDA device, sized for under 5 minutes on one H200 (docs/running.md, "Checks on a GPU"):
 #   1. the tests marked gpu_check on CUDA (DYTOX_TEST_DEVICE=cuda): the model's fast and plain paths with SDPA,
 #      forward and gradients, float16 and bfloat16 autocast, the float16 loss scaler;
 #   2. a 2-task demo run with --device cuda --amp;
 #   3. a --deterministic run stopped by SIGTERM and resumed on CUDA, equal to an uninterrupted one
-#      (scripts/gpu_resume_check.py);
+#      (scripts/lib/gpu_resume_check.py);
 #   4. scripts/bench_model.py --device cuda: the published CIFAR model at 1, 10 and 50 tokens, plain and fast,
 #      float32 and AMP.
 # Without CUDA it prints why and exits 0. Outputs go to a temporary folder, deleted at the end; set
@@ -52,7 +52,7 @@ step "demo run, 2 tasks, --device cuda --amp" \
     --device cuda --amp --max-task 2 --base-epochs 2 --epochs 2 --finetuning-epochs 1 --num-workers 0 \
     --no-progress --output-basedir "$work/demo/outputs" --log-dir "$work/demo/logs"
 step "--deterministic resume on CUDA (--amp)" \
-    "$PYTHON" scripts/gpu_resume_check.py --device cuda --amp --work-dir "$work/resume"
+    "$PYTHON" scripts/lib/gpu_resume_check.py --device cuda --amp --work-dir "$work/resume"
 step "bench_model.py --device cuda: 1, 10, 50 tokens; plain, fast; float32, AMP" \
     "$PYTHON" scripts/bench_model.py --device cuda --tokens 1 10 50 --modes plain fast plain-amp fast-amp \
     --kinds train eval --runs 3 --warmup 1 --json "$work/bench_model.json"

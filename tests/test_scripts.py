@@ -1,6 +1,7 @@
-"""Every benchmark script in scripts/ starts (its --help): a script nothing imports cannot break unseen."""
+"""Every script in scripts/ starts (its --help): a script nothing imports cannot break unseen."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,15 +14,31 @@ import torch
 
 from conftest import REPO_ROOT
 
-SCRIPTS = sorted(p for p in (REPO_ROOT / "scripts").glob("*.py") if "__main__" in p.read_text())
+SCRIPTS_DIR = REPO_ROOT / "scripts"
+# The entry points in scripts/, and the helpers in scripts/lib/ that also run on their own (gpu_check.sh runs
+# lib/gpu_resume_check.py); the helpers that are only imported (lib/bench_common.py) have no __main__.
+SCRIPTS = sorted(p for pattern in ("*.py", "lib/*.py") for p in SCRIPTS_DIR.glob(pattern)
+                 if "__main__" in p.read_text())
 
 
 def test_the_scripts_are_found() -> None:
-    assert {p.name for p in SCRIPTS} >= {"bench_fashion.py", "bench_fidelity.py", "bench_model.py",
-                                         "compare_runs.py", "code_shape.py"}
+    found = {p.relative_to(SCRIPTS_DIR).as_posix() for p in SCRIPTS}
+    assert found >= {"bench_fashion.py", "bench_fidelity.py", "bench_model.py", "compare_methods.py",
+                     "compare_runs.py", "code_shape.py", "lib/gpu_resume_check.py"}
+    assert not found & {"lib/__init__.py", "lib/bench_common.py"}  # imported by the scripts, not run
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("helper", ["bench_common.py", "gpu_resume_check.py"])
+def test_the_helpers_in_lib_find_the_repository(helper: str) -> None:
+    """They moved one folder down: their REPO (where main.py and the option files are) is still the root."""
+    spec = importlib.util.spec_from_file_location(f"lib_{helper[:-3]}", SCRIPTS_DIR / "lib" / helper)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.REPO == REPO_ROOT and (module.REPO / "main.py").is_file()
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.relative_to(SCRIPTS_DIR).as_posix())
 def test_a_script_starts(script: Path) -> None:
     result = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=120)
@@ -31,7 +48,7 @@ def test_a_script_starts(script: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_bench_model_refuses_cuda_without_a_gpu_in_one_line() -> None:
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "bench_model.py"), "--device", "cuda",
+    result = subprocess.run([sys.executable, str(SCRIPTS_DIR / "bench_model.py"), "--device", "cuda",
                              "--tokens", "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == "bench_model.py: error: --device cuda: CUDA is not available on this machine\n"
@@ -42,7 +59,7 @@ def test_the_gpu_check_skips_at_once_without_cuda(tmp_path: Path) -> None:
     """scripts/gpu_check.sh asks torch for CUDA before anything else: here it says why it skips and exits 0,
     having written nothing (its temporary folder is made only after the check)."""
     start = time.perf_counter()
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path, capture_output=True,
+    result = subprocess.run(["bash", str(SCRIPTS_DIR / "gpu_check.sh")], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60, env={**os.environ, "GPU_CHECK_OUT": str(tmp_path / "out")})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("gpu_check: skipped: CUDA is not available") and result.stderr == ""
@@ -56,7 +73,7 @@ def test_compare_methods_trains_the_four_methods_and_rebuilds_the_same_numbers_f
     import matplotlib.image
     import yaml
 
-    script = [sys.executable, str(REPO_ROOT / "scripts" / "compare_methods.py"), "--setting", "demo",
+    script = [sys.executable, str(SCRIPTS_DIR / "compare_methods.py"), "--setting", "demo",
               "--work-dir", str(tmp_path)]
     tiny = ["--jobs", "2", "--threads", "1", "--extra", "--epochs", "1", "--base-epochs", "1",
             "--finetuning-epochs", "1", "--max-task", "2", "--train-per-class", "32", "--no-plots", "--no-tensorboard"]
@@ -99,3 +116,32 @@ def test_compare_methods_trains_the_four_methods_and_rebuilds_the_same_numbers_f
     assert sorted(tmp_path.glob("*/seed0/outputs/*/*/*")) == runs_before
     assert json.loads((tmp_path / "rebuilt" / "comparison.json").read_text())["methods"] == methods
     assert (tmp_path / "rebuilt" / "comparison.md").read_text() == table
+
+
+def test_the_options_page_is_the_option_table_s_and_the_check_sees_a_change(tmp_path: Path) -> None:
+    """docs/options.md is generated: it is current, and --check fails (exit 1, one line) once it differs."""
+    import dataclasses
+
+    sys.path.insert(0, str(SCRIPTS_DIR))
+    try:
+        import options_doc
+    finally:
+        sys.path.remove(str(SCRIPTS_DIR))
+    page = options_doc.page()
+    assert (REPO_ROOT / "docs" / "options.md").read_text(encoding="utf-8") == page
+    assert "| `--memory-size` | `0` | >= 0 |" in page and "| `--progress`, `--no-progress` | `on` |" in page
+    option = options_doc.OPTIONS["memory_size"]
+    options_doc.OPTIONS["memory_size"] = dataclasses.replace(option, help="changed")
+    try:
+        assert options_doc.page() != page
+    finally:
+        options_doc.OPTIONS["memory_size"] = option
+    stale = tmp_path / "repo"  # a copy whose page is stale: the check refuses it
+    (stale / "docs").mkdir(parents=True)
+    (stale / "scripts").mkdir()
+    (stale / "scripts" / "options_doc.py").write_text((SCRIPTS_DIR / "options_doc.py").read_text())
+    (stale / "docs" / "options.md").write_text(page.replace("`0` | >= 0", "`1` | >= 0", 1))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, str(stale / "scripts" / "options_doc.py"), "--check"], capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.returncode == 1 and result.stderr == "docs/options.md is stale: run python scripts/options_doc.py\n"

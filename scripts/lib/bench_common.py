@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # scripts/lib/ -> the repository
 
 
 def run_main(options: list[str], seed: int, name: str, out_dir: Path, extra: list[str], threads: int = 2) -> dict:

@@ -8,8 +8,8 @@ memory file, and every tensor of the last task checkpoint, bit for bit. tests/pr
 the same on the CPU (and more stops); this script is how the check runs on a GPU, where the kernels, the
 CUDA random state and the float16 loss scaler (``--amp``) are other code.
 
-    python scripts/gpu_resume_check.py --work-dir /tmp/resume --amp        # on CUDA
-    python scripts/gpu_resume_check.py --work-dir /tmp/resume --device cpu # the same check on the CPU
+    python scripts/lib/gpu_resume_check.py --work-dir /tmp/resume --amp        # on CUDA
+    python scripts/lib/gpu_resume_check.py --work-dir /tmp/resume --device cpu # the same check on the CPU
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # scripts/lib/ -> the repository
 SIGTERM_AT_STEP = REPO / "tests" / "helpers" / "sigterm_at_step.py"
 TASKS = 2
 RUN_ARGS = [
