@@ -244,7 +244,7 @@ class StepOptions:
     accum_steps: int = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class EpochCursor:
     """Where an epoch starts and when it stops early.
 

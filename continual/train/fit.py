@@ -153,10 +153,9 @@ class PhaseTrainer:
             set_sampler_epoch(loader, epoch)
             if scheduler is not None:
                 set_epoch_lr(scheduler, epoch, self.settings.schedule.sched_step_fix)
-            batches, cursor, epoch_rng = self._epoch_start(loader, phase, epoch, resume)
             with epoch_bar(self.bars, f"task {phase.task_id} {phase.name} {epoch + 1}/{phase.epochs}",
                            len(loader), current_lr(optimizer)) as after_step:
-                cursor.after_step = after_step
+                batches, cursor, epoch_rng = self._epoch_start(loader, phase, epoch, resume, after_step)
                 stats = train_one_epoch(trained, phase.teacher, batches, optimizer, loss, precision, options, cursor)
             if stats.next_step is not None:  # a signal: save inside the epoch and stop
                 self.control.save(Position(phase.task_id, phase.name, epoch, stats.next_step), phase.teacher,
@@ -178,14 +177,15 @@ class PhaseTrainer:
             if stopping:
                 self.control.preempted(f"after task {phase.task_id}, {phase.name} epoch {epoch}")
 
-    def _epoch_start(self, loader: DataLoader, phase: Phase, epoch: int,
-                     resume: Resume | None) -> tuple[Any, EpochCursor, dict]:
-        """The epoch's batches, its cursor and the random state it starts with; a resumed epoch replays
-        its batches up to the saved step (same sampler order and augmentation seeds), then takes the
-        random state of that step boundary."""
+    def _epoch_start(self, loader: DataLoader, phase: Phase, epoch: int, resume: Resume | None,
+                     after_step: Callable[[EpochProgress], None] | None) -> tuple[Any, EpochCursor, dict]:
+        """The epoch's batches, its cursor (``after_step``: the progress bar's, or None) and the random state
+        it starts with; a resumed epoch replays its batches up to the saved step (same sampler order and
+        augmentation seeds), then takes the random state of that step boundary."""
         where = f"task {phase.task_id}, {phase.name} epoch {epoch}"
         limit = self.settings.recipe.batches_per_epoch
-        fresh = EpochCursor(where, len(loader), should_stop=self.control.stop_requested, max_batches=limit)
+        fresh = EpochCursor(where, len(loader), should_stop=self.control.stop_requested, after_step=after_step,
+                            max_batches=limit)
         if resume is None or epoch != resume.position.epoch or resume.position.step == 0 or resume.fit is None:
             return loader, fresh, capture_rng(self.rng)
         saved, step = resume.fit, resume.position.step
@@ -195,7 +195,8 @@ class PhaseTrainer:
         for _ in range(step):
             next(batches)
         restore_rng(resume.rng, self.rng)
-        cursor = EpochCursor(where, len(loader), step, saved.progress, self.control.stop_requested, max_batches=limit)
+        cursor = EpochCursor(where, len(loader), step, saved.progress, self.control.stop_requested, after_step,
+                             max_batches=limit)
         return batches, cursor, saved.epoch_rng
 
     def _load(self, saved: FitState, optimizer: torch.optim.Optimizer, scheduler: Scheduler | None,

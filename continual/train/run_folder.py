@@ -89,7 +89,7 @@ def check_processes(action: str, saved: int | None, now: int | None) -> None:
                           f"resume it with {saved} (e.g. bash train.sh cpu {saved}, or {saved} GPUs)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Start:
     """Where a run begins: a new model at task 0, or what a run folder holds. ``resumed`` is the full run
     state being continued (until the loop has caught up with it); ``sequence`` the number of the last

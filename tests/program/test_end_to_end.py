@@ -209,6 +209,8 @@ def test_eval_reports_the_accuracy_of_a_saved_checkpoint(demo_run: Path, capsys:
     (["--model", "vit"], "DyTox's encoder is the ConViT"),
     (["--no-dytox", "--resnet", "--freeze-task", "--freeze-ft"], "'resnet' is DyTox's encoder"),
     (["--pod", "1", "--pod-scales", "1", "2"], "gives NaN at scales > 1"),
+    (["--batch-size", "0"], "option 'batch_size' must be >= 1, got 0"),
+    (["--drop-path", "1.5"], "option 'drop_path' must be [0, 1], got 1.5"),
 ])
 def test_unsupported_or_inconsistent_options_fail_before_any_work(tmp_path: Path, flags: list, message: str,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -232,6 +234,10 @@ def test_bad_option_file_exits_with_status_2(tmp_path: Path, capsys: pytest.Capt
     bad.write_text("learning_rate: 0.1\n")
     assert run_main(["--options", str(bad)]) == 2
     assert "learning_rate" in capsys.readouterr().err
+    bad.write_text("memory_size: -2000\n")  # out of bounds: the file and the option named, on one line
+    assert run_main(["--options", str(bad), "--output-basedir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: {bad}: option 'memory_size': invalid value -2000: must be >= 0\n"
+    assert not (tmp_path / "out").exists()
 
 
 ORDERS = [[3, 1, 0, 2, 4, 5, 6, 7, 8, 9], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]
