@@ -20,13 +20,12 @@ task token and one head per task. A run trains task after task on a dataset spli
 rehearsal memory, and writes a run folder (config.yaml, log.jsonl, summary.json, plots, checkpoints).
 
 Give three option files (data setting, class order, model version, from options/), then flags: the files
-apply in order and a flag on the command line wins over every file. Without option files, main.py trains
-the published parser's defaults: the non-DyTox baseline (dytox off), 768 wide and 12 blocks, 500 epochs
-per task and no memory. Every option is listed below with its default, and in docs/options.md."""
+apply in order and a flag on the command line wins over every file. Every option is listed below with its
+default, and in docs/options.md."""
 
 EPILOG = """\
 examples:
-  # the offline demo (scikit-learn digits, 5 tasks of 2 classes, about a minute on 2 CPU cores)
+  # the offline demo (scikit-learn digits, 5 tasks of 2 classes, about 40 s on 2 CPU cores)
   python main.py --options options/data/digits_demo.yaml options/model/demo_tiny.yaml --name demo
 
   # CIFAR-100 in 10 steps on 2 GPUs, 20 exemplars per class in total, each GPU herding its own half
@@ -37,9 +36,11 @@ examples:
   # continue an interrupted run where it stopped, or restart it at task 5
   bash train.sh 0,1 --options ... --resume outputs/cifar/10-10/<date>_dytox [--start-task 5]
 
-An option file is a YAML map of option: value (dashes become underscores); an unknown key, a wrong type or
-a value out of bounds is a one-line error naming the key and the file. With several processes and the
-default (published) memory, each process keeps --memory-size exemplars of its own: see docs/running.md."""
+Give option files: without them, main.py trains the published parser's defaults, which are not DyTox but
+the non-DyTox baseline (dytox off), 768 wide with 12 blocks, 500 epochs per task and no memory. An option
+file is a YAML map of option: value (dashes become underscores); an unknown key, a wrong type or a value
+out of bounds is a one-line error naming the key and the file. With several processes and the default
+(published) memory, each process keeps --memory-size exemplars of its own: see docs/running.md."""
 
 
 class _SwitchAction(argparse.Action):

@@ -63,3 +63,13 @@ def test_published_memory_mode_is_the_multi_process_default() -> None:
     memory = settings_of(MemorySettings, parse_config([]))
     assert not (memory.global_memory or memory.distributed_memory or memory.published_memory)
     assert memory.mode(2) == "published" and memory.mode(1) == "global"
+
+
+def test_the_published_readme_s_per_process_memory_is_the_erratum_s_distributed_memory_of_twice_the_size() -> None:
+    """--memory-size 1000 kept per process on 2 GPUs (the published README) and --distributed-memory --memory-size
+    2000 give each process the same budget, herded on its own features: the same run under two names."""
+    published = settings_of(MemorySettings, parse_config(["--memory-size", "1000"]))
+    distributed = settings_of(MemorySettings, parse_config(["--memory-size", "2000", "--distributed-memory"]))
+    assert (published.mode(2), distributed.mode(2)) == ("published", "distributed")
+    assert published.budget(2) == distributed.budget(2) == 1000
+    assert "global" not in (published.mode(2), distributed.mode(2))  # each process selects its own exemplars
