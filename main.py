@@ -28,8 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.retain_freed_memory:
         retain_freed_memory()
     ctx = setup(cfg.device)
+    notes = [*no_effect_notes(cfg), *context_notes(cfg)]
     memory = None if cfg.eval else memory_note(runs[0].memory, ctx.world_size)  # the same in every order's run
-    for note in [*no_effect_notes(cfg), *context_notes(cfg), *([memory] if memory else [])] if ctx.is_main else []:
+    if memory is not None:
+        notes.append(memory)
+    for note in notes if ctx.is_main else []:
         print(f"note: {note}", file=sys.stderr, flush=True)
     try:
         if len(runs) == 1:

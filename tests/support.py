@@ -7,6 +7,14 @@ that several test files use are in tests/conftest.py.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
+import pty
+import select
+import struct
+import subprocess
+import termios
+import time
 from pathlib import Path
 
 from continual.config import parse_config
@@ -85,15 +93,6 @@ def hand_rows() -> list[TaskResult]:
 def run_in_terminal(argv: list[str], env: dict[str, str], timeout: float, columns: int = 120) -> tuple[int, str]:
     """Run ``argv`` with stdin, stdout and stderr on a pseudo-terminal of ``columns`` columns, as a person at a
     terminal runs it; returns the exit status and everything it wrote (stdout and stderr interleaved, as shown)."""
-    import fcntl
-    import os
-    import pty
-    import select
-    import struct
-    import subprocess
-    import termios
-    import time
-
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     process = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env, close_fds=True)

@@ -44,5 +44,3 @@ def context_notes(cfg: argparse.Namespace) -> list[str]:
     if cfg.pod is not None and not (cfg.auto_kd or cfg.kd > 0):
         notes.append("--pod: no effect without a teacher (auto_kd or kd > 0), as published")
     return notes
-
-

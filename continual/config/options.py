@@ -468,8 +468,8 @@ def no_effect_notes(cfg: argparse.Namespace) -> list[str]:
 
 def record_violations(cfg: argparse.Namespace) -> list[str]:
     """Each option whose value (or an item of it) lies outside its record's bounds or choices, as
-    ``option 'x' must be >= 1, got 0``. The parser and the YAML checks already refuse such values; this
-    also covers a configuration made otherwise (a saved one, a test's)."""
+    ``option 'x' must be >= 1, got 0``. argparse checks only the choices of command-line values and the
+    YAML checks name the file of a bad value; this covers every value once merged, bounds included."""
     problems = []
     for dest, option in OPTIONS.items():
         value = getattr(cfg, dest)

@@ -59,9 +59,6 @@ class _SwitchAction(argparse.Action):
         for dest in self.resets:
             setattr(namespace, dest, OPTIONS[dest].default)
 
-    def format_usage(self) -> str:
-        return " | ".join(self.option_strings)
-
 
 class _ArgumentAdder(Protocol):
     """A parser or an argument group: anything with ``add_argument``."""
