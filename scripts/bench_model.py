@@ -59,7 +59,7 @@ from continual.model.dytox import DyTox  # noqa: E402
 from continual.runtime.device import attention_kernel_for, resolve_device  # noqa: E402
 from continual.runtime.host_memory import retain_freed_memory  # noqa: E402
 from continual.train.epoch import Precision, StepOptions, evaluate, train_one_epoch  # noqa: E402
-from continual.train.fit import batch_loss_of  # noqa: E402
+from continual.method.dytox_objective import batch_loss_of  # noqa: E402
 
 OPTIONS = ["--options", "options/model/cifar_dytox.yaml"]
 MODES = {
@@ -142,7 +142,7 @@ def make_step(cfg: argparse.Namespace, mode: str, tokens: int, kind: str, batch_
     batch = [(images.to(device), targets.to(device))]
     if kind == "eval":
         def forward() -> None:
-            evaluate(student, batch, precision, student.nb_classes_per_task)
+            evaluate(lambda model, images: model(images).logits, student, batch, precision, student.nb_classes_per_task)
         return forward, student
     training_loss = batch_loss_of(settings_of(LossSettings, cfg), mixup_on=False)
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)

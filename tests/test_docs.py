@@ -18,10 +18,19 @@ DOCUMENTS = [REPO_ROOT / "README.md", REPO_ROOT / "CHANGELOG.md", REPO_ROOT / "s
 def test_the_readme_is_a_door_of_at_most_12_kb_that_maps_the_docs() -> None:
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.encode()) <= 12_000
-    for page in ("options", "running", "outputs", "differences", "benchmarks", "architecture"):
+    pages = {"options", "running", "outputs", "differences", "benchmarks", "architecture", "extending"}
+    for page in pages:
         assert f"(docs/{page}.md)" in readme, page
-    assert {path.stem for path in (REPO_ROOT / "docs").glob("*.md")} == {
-        "options", "running", "outputs", "differences", "benchmarks", "architecture"}
+    assert {path.stem for path in (REPO_ROOT / "docs").glob("*.md")} == pages
+
+
+def test_the_worked_example_of_a_method_is_the_code_that_runs() -> None:
+    """Each Python block of docs/extending.md's method section is, verbatim, in the file the section shows."""
+    text = (REPO_ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
+    section = text[text.index("## Adding a method"):text.index("## Adding a dataset")]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    sources = "".join((REPO_ROOT / "continual" / "method" / name).read_text() for name in ("er.py", "registry.py"))
+    assert len(blocks) == 2 and all(block in sources for block in blocks)
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: str(path.relative_to(REPO_ROOT)))

@@ -38,9 +38,25 @@ def context_notes(cfg: argparse.Namespace) -> list[str]:
         notes.append(f"--resnet: the decoder is one TAB of {RESNET_NUM_HEADS} heads on {RESNET_EMBED_DIM} channels, as "
                      f"published; embed_dim, "
                      f"num_heads, depth, local_up_to_layer, patch_size and the dropouts of the options are not used")
+    if cfg.method == "er":
+        notes.extend(experience_replay_notes(cfg))
     if cfg.output_dir and cfg.name:
         notes.append(f"--output-dir {cfg.output_dir!r}: replaced by the run folder of --name {cfg.name!r}, "
                      f"as published")
     if cfg.pod is not None and not (cfg.auto_kd or cfg.kd > 0):
         notes.append("--pod: no effect without a teacher (auto_kd or kd > 0), as published")
     return notes
+
+
+def experience_replay_notes(cfg: argparse.Namespace) -> list[str]:
+    """``--method er`` trains by cross-entropy on the task and the memory: name the DyTox options it ignores."""
+    ignored = [f"{dest} {getattr(cfg, dest)!r}" for dest, set_ in (
+        ("auto_kd", cfg.auto_kd), ("kd", cfg.kd > 0), ("head_div", cfg.head_div > 0), ("pod", cfg.pod is not None),
+        ("finetuning", bool(cfg.finetuning)), ("freeze_task", bool(cfg.freeze_task)),
+        ("oversample_memory", cfg.oversample_memory != 1), ("only_ft", cfg.only_ft), ("sep_memory", cfg.sep_memory),
+        ("retrain_scratch", cfg.retrain_scratch),
+    ) if set_]
+    if not ignored:
+        return []
+    return [f"{', '.join(ignored)}: no effect with --method er (cross-entropy on the task and the memory, no teacher, "
+            f"no finetuning, nothing frozen)"]

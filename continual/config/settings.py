@@ -233,8 +233,9 @@ class MemorySettings:
 
 @dataclass(frozen=True)
 class LearnerSettings:
-    """What DyTox freezes and how it finetunes."""
+    """The method (``continual.method.registry``), what DyTox freezes and how it finetunes."""
 
+    method: str
     freeze_task: tuple[str, ...]
     freeze_ft: tuple[str, ...]
     finetuning: str
@@ -312,14 +313,16 @@ def amp_enabled(cfg: argparse.Namespace) -> bool:
 
 def model_config(cfg: argparse.Namespace) -> ModelConfig:
     """The architecture of the options' model: DyTox (ConViT, or ResNet-18 with ``resnet``) or, with ``dytox``
-    false, the baseline (ConViT or ViT, ``model``). The ResNet's decoder has the published fixed size."""
+    false, the baseline (ConViT or ViT, ``model``). The ResNet's decoder has the published fixed size. The
+    divergence head is DyTox's: another method (``--method``) would build it and never train it."""
     resnet = cfg.dytox and cfg.resnet
+    divergence_head = cfg.head_div > 0 and cfg.method == "dytox"
     return ModelConfig(
         embed_dim=RESNET_EMBED_DIM if resnet else cfg.embed_dim, depth=cfg.depth,
         num_heads=RESNET_NUM_HEADS if resnet else cfg.num_heads, patch_size=cfg.patch_size,
         input_size=cfg.input_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
         local_up_to_layer=cfg.local_up_to_layer, locality_strength=cfg.locality_strength, drop=cfg.drop,
-        attn_drop=cfg.attn_drop, drop_path=cfg.drop_path, ind_clf=cfg.ind_clf, head_div=cfg.head_div > 0,
+        attn_drop=cfg.attn_drop, drop_path=cfg.drop_path, ind_clf=cfg.ind_clf, head_div=divergence_head,
         head_div_mode=tuple(cfg.head_div_mode), joint_tokens=cfg.joint_tokens,
         fused_attention=cfg.fused_attention, dytox=cfg.dytox, encoder="resnet18" if resnet else cfg.model,
         class_attention=cfg.class_attention, norm=cfg.norm, exact_freeze=cfg.exact_freeze,

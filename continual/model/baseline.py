@@ -18,6 +18,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
+from continual.model.base import ContinualModel
 from continual.model.config import ModelConfig
 from continual.model.dytox import DyToxOutput
 from continual.model.layers import (
@@ -122,7 +123,7 @@ def vision_transformer(config: ModelConfig) -> VisionTransformer:
     )
 
 
-class IncrementalClassifier(nn.Module):
+class IncrementalClassifier(ContinualModel):
     """The baseline for ``nb_classes`` initial classes; see the module docstring."""
 
     def __init__(self, config: ModelConfig, nb_classes: int) -> None:
@@ -137,14 +138,6 @@ class IncrementalClassifier(nn.Module):
         self.head = GrowingClassifier(config.embed_dim, nb_classes)
         self.frozen: tuple[str, ...] = ()
         self.set_arithmetic(config.fused_attention, config.joint_tokens)
-
-    @property
-    def nb_tasks(self) -> int:
-        return len(self.nb_classes_per_task)
-
-    @property
-    def nb_classes(self) -> int:
-        return sum(self.nb_classes_per_task)
 
     def expand(self, nb_new_classes: int) -> None:
         """A new task: the classifier gains ``nb_new_classes`` rows (what is frozen stays frozen)."""

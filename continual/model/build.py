@@ -1,33 +1,36 @@
-"""Building a model from its configuration: new, or grown to a saved shape and holding saved weights."""
+"""The model registry: a model is built by name from its configuration, new or grown to a saved shape.
+
+A new model is a ``ContinualModel`` subclass (continual.model.base) and one line in ``MODELS``.
+"""
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from continual.model.base import ContinualModel
 from continual.model.baseline import IncrementalClassifier
 from continual.model.config import ModelConfig
 from continual.model.dytox import DyTox
 
-ContinualModel = DyTox | IncrementalClassifier
+MODELS: dict[str, type[ContinualModel]] = {
+    "dytox": DyTox,  # task tokens and a head per task (dytox: true)
+    "baseline": IncrementalClassifier,  # the ablation's growing classifier (dytox: false)
+}
 
 
 def new_model(config: ModelConfig, nb_classes: int) -> ContinualModel:
-    """DyTox, or the baseline when ``config.dytox`` is false, for ``nb_classes`` initial classes."""
-    return DyTox(config, nb_classes) if config.dytox else IncrementalClassifier(config, nb_classes)
+    """The configuration's model (``config.architecture``) for ``nb_classes`` initial classes."""
+    return MODELS[config.architecture](config, nb_classes)
 
 
 def grown_model(config: ModelConfig, classes_per_task: list[int],
                 weights: dict[str, Tensor] | None = None) -> ContinualModel:
-    """A model expanded to ``len(classes_per_task)`` tasks, holding ``weights`` (a state dict) if given.
-
-    Used to rebuild saved models: a DyTox state dict without a divergence head (the
-    first task, or a head that was not saved) gives a model without one.
-    """
+    """A model expanded to ``len(classes_per_task)`` tasks, holding ``weights`` (a state dict) if given:
+    how saved models are rebuilt."""
     model = new_model(config, classes_per_task[0])
     for nb_new in classes_per_task[1:]:
         model.expand(nb_new)
     if weights is not None:
-        if isinstance(model, DyTox) and "head_div.head.weight" not in weights:
-            model.head_div = None
+        model.before_loading(weights)
         model.load_state_dict(weights)
     return model
 

@@ -79,6 +79,12 @@ class ModelConfig:
             raise ValueError("the ResNet-18 encoder is DyTox's (--resnet), not the baseline's")
 
 
+    @property
+    def architecture(self) -> str:
+        """The model's name in continual.model.build.MODELS."""
+        return "dytox" if self.dytox else "baseline"
+
+
 def config_from_dict(fields: dict[str, object], **changes: object) -> ModelConfig:
     """The inverse of ``dataclasses.asdict`` on a ModelConfig read back from a checkpoint, with
     ``changes`` (e.g. the GPSA kernel of the device it is loaded on). Fields added since the

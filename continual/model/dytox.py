@@ -18,6 +18,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
+from continual.model.base import ContinualModel
 from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS, ModelConfig
 from continual.model.layers import (
     BranchMasks,
@@ -83,7 +84,7 @@ class ContinualClassifier(nn.Module):
         return self.head(self.norm(x))
 
 
-class DyTox(nn.Module):
+class DyTox(ContinualModel):
     """The DyTox network for ``nb_classes`` initial classes; see the module docstring."""
 
     def __init__(self, config: ModelConfig, nb_classes: int) -> None:
@@ -316,6 +317,15 @@ class DyTox(nn.Module):
     def divergence_active(self) -> bool:
         mode = self.config.head_div_mode
         return self.head_div is not None and phase_option_name(self.phase) in mode
+
+    def idle_parameters(self) -> bool:
+        """The divergence head is the only part that can go unused (when head_div_mode skips this phase)."""
+        return self.head_div is not None and not self.divergence_active()
+
+    def before_loading(self, weights: dict[str, Tensor]) -> None:
+        """A save without a divergence head (the first task, or a head that was not saved) loads without one."""
+        if "head_div.head.weight" not in weights:
+            self.head_div = None
 
     def forward(self, images: Tensor, masks: DropPathMasks | None = None) -> DyToxOutput:
         """Logits of all seen classes; ``masks`` fixes the stochastic depth of a training forward."""

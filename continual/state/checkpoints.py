@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from continual.method.rehearsal import Memory
-from continual.model.build import ContinualModel, grown_model
+from continual.model.base import ContinualModel
+from continual.model.build import grown_model
 from continual.model.config import config_from_dict
 from continual.runtime.device import attention_kernel_for
 from continual.runtime.files import atomic_write, reading_error

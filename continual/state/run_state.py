@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from continual.method.rehearsal import Memory
-from continual.model.build import ContinualModel, grown_model
+from continual.model.base import ContinualModel
+from continual.model.build import grown_model
 from continual.model.config import config_from_dict
 from continual.report.records import EpochProgress, EpochRecord, TaskResult
 from continual.state.saved_runs import Position, memory_from_plain, memory_to_plain

@@ -1,38 +1,24 @@
 """One epoch of training and one evaluation pass, shared by every phase of the task loop."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from continual.config.errors import ConfigError
-from continual.method.losses import Criterion, LossTerms, check_finite, dytox_loss
+from continual.method.learner import Objective, TeacherOutput
+from continual.method.losses import LossTerms, check_finite
 from continual.method.metrics import EvalCounts, task_of_class
-from continual.method.pod import pod_loss
 from continual.method.sam import SAM
 from continual.report.records import EpochProgress
 
 Mixer = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-@dataclass(frozen=True)
-class BatchLoss:
-    """How a batch's loss is formed."""
-
-    criterion: Criterion
-    auto_kd: bool
-    kd_weight: float
-    tau: float
-    head_div: float
-    pod: float = 0.0  # POD's weight in this phase (0: off); it needs a teacher
-    pod_scales: tuple[int, ...] = (1,)
-    pod_tokens_as_maps: bool = False
+Predictor = Callable[[Any, Tensor], Tensor]  # (model, images) -> class scores: a method's ``predict``
 
 
 class LossOf(Protocol):
@@ -121,42 +107,27 @@ class EpochStats:
 
 
 def _teacher_output(teacher: nn.Module | None, images: Tensor, precision: Precision,
-                    with_maps: bool) -> tuple[Tensor | None, list[Tensor]]:
-    """The frozen teacher's logits (and its encoder maps, for POD), computed in inference mode (no autograd
-    bookkeeping at all), then copied: inference tensors cannot be saved for the backward of the losses."""
+                    with_maps: bool) -> TeacherOutput | None:
+    """The frozen teacher's logits (and its encoder maps, when the objective wants them), computed in inference
+    mode (no autograd bookkeeping at all), then copied: inference tensors cannot be saved for the backward of
+    the losses."""
     if teacher is None:
-        return None, []
+        return None
     with torch.inference_mode(), precision.autocast():
         out = teacher(images)
-    return out.logits.clone(), [m.clone() for m in out.encoder_maps] if with_maps else []
+    return TeacherOutput(out.logits.clone(), tuple(m.clone() for m in out.encoder_maps) if with_maps else ())
 
 
 def batch_loss(
-    model: nn.Module, teacher: nn.Module | None, images: Tensor, targets: Tensor, settings: BatchLoss,
+    model: nn.Module, teacher: nn.Module | None, images: Tensor, targets: Tensor, objective: Objective,
     precision: Precision, first_pass: bool = True,
 ) -> LossTerms:
-    """The DyTox loss terms of one batch; targets are class indices (B,) or MixUp soft targets (B, C).
-    POD (``settings.pod`` > 0, with a teacher) is added to the first pass of a step only, as published."""
-    with_pod = settings.pod > 0 and teacher is not None and first_pass
-    teacher_logits, teacher_maps = _teacher_output(teacher, images, precision, with_pod)
+    """The method's loss terms of one batch, from the model's output under autocast and the teacher's;
+    targets are class indices (B,) or MixUp soft targets (B, C)."""
+    teacher_out = _teacher_output(teacher, images, precision, objective.wants_teacher_maps(first_pass))
     with precision.autocast():
-        out = model(images)  # a DyToxOutput
-    terms = dytox_loss(
-        out.logits.float(),
-        None if out.div_logits is None else out.div_logits.float(),
-        targets,
-        None if teacher_logits is None else teacher_logits.float(),
-        settings.criterion,
-        auto_kd=settings.auto_kd,
-        kd_weight=settings.kd_weight,
-        tau=settings.tau,
-        head_div=settings.head_div,
-    )
-    if with_pod:
-        pod = pod_loss([m.float() for m in out.encoder_maps], [m.float() for m in teacher_maps], settings.pod_scales,
-                       settings.pod_tokens_as_maps)
-        terms = dataclasses.replace(terms, pod=settings.pod * pod)
-    return terms
+        out = model(images)
+    return objective(out, teacher_out, targets, first_pass)
 
 
 @dataclass
@@ -295,7 +266,7 @@ def train_one_epoch(
     teacher: nn.Module | None,
     loader: Iterable,
     optimizer: torch.optim.Optimizer,
-    loss_settings: BatchLoss,
+    objective: Objective,
     precision: Precision,
     options: StepOptions | None = None,
     cursor: EpochCursor | None = None,
@@ -311,7 +282,7 @@ def train_one_epoch(
         nb_batches = min(nb_batches, cursor.max_batches)
 
     def loss_of(images: Tensor, targets: Tensor, first_pass: bool = True) -> LossTerms:
-        return batch_loss(model, teacher, images, targets, loss_settings, precision, first_pass)
+        return batch_loss(model, teacher, images, targets, objective, precision, first_pass)
 
     start = fetch_start = time.perf_counter()
     elapsed_before = progress.seconds
@@ -337,15 +308,16 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Iterable, precision: Precision, classes_per_task: list[int]) -> EvalCounts:
-    """Correct counts per task of the true class, over every batch of ``loader``."""
+def evaluate(predict: Predictor, model: nn.Module, loader: Iterable, precision: Precision,
+             classes_per_task: list[int]) -> EvalCounts:
+    """Correct counts per task of the true class, over every batch of ``loader``, of ``predict``'s scores."""
     was_training = model.training
     model.eval()
     class_tasks = task_of_class(classes_per_task, precision.device)
     counts = EvalCounts.zeros(len(classes_per_task), precision.device)
     for images, targets, *_ in loader:
         with precision.autocast():
-            logits = model(images.to(precision.device, non_blocking=True)).logits
+            logits = predict(model, images.to(precision.device, non_blocking=True))
         counts.add_batch(logits.float(), targets.to(precision.device).long(), class_tasks)
     model.train(was_training)
     return counts

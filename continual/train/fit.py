@@ -17,19 +17,18 @@ from timm.data import Mixup
 from timm.scheduler.scheduler import Scheduler
 from torch.utils.data import DataLoader, Dataset
 
-from continual.config.settings import LossSettings, MixupSettings, PrecisionSettings, SamSettings, Settings
+from continual.config.settings import MixupSettings, PrecisionSettings, SamSettings, Settings
 from continual.data.samplers import set_sampler_epoch
-from continual.method.losses import build_criterion
-from continual.method.pod import pod_weight
+from continual.method.learner import Objective
 from continual.method.sam import SAM, sam_rho_for_task
-from continual.model.build import ContinualModel
+from continual.model.base import ContinualModel
 from continual.report.progress import epoch_bar
 from continual.report.records import EpochProgress
 from continual.runtime.distributed import DistContext, wrap_for_training
 from continual.runtime.seeding import capture_rng, restore_rng
 from continual.state.run_state import FitState
 from continual.state.saved_runs import Position
-from continual.train.epoch import BatchLoss, EpochCursor, EpochStats, Precision, SamPlan, StepOptions, train_one_epoch
+from continual.train.epoch import EpochCursor, EpochStats, Precision, SamPlan, StepOptions, train_one_epoch
 from continual.train.loaders import Loaders, endless
 from continual.train.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
 from continual.vocabulary import phase_option_name
@@ -37,17 +36,19 @@ from continual.vocabulary import phase_option_name
 
 @dataclass(frozen=True)
 class Phase:
-    """What a phase trains on and for how long; ``schedule_length`` None is a constant lr."""
+    """What a phase trains on, with which loss and for how long; ``schedule_length`` None is a constant lr."""
 
     task_id: int
     name: str  # "train" or "finetune"
     dataset: Dataset
+    objective: Objective  # the method's loss of a batch
     lr: float
     epochs: int
     shuffle: bool
     teacher: ContinualModel | None
     schedule_length: int | None
     memory: Dataset | None = None  # the memory, for SAM passes on memory batches
+    find_unused: bool = False  # some trainable parameters take no part in the loss (DDP must look for them)
 
 
 @dataclass(frozen=True)
@@ -81,19 +82,6 @@ def build_mixer(settings: MixupSettings, nb_classes: int) -> Mixup | None:
         cutmix_minmax=None if settings.cutmix_minmax is None else list(settings.cutmix_minmax),
         prob=settings.mixup_prob, switch_prob=settings.mixup_switch_prob, mode=settings.mixup_mode,
         label_smoothing=settings.smoothing, num_classes=nb_classes,
-    )
-
-
-def batch_loss_of(loss: LossSettings, mixup_on: bool, classes_per_task: list[int] | None = None) -> BatchLoss:
-    """The loss of a batch from the loss options (the criterion depends on MixUp). POD weighs in after the
-    first task (``classes_per_task`` of the model, which scale it with ``pod_scaling``), as published."""
-    pod = 0.0
-    if loss.pod is not None and classes_per_task is not None and len(classes_per_task) > 1:
-        pod = pod_weight(loss.pod, loss.pod_scaling, classes_per_task[-1], sum(classes_per_task))
-    return BatchLoss(
-        criterion=build_criterion(loss.bce_loss, loss.smoothing, mixup_on),
-        auto_kd=loss.auto_kd, kd_weight=loss.kd, tau=loss.distillation_tau, head_div=loss.head_div,
-        pod=pod, pod_scales=loss.pod_scales, pod_tokens_as_maps=loss.pod_tokens_as_maps,
     )
 
 
@@ -136,9 +124,7 @@ class PhaseTrainer:
         precision = precision_of(self.settings.precision, self.ctx.device)
         options = StepOptions(precision.grad_scaler(), self.settings.optimizer.clip_grad, mixer,
                               self._sam_plan(phase, optimizer), self.settings.recipe.grad_accum_steps)
-        # The divergence head is the only part that can go unused (when head_div_mode skips this phase).
-        unused = model.head_div is not None and not model.divergence_active()
-        trained = wrap_for_training(model, self.ctx, find_unused=unused)
+        trained = wrap_for_training(model, self.ctx, find_unused=phase.find_unused)
         if resume is not None and resume.fit is not None:
             self._load(resume.fit, optimizer, scheduler, options)
 
@@ -147,7 +133,6 @@ class PhaseTrainer:
                             None if options.scaler is None else options.scaler.state_dict(),
                             None if options.sam is None else options.sam.sam.state_dict(), epoch_rng, progress)
 
-        loss = batch_loss_of(self.settings.loss, mixer is not None, model.nb_classes_per_task)
         history = []
         for epoch in range(resume.position.epoch if resume is not None else 0, phase.epochs):
             set_sampler_epoch(loader, epoch)
@@ -156,7 +141,8 @@ class PhaseTrainer:
             with epoch_bar(self.bars, f"task {phase.task_id} {phase.name} {epoch + 1}/{phase.epochs}",
                            len(loader), current_lr(optimizer)) as after_step:
                 batches, cursor, epoch_rng = self._epoch_start(loader, phase, epoch, resume, after_step)
-                stats = train_one_epoch(trained, phase.teacher, batches, optimizer, loss, precision, options, cursor)
+                stats = train_one_epoch(trained, phase.teacher, batches, optimizer, phase.objective, precision, options,
+                                        cursor)
             if stats.next_step is not None:  # a signal: save inside the epoch and stop
                 self.control.save(Position(phase.task_id, phase.name, epoch, stats.next_step), phase.teacher,
                                   fit_state(epoch_rng, stats.progress))

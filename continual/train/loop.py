@@ -3,9 +3,10 @@
 For each task: begin (teacher copy, expansion, freezing), train on the task's
 data and the memory, update the memory, finetune on the balanced memory,
 evaluate on all seen classes, log and checkpoint. The method's side of each
-phase is a hook of ``DyToxLearner``; the epochs of a phase are a
-``PhaseTrainer``'s. A run state is saved at every phase boundary, so a run
-resumes at the phase (or the epoch, or the step) where it stopped.
+phase is a hook of its ``Learner`` (continual.method.learner); the epochs of a
+phase are a ``PhaseTrainer``'s. Nothing here knows which method runs. A run
+state is saved at every phase boundary, so a run resumes at the phase (or the
+epoch, or the step) where it stopped.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from continual.config.settings import Settings
 from continual.data.scenarios import Scenarios
-from continual.method.dytox_learner import DyToxLearner
+from continual.method.learner import Learner
 from continual.method.metrics import (
     EvalCounts,
     TaskAccuracy,
@@ -29,7 +30,8 @@ from continual.method.metrics import (
     backward_transfer,
     forgetting,
 )
-from continual.model.build import ContinualModel, count_parameters
+from continual.model.base import ContinualModel
+from continual.model.build import count_parameters
 from continual.report.records import EpochRecord, TaskResult
 from continual.report.results import RunResults
 from continual.report.run_log import RunLogs
@@ -69,12 +71,12 @@ class PhaseClock:
         return seconds
 
 
-def evaluate_seen_classes(model: ContinualModel, settings: Settings, ctx: DistContext, loaders: Loaders,
-                          scenarios: Scenarios, task_id: int) -> tuple[TaskAccuracy, int]:
-    """Accuracy on the test images of all classes seen up to ``task_id``, each image evaluated on exactly one
-    process; also the number of images."""
+def evaluate_seen_classes(learner: Learner, model: ContinualModel, settings: Settings, ctx: DistContext,
+                          loaders: Loaders, scenarios: Scenarios, task_id: int) -> tuple[TaskAccuracy, int]:
+    """Accuracy of the method's predictions on the test images of all classes seen up to ``task_id``, each
+    image evaluated on exactly one process; also the number of images."""
     loader = loaders.eval(scenarios.evaluation_set(task_id), task_id, sharded=True)
-    counts = evaluate(model, loader, precision_of(settings.precision, ctx.device),
+    counts = evaluate(learner.predict, model, loader, precision_of(settings.precision, ctx.device),
                       scenarios.classes_per_task[: task_id + 1])
     counts = EvalCounts.from_tensor(all_reduce_sum(counts.as_tensor()))
     return TaskAccuracy.from_counts(counts), int(counts.total.sum())
@@ -91,7 +93,7 @@ class TaskLoop:
     run_dir: Path
     scenarios: Scenarios
     model: ContinualModel
-    learner: DyToxLearner
+    learner: Learner
     loaders: Loaders
     rng: np.random.Generator
     logs: RunLogs | None  # the main process's files
@@ -151,9 +153,11 @@ class TaskLoop:
         self.say(f"task {task_id}: training on {len(dataset)} images "  # type: ignore[arg-type]
                  f"({len(memory)} from memory), classes {self.scenarios.classes_seen(task_id)}")
         recipe = self.settings.recipe
-        phase = Phase(task_id, TRAIN, dataset, recipe.lr_of(task_id, self.ctx.world_size), recipe.epochs_of(task_id),
-                      shuffle=True, teacher=teacher, schedule_length=recipe.schedule_epochs(task_id),
-                      memory=self.learner.memory_dataset() if len(memory) else None)
+        phase = Phase(task_id, TRAIN, dataset, self.learner.objective(self.model, TRAIN),
+                      recipe.lr_of(task_id, self.ctx.world_size), recipe.epochs_of(task_id), shuffle=True,
+                      teacher=teacher, schedule_length=recipe.schedule_epochs(task_id),
+                      memory=self.learner.memory_dataset() if len(memory) else None,
+                      find_unused=self.learner.unused_parameters(self.model))
         self.trainer.fit(self.model, phase, resume)
 
     def memory_phase(self, task_id: int, teacher: ContinualModel | None, resume: Resume | None) -> None:
@@ -170,14 +174,17 @@ class TaskLoop:
             return
         self.learner.begin_finetuning(self.model)
         recipe = self.settings.recipe
-        phase = Phase(task_id, FINETUNE, dataset, recipe.finetuning_lr_of(task_id, self.ctx.world_size),
-                      recipe.finetuning_epochs, shuffle=not self.settings.learner.ft_no_sampling,
-                      teacher=self.learner.finetuning_teacher(teacher), schedule_length=None, memory=dataset)
+        phase = Phase(task_id, FINETUNE, dataset, self.learner.objective(self.model, FINETUNE),
+                      recipe.finetuning_lr_of(task_id, self.ctx.world_size), recipe.finetuning_epochs,
+                      shuffle=not self.settings.learner.ft_no_sampling,
+                      teacher=self.learner.finetuning_teacher(teacher), schedule_length=None, memory=dataset,
+                      find_unused=self.learner.unused_parameters(self.model))
         self.trainer.fit(self.model, phase, resume)
         self.learner.end_finetuning(self.model)
 
     def evaluate(self, task_id: int) -> tuple[TaskAccuracy, int]:
-        return evaluate_seen_classes(self.model, self.settings, self.ctx, self.loaders, self.scenarios, task_id)
+        return evaluate_seen_classes(self.learner, self.model, self.settings, self.ctx, self.loaders, self.scenarios,
+                                     task_id)
 
     # -------------------------------------------------------------- end of a task
     def task_result(self, task_id: int, accuracy: TaskAccuracy, params: dict[str, int],

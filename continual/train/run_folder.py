@@ -18,7 +18,7 @@ from continual.config.options import config_differences
 from continual.config.settings import RunSettings, Settings
 from continual.data.scenarios import Scenarios
 from continual.method.rehearsal import Memory
-from continual.model.build import ContinualModel
+from continual.model.base import ContinualModel
 from continual.report.records import TaskResult
 from continual.report.run_log import RunLogs, run_name
 from continual.runtime.device import attention_kernel_for

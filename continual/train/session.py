@@ -18,9 +18,11 @@ from continual.config.files import save_config
 from continual.config.settings import Settings
 from continual.config.validate import check_world_size
 from continual.data.scenarios import Scenarios, load_scenarios
-from continual.method.dytox_learner import DyToxLearner
+from continual.method.learner import Learner, LearnerParts
+from continual.method.registry import METHODS, build_learner
 from continual.method.rehearsal import Memory
 from continual.model import build
+from continual.model.base import ContinualModel
 from continual.report.progress import bars_wanted
 from continual.report.records import EvalRecord, TaskResult
 from continual.report.results import RunResults
@@ -54,21 +56,25 @@ class Outcome:
     summary: dict | None
 
 
+def method_of(settings: Settings, ctx: DistContext, scenarios: Scenarios, loaders: Loaders, rng: np.random.Generator,
+              memory: Memory) -> Learner:
+    """The ``--method`` of the options (continual.method.registry), holding ``memory``."""
+    return build_learner(settings.learner.method, LearnerParts(settings, scenarios, ctx, loaders.features, rng, memory))
+
+
 def build_loop(settings: Settings, ctx: DistContext, run_dir: Path, scenarios: Scenarios, start: Start,
                logs: RunLogs | None, reporter: RunResults | None) -> TaskLoop:
-    """The task loop of a run, whole: the DyTox learner with the start's memory, the run's files, a stop
-    request (installed while the tasks run) and the progress bars' switch. Both draw from the process's
-    generator."""
+    """The task loop of a run, whole: the method with the start's memory, the run's files, a stop request
+    (installed while the tasks run) and the progress bars' switch. Both draw from the process's generator."""
     rng = np.random.default_rng(settings.run.seed + ctx.rank)
     loaders = Loaders(settings.loader, settings.recipe, ctx)
-    learner = DyToxLearner(settings.learner, settings.loss, settings.memory, scenarios, ctx, loaders.features, rng,
-                           start.memory)
+    learner = method_of(settings, ctx, scenarios, loaders, rng, start.memory)
     return TaskLoop(settings, ctx, run_dir, scenarios, start.model, learner, loaders, rng, logs, reporter,
                     StopRequest(), bars_wanted(settings.run.progress, ctx.is_main), start.results, start.resumed,
                     start.sequence)
 
 
-def new_model(settings: Settings, ctx: DistContext, nb_classes: int) -> build.ContinualModel:
+def new_model(settings: Settings, ctx: DistContext, nb_classes: int) -> ContinualModel:
     config = dataclasses.replace(settings.model, gpsa_kernel=attention_kernel_for(ctx.device))
     return build.new_model(config, nb_classes).to(ctx.device)
 
@@ -76,6 +82,9 @@ def new_model(settings: Settings, ctx: DistContext, nb_classes: int) -> build.Co
 def run(settings: Settings, ctx: DistContext) -> list[TaskResult] | list[EvalRecord]:
     """Run every task of the scenario (up to ``max_task``), or ``--eval`` a checkpoint."""
     check_world_size(settings.run.world_size, ctx.world_size)
+    if settings.learner.method not in METHODS:
+        raise ConfigError(f"--method {settings.learner.method}: unknown method; the methods are "
+                          f"{', '.join(METHODS)} (continual/method/registry.py)")
     if settings.run.eval:
         return [evaluate_checkpoint(settings, ctx)]
     return train(settings, ctx).results
@@ -93,7 +102,8 @@ def evaluate_checkpoint(settings: Settings, ctx: DistContext) -> EvalRecord:
     check_same_run(action, run_dir, saved["config"], settings.options)  # any number of processes evaluates alike
     scenarios = load_scenarios(settings.data)
     loaders = Loaders(settings.loader, settings.recipe, ctx)
-    accuracy, nb_images = evaluate_seen_classes(model, settings, ctx, loaders, scenarios, task_id)
+    learner = method_of(settings, ctx, scenarios, loaders, np.random.default_rng(settings.run.seed), Memory())
+    accuracy, nb_images = evaluate_seen_classes(learner, model, settings, ctx, loaders, scenarios, task_id)
     record = EvalRecord(task_id, scenarios.classes_seen(task_id), accuracy.top1, accuracy.top5, accuracy.per_task,
                         accuracy.old, accuracy.new, accuracy.task_incremental, accuracy.task_prediction, nb_images)
     if ctx.is_main:

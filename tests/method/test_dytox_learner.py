@@ -9,7 +9,8 @@ from continual.config import parse_config, settings_from
 from continual.data.scenarios import load_scenarios
 from continual.method.dytox_learner import DyToxLearner
 from continual.model.baseline import IncrementalClassifier
-from continual.model.build import ContinualModel, grown_model, new_model
+from continual.model.base import ContinualModel
+from continual.model.build import grown_model, new_model
 from continual.runtime.distributed import DistContext
 from continual.train.loaders import Loaders
 
@@ -21,8 +22,7 @@ def demo_learner(*flags: str) -> tuple[DyToxLearner, ContinualModel]:
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     scenarios = load_scenarios(settings.data)
     loaders = Loaders(settings.loader, settings.recipe, ctx)
-    learner = DyToxLearner(settings.learner, settings.loss, settings.memory, scenarios, ctx, loaders.features,
-                           np.random.default_rng(0))
+    learner = DyToxLearner(settings, scenarios, ctx, loaders.features, np.random.default_rng(0))
     return learner, new_model(settings.model, scenarios.classes_per_task[0])
 
 

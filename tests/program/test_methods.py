@@ -35,6 +35,7 @@ MODES = {
     "resnet_pod": (DEMO_FILES, ["--resnet", "--pod", "0.5", "--pod-scales", "1", "2", "--pod-scaling",
                                 "--train-per-class", "16"]),
     "joint": (BASELINE_FILES, ["--retrain-scratch", "--memory-size", "0", "--no-auto-kd", "--finetuning="]),
+    "er": (DEMO_FILES, ["--method", "er"]),
 }
 
 
@@ -57,7 +58,7 @@ def test_each_mode_runs_end_to_end_and_its_checkpoints_rebuild_the_model(tmp_pat
     rows = rows_of(folder / "log.jsonl")
     assert [r["classes_seen"] for r in rows] == [2, 4, 6]
     model, _ = checkpoint.load_task_checkpoint(checkpoint.checkpoint_path(folder, 2))
-    assert isinstance(model, DyTox if mode.startswith("resnet") else IncrementalClassifier)
+    assert isinstance(model, DyTox if mode.startswith(("resnet", "er")) else IncrementalClassifier)
     assert rows[-1]["params_total"] == count_parameters(model)["total"]
     files, flags = MODES[mode]
     evaluated = run(settings_from(parse_config(["--options", *files, *SHORT, *flags, "--eval", "--resume",
@@ -67,6 +68,11 @@ def test_each_mode_runs_end_to_end_and_its_checkpoints_rebuild_the_model(tmp_pat
     if mode == "resnet_pod":  # POD after the first task, with the teacher; the TAB on 504 channels
         assert all(("pod" in e) == (e["task"] > 0 and e["phase"] == "train") for e in epochs)
         assert all(e["pod"] > 0 for e in epochs if "pod" in e) and model.task_tokens[0].shape[-1] == 504
+    elif mode == "er":  # cross-entropy on the task and the memory: no teacher, no divergence head, no finetuning
+        assert {e["phase"] for e in epochs} == {"train"} and [r["memory_total"] for r in rows] == [64, 128, 192]
+        assert all(set(e) >= {"classification", "total"} and not set(e) & {"kd", "div", "pod"} for e in epochs)
+        images = [round(e["images_per_s"] * e["seconds"]) for e in epochs if e["epoch"] == 0]
+        assert images == [64, 64 + 64, 64 + 128]  # 32 per class (all kept: the quota is 100), and the memory once
     elif mode == "joint":  # every task trains from scratch on all its classes' images, without memory
         assert [r["memory_total"] for r in rows] == [0, 0, 0] and {e["phase"] for e in epochs} == {"train"}
         images = [round(e["images_per_s"] * e["seconds"]) for e in epochs if e["epoch"] == 0]
@@ -97,7 +103,7 @@ def test_what_the_baseline_finetuning_froze_stays_frozen_as_published_unless_exa
     assert published_rows[2]["params_trainable"] < exact_rows[2]["params_trainable"] == exact_rows[2]["params_total"]
 
 
-@pytest.mark.parametrize("mode", ["baseline", "resnet_pod"])
+@pytest.mark.parametrize("mode", ["baseline", "resnet_pod", "er"])
 def test_two_processes_run_the_new_modes(tmp_path: Path, mode: str) -> None:
     files, flags = MODES[mode]
     argv = ["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", "--options", *files, *SHORT, "--max-task", "2", *flags,
@@ -121,3 +127,12 @@ def test_output_dir_is_the_run_folder_unless_a_name_is_given(tmp_path: Path, cap
     assert main.main(named) == 0
     assert "replaced by the run folder of --name 'named'" in capsys.readouterr().err
     assert not (tmp_path / "unused").exists() and len(list(tmp_path.glob("digits/demo/*_named/log.jsonl"))) == 1
+
+
+def test_an_unknown_method_is_refused_in_one_line_before_any_folder(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    argv = ["--options", *DEMO_FILES, *SHORT, "--method", "ewc", "--output-basedir", str(tmp_path)]
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --method ewc: unknown method; the methods are dytox, er (continual/method/registry.py)"]
+    assert not any(tmp_path.iterdir())

@@ -9,13 +9,11 @@ import pytest
 import torch
 from support import SMALL, TINY, schedule_cfg
 
-from continual.config import parse_config
-from continual.config.settings import LossSettings, settings_of
 from continual.method.losses import bce_with_logits
 from continual.method.pod import pod_loss
 from continual.model.dytox import DyTox
+from continual.method.dytox_objective import BatchLoss
 from continual.train.epoch import (
-    BatchLoss,
     EpochCursor,
     Precision,
     StepOptions,
@@ -23,7 +21,6 @@ from continual.train.epoch import (
     evaluate,
     train_one_epoch,
 )
-from continual.train.fit import batch_loss_of
 from continual.train.optim import build_optimizer
 
 
@@ -66,7 +63,8 @@ def test_non_finite_loss_stops_with_the_place() -> None:
 
 def test_evaluate_runs_without_autocast_when_amp_is_off() -> None:
     model = DyTox(TINY, 5).eval()
-    counts = evaluate(model, tiny_batches(1), Precision(torch.device("cpu"), False), [5])
+    counts = evaluate(lambda net, images: net(images).logits, model, tiny_batches(1),
+                      Precision(torch.device("cpu"), False), [5])
     with torch.no_grad():
         expected = (model(tiny_batches(1)[0][0]).logits.argmax(1) == torch.tensor([0, 1, 3, 4])).sum()
     assert counts.correct.item() == expected.item() and counts.total.item() == 4
@@ -147,13 +145,3 @@ def test_pod_adds_its_weighted_distance_between_the_encoder_maps_to_the_first_pa
     second = batch_loss(model, teacher, images, targets, dataclasses.replace(settings(), pod=0.5), precision,
                         first_pass=False)
     assert second.pod is None
-
-
-def test_the_pod_weight_of_a_phase_is_off_on_the_first_task_and_scaled_with_pod_scaling() -> None:
-    cfg = parse_config(["--pod", "0.8", "--pod-scales", "1", "2", "--pod-tokens-as-maps"])
-    loss = settings_of(LossSettings, cfg)
-    assert batch_loss_of(loss, False, [2]).pod == 0.0  # no teacher on the first task, as published
-    assert batch_loss_of(loss, False, [2, 2]).pod == pytest.approx(0.8)
-    scaled = settings_of(LossSettings, parse_config(["--pod", "0.8", "--pod-scaling"]))
-    assert batch_loss_of(scaled, False, [2, 2, 4]).pod == pytest.approx(0.8 * (4 / 8) ** 0.5)
-    assert batch_loss_of(loss, False, [2, 2]).pod_scales == (1, 2) and batch_loss_of(loss, False).pod == 0.0

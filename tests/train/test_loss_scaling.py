@@ -34,8 +34,8 @@ from continual.runtime.seeding import capture_rng
 from continual.state.run_state import FitState
 from continual.state.saved_runs import Position
 from continual.train import fit
+from continual.method.dytox_objective import BatchLoss, batch_loss_of
 from continual.train.epoch import (
-    BatchLoss,
     EpochCursor,
     Precision,
     SamPlan,
@@ -390,7 +390,8 @@ def phase_run(device: torch.device, stop_at: int, resume: dict | None = None) ->
     generator = torch.Generator().manual_seed(1)
     dataset = TensorDataset(torch.randn(24, 3, 8, 8, generator=generator), torch.randint(0, 5, (24,),
                             generator=generator), torch.zeros(24, dtype=torch.long))
-    phase = Phase(0, "train", dataset, 1e-3, 2, True, None, 2)
+    objective = batch_loss_of(settings.loss, settings.mixup.active, model.nb_classes_per_task)
+    phase = Phase(0, "train", dataset, objective, 1e-3, 2, True, None, 2)
     with pytest.raises(Stopped):
         trainer.fit(model, phase, None if resume is None else Resume(resume["position"], resume["fit"],
                                                                      resume["rng"]))

@@ -33,7 +33,8 @@ from continual.method.dytox_learner import begin_finetuning, begin_task
 from continual.model.dytox import DyTox
 from continual.state.reference import read_reference_checkpoint
 from continual.train.epoch import train_one_epoch
-from continual.train.fit import batch_loss_of, precision_of
+from continual.method.dytox_objective import batch_loss_of
+from continual.train.fit import precision_of
 from continual.train.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
 
 FIXTURE_ENV = "DYTOX_TRAINING_FIXTURE"

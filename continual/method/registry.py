@@ -1,0 +1,23 @@
+"""The methods ``--method`` can name: one line each.
+
+A method is a class with the hooks of ``continual.method.learner.Learner`` and a
+``from_parts`` constructor (``RehearsalLearner`` gives both to a method that
+keeps exemplars). docs/extending.md walks through adding one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from continual.method.dytox_learner import DyToxLearner
+from continual.method.er import ExperienceReplay
+from continual.method.learner import Learner, LearnerParts
+
+METHODS: dict[str, Callable[[LearnerParts], Learner]] = {
+    "dytox": DyToxLearner.from_parts,  # DyTox, or with --no-dytox the baseline of its ablation
+    "er": ExperienceReplay.from_parts,  # experience replay: rehearsal and cross-entropy
+}
+
+
+def build_learner(name: str, parts: LearnerParts) -> Learner:
+    """The method ``name`` (an option checked against ``METHODS`` when the options are read)."""
+    return METHODS[name](parts)
