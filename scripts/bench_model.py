@@ -54,12 +54,12 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from continual.config import parse_config  # noqa: E402
 from continual.config.settings import LossSettings, model_config, settings_of  # noqa: E402
+from continual.method.dytox_objective import batch_loss_of  # noqa: E402
 from continual.model.build import grown_model  # noqa: E402
 from continual.model.dytox import DyTox  # noqa: E402
 from continual.runtime.device import attention_kernel_for, resolve_device  # noqa: E402
 from continual.runtime.host_memory import retain_freed_memory  # noqa: E402
 from continual.train.epoch import Precision, StepOptions, evaluate, train_one_epoch  # noqa: E402
-from continual.method.dytox_objective import batch_loss_of  # noqa: E402
 
 OPTIONS = ["--options", "options/model/cifar_dytox.yaml"]
 MODES = {

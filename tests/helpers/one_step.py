@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from continual.method.dytox_objective import BatchLoss  # noqa: E402
 from continual.method.losses import bce_with_logits  # noqa: E402
 from continual.model.config import ModelConfig  # noqa: E402
 from continual.model.dytox import DyTox  # noqa: E402
 from continual.runtime.distributed import cleanup, setup, wrap_for_training  # noqa: E402
-from continual.method.dytox_objective import BatchLoss  # noqa: E402
 from continual.train.epoch import Precision, StepOptions, train_one_epoch  # noqa: E402
 
 CONFIG = ModelConfig(embed_dim=32, depth=2, num_heads=4, patch_size=4, input_size=8, local_up_to_layer=1,

@@ -8,8 +8,8 @@ from conftest import REPO_ROOT
 from continual.config import parse_config, settings_from
 from continual.data.scenarios import load_scenarios
 from continual.method.dytox_learner import DyToxLearner
-from continual.model.baseline import IncrementalClassifier
 from continual.model.base import ContinualModel
+from continual.model.baseline import IncrementalClassifier
 from continual.model.build import grown_model, new_model
 from continual.runtime.distributed import DistContext
 from continual.train.loaders import Loaders

@@ -9,10 +9,10 @@ import pytest
 import torch
 from support import SMALL, TINY, schedule_cfg
 
+from continual.method.dytox_objective import BatchLoss
 from continual.method.losses import bce_with_logits
 from continual.method.pod import pod_loss
 from continual.model.dytox import DyTox
-from continual.method.dytox_objective import BatchLoss
 from continual.train.epoch import (
     EpochCursor,
     Precision,

@@ -25,6 +25,7 @@ from torch.utils.data import TensorDataset
 from continual.config import parse_config, settings_from
 from continual.config.errors import ConfigError
 from continual.config.settings import Settings
+from continual.method.dytox_objective import BatchLoss, batch_loss_of
 from continual.method.losses import LossTerms, bce_with_logits
 from continual.method.sam import SAM
 from continual.model.dytox import DyTox
@@ -34,7 +35,6 @@ from continual.runtime.seeding import capture_rng
 from continual.state.run_state import FitState
 from continual.state.saved_runs import Position
 from continual.train import fit
-from continual.method.dytox_objective import BatchLoss, batch_loss_of
 from continual.train.epoch import (
     EpochCursor,
     Precision,

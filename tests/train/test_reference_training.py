@@ -30,10 +30,10 @@ from conftest import REPO_ROOT, SHARED_DIR, required_path
 from continual.config import parse_config, settings_from
 from continual.config.settings import model_config
 from continual.method.dytox_learner import begin_finetuning, begin_task
+from continual.method.dytox_objective import batch_loss_of
 from continual.model.dytox import DyTox
 from continual.state.reference import read_reference_checkpoint
 from continual.train.epoch import train_one_epoch
-from continual.method.dytox_objective import batch_loss_of
 from continual.train.fit import precision_of
 from continual.train.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
 
