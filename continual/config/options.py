@@ -490,11 +490,13 @@ def record_violations(cfg: argparse.Namespace) -> list[str]:
 def config_differences(saved: Mapping[str, object], current: Mapping[str, object]) -> list[str]:
     """The resume rule: the options that differ between a saved and a current configuration, each as
     ``name (saved X, now Y)``, leaving out those that may change on a resume and the keys a saved
-    configuration of an earlier version holds for options that no longer exist."""
+    configuration of an earlier version holds for options that no longer exist. An option added since
+    counts as saved with its default (which keeps the earlier versions' behaviour)."""
     keys = [key for key in sorted(set(saved) | set(current)) if key in OPTIONS
             and not OPTIONS[key].may_change_on_resume]
-    return [f"{key} (saved {_short(saved.get(key))}, now {_short(current.get(key))})"
-            for key in keys if saved.get(key) != current.get(key)]
+    saved = {key: saved.get(key, OPTIONS[key].default) for key in keys}
+    return [f"{key} (saved {_short(saved[key])}, now {_short(current.get(key))})"
+            for key in keys if saved[key] != current.get(key)]
 
 
 def _short(value: object, limit: int = 40) -> str:

@@ -189,6 +189,9 @@ def test_only_the_options_that_change_no_computation_may_change_on_a_resume() ->
     assert config_differences(saved, now) == ["lr (saved 0.0005, now 0.1)"]
     older = {**saved, "no_progress": False}  # a key of an option an earlier version had
     assert config_differences(older, saved) == []
+    before_method = {dest: value for dest, value in saved.items() if dest != "method"}  # an option added since
+    assert config_differences(before_method, saved) == []
+    assert config_differences(before_method, {**saved, "method": "er"}) == ["method (saved 'dytox', now 'er')"]
 
 
 def test_every_record_has_a_group_a_help_and_its_own_spellings() -> None:
