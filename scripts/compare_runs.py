@@ -19,6 +19,13 @@ import torch
 TIMINGS = {"seconds", "data_seconds", "images_per_s", "data_wait_fraction"}
 
 
+def same_entry(first: object, second: object) -> bool:
+    """A state dict's tensors compared bit for bit; its other entries (a model's extra state) by value."""
+    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
+        return torch.equal(first, second)
+    return first == second
+
+
 def rows(path: Path) -> list[dict]:
     """JSON rows without timings, with their key order; a task row keeps the names of its timed phases."""
     out = []
@@ -40,7 +47,7 @@ def differences(a: Path, b: Path) -> list[str]:
     for name in names:
         first = torch.load(a / "checkpoints" / name, weights_only=True)["model"]
         second = torch.load(b / "checkpoints" / name, weights_only=True)["model"]
-        if first.keys() != second.keys() or any(not torch.equal(first[k], second[k]) for k in first):
+        if first.keys() != second.keys() or any(not same_entry(first[k], second[k]) for k in first):
             problems.append(f"weights of {name} differ")
     for memory in sorted((a / "memory").glob("*.npz")):
         with np.load(memory) as first, np.load(b / "memory" / memory.name) as second:

@@ -145,3 +145,15 @@ def test_the_options_page_is_the_option_table_s_and_the_check_sees_a_change(tmp_
     result = subprocess.run([sys.executable, str(stale / "scripts" / "options_doc.py"), "--check"], capture_output=True,
                             text=True, timeout=120, env=env)
     assert result.returncode == 1 and result.stderr == "docs/options.md is stale: run python scripts/options_doc.py\n"
+
+
+def test_compare_runs_compares_a_state_dict_s_extra_state_by_value() -> None:
+    """The baseline's checkpoints hold its frozen parts as ``_extra_state`` (a dict), beside the tensors."""
+    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPTS_DIR / "compare_runs.py")
+    assert spec is not None and spec.loader is not None
+    compare_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_runs)
+    assert compare_runs.same_entry({"frozen": ["sab"]}, {"frozen": ["sab"]})
+    assert not compare_runs.same_entry({"frozen": ["sab"]}, {"frozen": []})
+    assert compare_runs.same_entry(torch.ones(2), torch.ones(2)) and not compare_runs.same_entry(torch.ones(2),
+                                                                                                  torch.zeros(2))
