@@ -79,7 +79,7 @@ def test_cifar_malformed_pickle_names_file(cifar_root: Path) -> None:
 
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="fashion_mnist"):
-        build_dataset("cifar10", ".", True)
+        build_dataset("cifar20", ".", True)
     with pytest.raises(ValueError, match="imagenet100"):
         build_test_transform("mnist", 32)
 
