@@ -77,6 +77,36 @@ def test_cifar_malformed_pickle_names_file(cifar_root: Path) -> None:
         build_dataset("cifar", cifar_root, False)
 
 
+def _write_cifar10(root: Path) -> Path:
+    """torchvision's CIFAR-10 layout: five training batches of 2 images per class, a test batch of 1."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, per_class in [*((f"data_batch_{i}", 2) for i in range(1, 6)), ("test_batch", 1)]:
+        labels = np.tile(np.arange(10), per_class)
+        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        data[0, :1024], data[0, 1024:2048], data[0, 2048:] = 1, 2, int(name[-1]) if name[-1].isdigit() else 9
+        with (folder / name).open("wb") as handle:
+            pickle.dump({"data": data, "labels": labels.tolist(), "batch_label": name}, handle)
+    with (folder / "batches.meta").open("wb") as handle:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, handle)
+    return folder
+
+
+def test_cifar10_reads_the_five_batches_without_md5_checks(tmp_path: Path) -> None:
+    folder = _write_cifar10(tmp_path)
+    x, y, _ = build_dataset("cifar10", tmp_path, True).get_data()
+    assert x.shape == (100, 32, 32, 3) and x.dtype == np.uint8 and np.bincount(y).tolist() == [10] * 10
+    assert [x[i, 0, 0].tolist() for i in range(0, 100, 20)] == [[1, 2, b] for b in range(1, 6)]  # batch order
+    x_test, y_test, _ = build_dataset("cifar10", tmp_path, False).get_data()
+    assert y_test.tolist() == list(range(10)) and x_test[0, 0, 0].tolist() == [1, 2, 9]
+    assert ds.dataset_normalization("cifar10") == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    assert ds.dataset_normalization("cifar10", std=(1, 1, 1))[1] == (1.0, 1.0, 1.0)
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match=f"malformed CIFAR-10 file {folder / 'data_batch_3'}"):
+        build_dataset("cifar10", tmp_path, True)
+
+
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="fashion_mnist"):
         build_dataset("cifar20", ".", True)
