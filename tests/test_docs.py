@@ -21,7 +21,7 @@ def test_the_readme_is_a_door_of_at_most_12_kb_that_maps_the_docs() -> None:
     for page in ("options", "running", "outputs", "differences", "benchmarks", "architecture"):
         assert f"(docs/{page}.md)" in readme, page
     assert {path.stem for path in (REPO_ROOT / "docs").glob("*.md")} == {
-        "options", "running", "outputs", "differences", "benchmarks", "architecture"}
+        "options", "running", "outputs", "differences", "benchmarks", "architecture", "extending"}
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: str(path.relative_to(REPO_ROOT)))

@@ -7,6 +7,7 @@ ship with scikit-learn. Downloads are monkeypatched to fail.
 from __future__ import annotations
 
 import pickle
+import re
 import urllib.error
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 from torchvision import datasets as tv_datasets
 
-from conftest import CIFAR_TRAIN_PER_CLASS
+from conftest import CIFAR_TRAIN_PER_CLASS, REPO_ROOT
 from continual.data import datasets as ds
 from continual.data.datasets import DatasetError, build_dataset
 from continual.data.scenarios import build_scenario
@@ -105,6 +106,28 @@ def test_cifar10_reads_the_five_batches_without_md5_checks(tmp_path: Path) -> No
     (folder / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DatasetError, match=f"malformed CIFAR-10 file {folder / 'data_batch_3'}"):
         build_dataset("cifar10", tmp_path, True)
+
+
+def test_the_documented_dataset_example_reads_its_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/extending.md's example row, run as written (on a copy of the table)."""
+    section = (REPO_ROOT / "docs" / "extending.md").read_text().split("## Adding a dataset")[1].split("\n## ")[0]
+    example = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(example) == 1
+    monkeypatch.setattr(ds, "DATASETS", dict(ds.DATASETS))
+    exec(compile(example[0], "docs/extending.md", "exec"), {"__name__": "documented_example"})
+    for split, rows in (("train", [("a.png", 1), ("b.jpg", 0), ("c.png", 1)]), ("test", [("d.png", 0), ("e.png", 1)])):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        for name, label in rows:
+            Image.new("L", (10 + label, 12), 40 * label).save(tmp_path / "images" / name)
+        (tmp_path / f"{split}.csv").write_text("".join(f"{name},{label}\n" for name, label in rows))
+    x, y, _ = build_dataset("labelled_images", tmp_path, True).get_data()
+    assert [Path(p).name for p in x] == ["a.png", "b.jpg", "c.png"] and y.tolist() == [1, 0, 1]
+    scenario = build_scenario(build_dataset("labelled_images", tmp_path, False), initial_increment=1, increment=1,
+                              class_order=None, transform=build_test_transform("labelled_images", 16))
+    assert scenario[1][0][0].shape == (3, 16, 16) and len(scenario[0]) == 1
+    (tmp_path / "test.csv").unlink()
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'test.csv'} not found"):
+        build_dataset("labelled_images", tmp_path, False)
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
