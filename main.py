@@ -6,10 +6,12 @@ directly for a single process. ``python main.py --help`` lists every option; doc
 from __future__ import annotations
 
 import sys
+import traceback
 
 from continual.config import ConfigError, parse_config
 from continual.config.notes import context_notes, memory_note
 from continual.config.options import no_effect_notes
+from continual.data.errors import DatasetError, ImageReadError
 from continual.runtime.distributed import cleanup, record_errors, setup
 from continual.runtime.host_memory import retain_freed_memory
 from continual.runtime.preemption import Preempted
@@ -42,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:  # found once the run folder is read: e.g. a resume with other options
         if ctx.is_main:  # every process finds it: one line is enough
             print(f"error: {error}", file=sys.stderr)
+        return 2
+    except DatasetError as error:  # missing or malformed data before training; an undecodable image during it
+        if ctx.is_main or isinstance(error, ImageReadError):  # a file only one process read: that one says it
+            print(f"error: {error.line}", file=sys.stderr, flush=True)
+        traceback.clear_frames(error.__traceback__)  # frees a failed loader's workers now, not at a later collection
         return 2
     except Preempted as stopped:
         return 130 if stopped.signal_name == "SIGINT" else 143  # the shell's codes for these signals

@@ -17,6 +17,9 @@ import termios
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from continual.config import parse_config
 from continual.method.metrics import average_incremental_accuracy, backward_transfer, forgetting
 from continual.model.config import ModelConfig
@@ -86,6 +89,64 @@ def hand_rows() -> list[TaskResult]:
             "seconds": {"train": 10.0, "eval": 1.0 + task},
         }))
     return rows
+
+
+# ---------------------------------- image files in class folders (tests/data, tests/state, tests/program)
+
+# One image per entry: (file name, PIL mode, size, fill). The modes and formats a folder of user images may hold,
+# each of another size; the fill is the grey level (0..255) every mode reads back as, after the RGB conversion.
+FOLDER_IMAGES = (
+    ("rgb.jpg", "RGB", (40, 30), 200),
+    ("grey.PNG", "L", (8, 8), 30),
+    ("alpha.png", "RGBA", (12, 20), 90),
+    ("palette.gif", "P", (16, 9), 160),
+    ("cmyk.jpeg", "CMYK", (10, 10), 60),
+    ("sixteen.png", "I;16", (24, 16), 120),
+    ("bitmap.bmp", "RGB", (9, 33), 70),
+)
+
+
+def write_image(path: Path, mode: str, size: tuple[int, int], grey: int) -> Path:
+    """An image file of ``mode`` and ``size`` whose pixels read back as RGB ``(grey, grey, grey)`` (JPEG: about)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        image = Image.fromarray(np.full(size[::-1], grey * 257, dtype=np.uint16))  # 16-bit: 257 levels per 8-bit one
+    elif mode == "P":  # a one-colour palette whose colour is transparent (GIF keeps the transparency index)
+        image = Image.new("P", size, 0)
+        image.putpalette([grey] * 3 + [0] * 765)
+        image.info["transparency"] = 0
+    elif mode == "CMYK":
+        image = Image.new("CMYK", size, (0, 0, 0, 255 - grey))  # PIL: R = 255 - C - K
+    elif mode == "RGBA":
+        image = Image.new("RGBA", size, (grey, grey, grey, 128))
+    else:
+        image = Image.new(mode, size, grey if mode == "L" else (grey,) * 3)
+    image.save(path)
+    return path
+
+
+def write_class_folder(folder: Path, per_class: int, first: int = 0) -> list[Path]:
+    """``per_class`` images of ``FOLDER_IMAGES`` (cycling through them from ``first``) in ``folder``."""
+    written = []
+    for i in range(per_class):
+        name, mode, size, grey = FOLDER_IMAGES[(first + i) % len(FOLDER_IMAGES)]
+        written.append(write_image(folder / f"{i}_{name}", mode, size, grey))
+    return written
+
+
+def write_image_folder(root: Path, classes: tuple[str, ...], train_per_class: int, test_per_class: int,
+                       test_split: str = "val") -> Path:
+    """``root/train/CLASS/*`` and ``root/<test_split>/CLASS/*``, every mode of ``FOLDER_IMAGES`` represented."""
+    for index, name in enumerate(classes):
+        write_class_folder(root / "train" / name, train_per_class, first=index)
+        write_class_folder(root / test_split / name, test_per_class, first=index + 3)
+    return root
+
+
+def corrupt(path: Path) -> Path:
+    """Keep the file's name, replace its content by bytes no image decoder accepts."""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image at all" * 3)
+    return path
 
 
 # ------------------------------------------------- whole programs (tests/program)

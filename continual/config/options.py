@@ -22,7 +22,8 @@ from continual.vocabulary import FREEZE_NAMES, HEAD_MODES, PHASE_OPTIONS, REHEAR
 NEVER_READ = "no effect: the published code parses it and never reads it"
 
 # Explicit tables of accepted names: anything else is an error, never a fallback.
-DATASETS = ("cifar", "imagenet100", "imagenet1000", "fashion_mnist", "digits")
+DATASETS = ("cifar", "imagenet100", "imagenet1000", "fashion_mnist", "digits", "cifar10", "imagefolder",
+            "tinyimagenet200", "imagenet_r")
 ENCODERS = ("convit", "vit")
 NORMS = ("layer", "scale")
 SAM_BATCHES = ("main", "memory")
@@ -237,6 +238,10 @@ DATA_OPTIONS = (
     _list("class_order", int, None, "permutation of the class labels (a file may list several orders)",
           yaml_value=_class_order_from_yaml, metavar="CLASS"),
     _value("input_size", int, 32, "image side after resizing, in pixels", bounds=POSITIVE),
+    _list("mean", float, None, "per-channel mean (R G B, in [0, 1] units) of the normalisation, instead of the "
+          "dataset's (imagefolder: ImageNet's)", metavar="V"),
+    _list("std", float, None, "per-channel standard deviation (R G B) of the normalisation, instead of the "
+          "dataset's", bounds=ABOVE_ZERO, metavar="V"),
     _value("validation", float, 0.0, "hold out this fraction of each task's training images and evaluate on them "
            "instead of the test set (0: the test set), as published", bounds=FRACTION),
     _bool("validation_test_transform", False, "evaluate the held-out images with the test transform (published: "

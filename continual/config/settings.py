@@ -63,6 +63,8 @@ class DataSettings:
     recount: int
     validation: float = 0.0
     validation_test_transform: bool = False
+    mean: tuple[float, ...] | None = None  # --mean / --std: None is the dataset's normalisation
+    std: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

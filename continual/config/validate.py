@@ -59,6 +59,15 @@ def validate_config(cfg: argparse.Namespace) -> None:
     _check_sam(cfg)
     if cfg.validation_test_transform and cfg.validation == 0.0:
         raise ConfigError("option 'validation_test_transform' needs validation > 0 (a held-out split)")
+    _check_channels(cfg)
+
+
+def _check_channels(cfg: argparse.Namespace) -> None:
+    """``--mean`` and ``--std`` give one value per RGB channel."""
+    for dest in ("mean", "std"):
+        values = getattr(cfg, dest)
+        if values is not None and len(values) != 3:
+            raise ConfigError(f"option {dest!r} takes three values (R G B), got {len(values)}: {values}")
 
 
 def check_runnable(cfg: argparse.Namespace) -> None:

@@ -11,10 +11,13 @@ What `build_dataset` returns:
   images `(N, H, W, 3)` (`TaskType.IMAGE_ARRAY`). Greyscale datasets are
   converted once to RGB (three equal channels) and resized to `input_size`
   with bicubic interpolation, before any augmentation (docs/benchmarks.md).
-- `imagenet100`, `imagenet1000`: an `InMemoryDataset` of image paths
-  (`TaskType.IMAGE_PATH`); continuum opens each file as RGB when it is read.
+- `cifar10`: the same, from torchvision's CIFAR-10 layout.
+- `imagenet100`, `imagenet1000`, and the folder datasets `imagefolder`,
+  `tinyimagenet200`, `imagenet_r` (continual.data.folders): an `InMemoryDataset`
+  of image paths (`TaskType.IMAGE_PATH`), each file read as RGB only when a
+  sample is asked for (continual.data.images).
 
-We read CIFAR-100 pickles and Fashion-MNIST IDX files ourselves instead of going
+We read CIFAR pickles and Fashion-MNIST IDX files ourselves instead of going
 through torchvision because torchvision checks md5 sums (so the synthetic CIFAR
 files written by tests, and the Debian Fashion-MNIST `.gz` files whose gzip
 headers differ, would be refused). torchvision is only used to *download* the
@@ -41,12 +44,26 @@ from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import datasets as tv_datasets
 
+from continual.data.errors import DatasetError
+from continual.data.folders import (
+    SplitFiles,
+    imagenet_r_split,
+    load_image_folder,
+    load_imagenet_r,
+    load_tiny_imagenet,
+)
+from continual.data.splits import stratified_test_mask
+
 Triple = tuple[float, float, float]
 # Raw samples of one split: images (uint8 arrays or path strings) and int64 labels.
 RawSamples = tuple[np.ndarray, np.ndarray]
 
 CIFAR_FOLDER = "cifar-100-python"
 CIFAR_LAYOUT = f"{CIFAR_FOLDER}/{{train,test,meta}}"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_LAYOUT = f"{CIFAR10_FOLDER}/{{data_batch_1..5,test_batch,batches.meta}}"
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILES = ("test_batch",)
 IMAGENET_LAYOUT = "train/WNID/*.JPEG and val/WNID/*.JPEG"
 FASHION_FILES: dict[bool, tuple[str, str]] = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -68,29 +85,29 @@ _PICKLE_ERRORS = (
 _DOWNLOAD_ERRORS = (OSError, RuntimeError, ValueError)
 
 
-class DatasetError(RuntimeError):
-    """A dataset is missing, incomplete or malformed on disk.
-
-    The message always names the path that was read and the layout expected
-    there, so the user can fix the folder without reading the code.
-    """
-
-
 @dataclass(frozen=True)
 class DatasetInfo:
     """One row of the dataset table.
 
+    `num_classes` is the benchmark's number of classes, None when it is the
+    number of class folders found (the labels always come from the files).
     `load(root, train)` returns the raw split; `greyscale` says that images are
     `(N, H, W)` uint8 and must be converted to RGB and resized to the input
-    size; `data_type` is how continuum reads `x`.
+    size; `data_type` is how continuum reads `x`. `any_size`: the images have
+    any size, so the transforms always resize and crop as for ImageNet, even at
+    an input size <= 32. `drawn_split(root)`: for a dataset without an official
+    test set, the train and test files of the split this code draws, which a
+    run folder records and a resume checks (continual.state.data_split).
     """
 
-    num_classes: int
+    num_classes: int | None
     mean: Triple
     std: Triple
     load: Callable[[Path, bool], RawSamples]
     data_type: TaskType = TaskType.IMAGE_ARRAY
     greyscale: bool = False
+    any_size: bool = False
+    drawn_split: Callable[[Path], SplitFiles] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -155,8 +172,9 @@ def _load_cifar100(root: Path, train: bool) -> RawSamples:
     return _read_cifar_pickle(path)
 
 
-def _read_cifar_pickle(path: Path) -> RawSamples:
-    """Read one CIFAR-100 pickle: `data` (N, 3072) uint8 rows (RGB planes), `fine_labels`.
+def _read_cifar_pickle(path: Path, name: str = "CIFAR-100", label_key: str = "fine_labels") -> RawSamples:
+    """Read one CIFAR pickle: `data` (N, 3072) uint8 rows (RGB planes), labels under `label_key`
+    (CIFAR-100: `fine_labels`, CIFAR-10: `labels`).
 
     The files are Python pickles (as in torchvision): only read trusted files.
     """
@@ -164,17 +182,40 @@ def _read_cifar_pickle(path: Path) -> RawSamples:
         with path.open("rb") as handle:
             entry = pickle.load(handle, encoding="latin1")
     except (OSError, *_PICKLE_ERRORS) as error:
-        raise DatasetError(f"malformed CIFAR-100 file {path}: {error}") from error
-    if not isinstance(entry, dict) or "data" not in entry or "fine_labels" not in entry:
-        raise DatasetError(f"malformed CIFAR-100 file {path}: expected a dict with "
-                           "keys 'data' and 'fine_labels'")
+        raise DatasetError(f"malformed {name} file {path}: {error}") from error
+    if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
+        raise DatasetError(f"malformed {name} file {path}: expected a dict with "
+                           f"keys 'data' and '{label_key}'")
     data = np.asarray(entry["data"], dtype=np.uint8)
-    labels = np.asarray(entry["fine_labels"], dtype=np.int64)
+    labels = np.asarray(entry[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise DatasetError(f"malformed CIFAR-100 file {path}: 'data' has shape "
+        raise DatasetError(f"malformed {name} file {path}: 'data' has shape "
                            f"{data.shape} for {len(labels)} labels, expected (N, 3072)")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 32, 32, 3)
     return np.ascontiguousarray(images), labels
+
+
+# ---------------------------------------------------------------------------
+# CIFAR-10
+# ---------------------------------------------------------------------------
+
+def _load_cifar10(root: Path, train: bool) -> RawSamples:
+    """CIFAR-10 from `root/cifar-10-batches-py/` (five training batches, one test batch); downloads it if
+    missing. No md5 check, as for CIFAR-100."""
+    names = CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES
+    paths = [root / CIFAR10_FOLDER / name for name in names]
+    if not all(path.is_file() for path in paths):
+        failure = _try_download(tv_datasets.CIFAR10, root, train)
+        missing = [path for path in paths if not path.is_file()]
+        if failure is not None or missing:
+            raise DatasetError(
+                f"CIFAR-10 not found: {missing[0] if missing else paths[0]} does not exist. Expected the "
+                f"torchvision layout {root}/{CIFAR10_LAYOUT}, and downloading it failed "
+                f"({failure or 'file still missing after download'}). Copy the "
+                f"'{CIFAR10_FOLDER}' folder under --data-path {root}."
+            )
+    batches = [_read_cifar_pickle(path, "CIFAR-10", "labels") for path in paths]
+    return np.concatenate([images for images, _ in batches]), np.concatenate([labels for _, labels in batches])
 
 
 # ---------------------------------------------------------------------------
@@ -318,21 +359,6 @@ def _load_fashion_mnist(root: Path, train: bool) -> RawSamples:
 # scikit-learn digits (offline demo)
 # ---------------------------------------------------------------------------
 
-def stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask choosing round(fraction * n_c) test samples of every class c.
-
-    One seeded generator visits the classes in sorted order, so the split is
-    the same for the train and the test call and they never overlap.
-    """
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        chosen = rng.choice(members, size=round(fraction * len(members)), replace=False)
-        mask[chosen] = True
-    return mask
-
-
 def _load_digits(root: Path, train: bool) -> RawSamples:
     """scikit-learn digits (8x8, values 0..16) as uint8 0..255; `root` is unused."""
     from sklearn.datasets import load_digits  # imported here: only this dataset needs it
@@ -351,6 +377,8 @@ def _load_digits(root: Path, train: bool) -> RawSamples:
 
 CIFAR100_MEAN: Triple = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD: Triple = (0.2675, 0.2565, 0.2761)
+CIFAR10_MEAN: Triple = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: Triple = (0.2470, 0.2435, 0.2616)
 FASHION_MNIST_MEAN: Triple = (0.2860, 0.2860, 0.2860)
 FASHION_MNIST_STD: Triple = (0.3530, 0.3530, 0.3530)
 # Measured once on the digits *train* split after the conversion above (uint8
@@ -370,6 +398,13 @@ DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo(10, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
                                  _load_fashion_mnist, greyscale=True),
     "digits": DatasetInfo(10, DIGITS_MEAN, DIGITS_STD, _load_digits, greyscale=True),
+    "cifar10": DatasetInfo(10, CIFAR10_MEAN, CIFAR10_STD, _load_cifar10),
+    "imagefolder": DatasetInfo(None, IMAGENET_MEAN, IMAGENET_STD, load_image_folder,
+                               data_type=TaskType.IMAGE_PATH, any_size=True),
+    "tinyimagenet200": DatasetInfo(200, IMAGENET_MEAN, IMAGENET_STD, load_tiny_imagenet,
+                                   data_type=TaskType.IMAGE_PATH, any_size=True),
+    "imagenet_r": DatasetInfo(200, IMAGENET_MEAN, IMAGENET_STD, load_imagenet_r, data_type=TaskType.IMAGE_PATH,
+                              any_size=True, drawn_split=imagenet_r_split),
 }
 
 
@@ -381,10 +416,24 @@ def dataset_info(name: str) -> DatasetInfo:
         raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}") from None
 
 
-def dataset_normalization(name: str) -> tuple[Triple, Triple]:
-    """(mean, std) per RGB channel, in [0, 1] units, used by `Normalize`."""
+def dataset_normalization(name: str, mean: tuple[float, ...] | None = None,
+                          std: tuple[float, ...] | None = None) -> tuple[Triple, Triple]:
+    """(mean, std) per RGB channel, in [0, 1] units, used by `Normalize`: the table's, or `mean` / `std`
+    where given (--mean, --std; three values each, checked with the options)."""
     info = dataset_info(name)
-    return info.mean, info.std
+    return (info.mean if mean is None else _triple(mean)), (info.std if std is None else _triple(std))
+
+
+def _triple(values: tuple[float, ...]) -> Triple:
+    red, green, blue = values
+    return float(red), float(green), float(blue)
+
+
+def drawn_split(name: str, data_path: str | Path) -> SplitFiles | None:
+    """The train and test files (relative to `data_path`) of the split this code draws for `name`, or None
+    for a dataset whose split is given by its files."""
+    info = dataset_info(name)
+    return None if info.drawn_split is None else info.drawn_split(Path(data_path).expanduser())
 
 
 def build_dataset(

@@ -35,11 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 from continuum import ClassIncremental
 from continuum.datasets import InMemoryDataset
-from continuum.tasks import BaseTaskSet, TaskSet, split_train_val
+from continuum.tasks import BaseTaskSet, split_train_val
 
 from continual.config.errors import ConfigError
 from continual.config.settings import DataSettings
 from continual.data.datasets import build_dataset
+from continual.data.images import decoding, image_taskset
 from continual.data.transforms import build_transform
 
 
@@ -103,6 +104,14 @@ def validate_class_order(class_order: Sequence[int] | None, num_classes: int) ->
     return order
 
 
+class DecodingClassIncremental(ClassIncremental):
+    """continuum's class-incremental scenario whose task sets of image paths read each file with
+    ``continual.data.images.read_rgb`` (any image mode as RGB, an error naming a file that cannot be decoded)."""
+
+    def __getitem__(self, task_index: int | slice) -> BaseTaskSet:
+        return decoding(super().__getitem__(task_index))
+
+
 def build_scenario(
     dataset: InMemoryDataset,
     *,
@@ -115,7 +124,7 @@ def build_scenario(
     classes = _dataset_classes(dataset)
     order = validate_class_order(class_order, len(classes))
     task_increments(len(classes), initial_increment, increment)
-    return ClassIncremental(
+    return DecodingClassIncremental(
         dataset,
         increment=increment,
         initial_increment=initial_increment,
@@ -143,7 +152,7 @@ class Scenarios:
     def training_set(self, task_id: int) -> BaseTaskSet:
         if not self.validation:
             return self.train[task_id]
-        return split_train_val(self.train[task_id], self.validation)[0]
+        return decoding(split_train_val(self.train[task_id], self.validation)[0])
 
     def evaluation_set(self, task_id: int) -> BaseTaskSet:
         """The images of the classes seen after ``task_id``: test images, or the held-out ones."""
@@ -152,7 +161,7 @@ class Scenarios:
         parts = [split_train_val(self.train[i], self.validation)[1].get_raw_samples() for i in range(task_id + 1)]
         x, y, t = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
         transform = self.test[0].trsf if self.validation_test_transform else self.train[0].trsf
-        return TaskSet(x, y, t, trsf=transform, data_type=self.train[0].data_type)
+        return image_taskset(x, y, t, trsf=transform, data_type=self.train[0].data_type)
 
     @property
     def classes_per_task(self) -> list[int]:
@@ -173,7 +182,7 @@ def build_scenarios(settings: DataSettings) -> tuple[ClassIncremental, ClassIncr
         transform = build_transform(
             settings.data_set, settings.input_size, train, color_jitter=settings.color_jitter, aa=settings.aa,
             interpolation=settings.train_interpolation, reprob=settings.reprob, remode=settings.remode,
-            recount=settings.recount)
+            recount=settings.recount, mean=settings.mean, std=settings.std)
         scenarios.append(build_scenario(
             dataset, initial_increment=settings.initial_increment, increment=settings.increment,
             class_order=settings.class_order, transform=transform))
@@ -202,7 +211,7 @@ def taskset_with_memory(taskset: BaseTaskSet, x: np.ndarray, y: np.ndarray,
     """
     x_task, y_task, t_task = taskset.get_raw_samples()
     _check_memory(x, y, t, x_task)
-    combined = TaskSet(x_task, y_task, t_task, trsf=taskset.trsf, data_type=taskset.data_type)
+    combined = image_taskset(x_task, y_task, t_task, trsf=taskset.trsf, data_type=taskset.data_type)
     combined.add_samples(x, y, t)
     return combined
 
@@ -213,5 +222,5 @@ def memory_taskset(train_scenario: ClassIncremental, x: np.ndarray, y: np.ndarra
     if len(x) == 0:
         raise ValueError("memory_taskset needs a non-empty memory")
     _check_memory(x, y, t, train_scenario.cl_dataset.get_data()[0])
-    return TaskSet(np.asarray(x), np.asarray(y), np.asarray(t), trsf=train_scenario.trsf,
-                   data_type=train_scenario.cl_dataset.data_type)
+    return image_taskset(np.asarray(x), np.asarray(y), np.asarray(t), trsf=train_scenario.trsf,
+                         data_type=train_scenario.cl_dataset.data_type)

@@ -9,6 +9,13 @@ published code does for CIFAR-100.
 Test: `ToTensor` + `Normalize` for small images; for ImageNet-size images
 `Resize(int(input_size / 0.875), bicubic)` + `CenterCrop(input_size)` first.
 
+Datasets whose images have any size (the folder datasets, `any_size` in the
+dataset table) always take the ImageNet path, whatever the input size: the CIFAR
+crop would cut an `input_size` window out of a larger image instead of resizing it.
+
+The normalisation is the dataset's (its row of the dataset table), or
+`--mean` / `--std` when given.
+
 Published behaviours kept on purpose (docs/differences.md), both inherited from timm:
 
 - colour jitter is *not* applied when an auto-augment policy such as
@@ -32,7 +39,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms
 
-from continual.data.datasets import dataset_normalization
+from continual.data.datasets import dataset_info, dataset_normalization
 
 SMALL_IMAGE_MAX_SIZE = 32  # at or below this size: CIFAR-style crop and no resize at test
 SMALL_IMAGE_PADDING = 4
@@ -49,13 +56,17 @@ def auto_augment_policy(aa: str | None) -> str | None:
     return aa
 
 
-def _is_small(input_size: int) -> bool:
-    return input_size <= SMALL_IMAGE_MAX_SIZE
+Channels = tuple[float, ...] | None  # --mean / --std: three values, or None for the dataset's
 
 
-def _normalize(dataset_name: str) -> transforms.Normalize:
-    mean, std = dataset_normalization(dataset_name)
-    return transforms.Normalize(mean=mean, std=std)
+def _is_small(dataset_name: str, input_size: int) -> bool:
+    """The CIFAR path (random crop with padding, no resize at test) for small images of a fixed size."""
+    return input_size <= SMALL_IMAGE_MAX_SIZE and not dataset_info(dataset_name).any_size
+
+
+def _normalize(dataset_name: str, mean: Channels, std: Channels) -> transforms.Normalize:
+    channel_mean, channel_std = dataset_normalization(dataset_name, mean, std)
+    return transforms.Normalize(mean=channel_mean, std=channel_std)
 
 
 def build_train_transform(
@@ -68,6 +79,8 @@ def build_train_transform(
     reprob: float,
     remode: str,
     recount: int,
+    mean: Channels = None,
+    std: Channels = None,
 ) -> transforms.Compose:
     """Training augmentation: timm's recipe, CIFAR crop for small images, dataset normalisation.
 
@@ -87,9 +100,9 @@ def build_train_transform(
         std=RANDAUGMENT_FILL_STD,
     )
     steps = list(timm_transform.transforms)
-    if _is_small(input_size):
+    if _is_small(dataset_name, input_size):
         steps[0] = _small_image_crop(steps[0], input_size)
-    return transforms.Compose(_with_dataset_normalization(steps, dataset_name))
+    return transforms.Compose(_with_dataset_normalization(steps, _normalize(dataset_name, mean, std)))
 
 
 def _small_image_crop(first: Callable, input_size: int) -> transforms.RandomCrop:
@@ -100,27 +113,28 @@ def _small_image_crop(first: Callable, input_size: int) -> transforms.RandomCrop
     return transforms.RandomCrop(input_size, padding=SMALL_IMAGE_PADDING)
 
 
-def _with_dataset_normalization(steps: list[Callable], dataset_name: str) -> list[Callable]:
+def _with_dataset_normalization(steps: list[Callable], normalize: transforms.Normalize) -> list[Callable]:
     """Replace the single `Normalize` of timm's pipeline by the dataset's."""
     positions = [i for i, step in enumerate(steps) if isinstance(step, transforms.Normalize)]
     if len(positions) != 1:
         raise RuntimeError(f"expected one Normalize in timm's train transform, found "
                            f"{len(positions)}: the timm version is not supported")
     steps = list(steps)
-    steps[positions[0]] = _normalize(dataset_name)
+    steps[positions[0]] = normalize
     return steps
 
 
-def build_test_transform(dataset_name: str, input_size: int) -> transforms.Compose:
+def build_test_transform(dataset_name: str, input_size: int, mean: Channels = None,
+                         std: Channels = None) -> transforms.Compose:
     """Deterministic evaluation transform (no augmentation)."""
     steps: list[Callable] = []
-    if not _is_small(input_size):
+    if not _is_small(dataset_name, input_size):
         resize = int(input_size / EVAL_CROP_PCT)
         steps += [
             transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.CenterCrop(input_size),
         ]
-    steps += [transforms.ToTensor(), _normalize(dataset_name)]
+    steps += [transforms.ToTensor(), _normalize(dataset_name, mean, std)]
     return transforms.Compose(steps)
 
 
@@ -135,11 +149,13 @@ def build_transform(
     reprob: float,
     remode: str,
     recount: int,
+    mean: Channels = None,
+    std: Channels = None,
 ) -> transforms.Compose:
     """Train or test transform of a dataset; the augmentation options only act in training."""
     if not train:
-        return build_test_transform(dataset_name, input_size)
+        return build_test_transform(dataset_name, input_size, mean, std)
     return build_train_transform(
         dataset_name, input_size, color_jitter=color_jitter, aa=aa,
-        interpolation=interpolation, reprob=reprob, remode=remode, recount=recount,
+        interpolation=interpolation, reprob=reprob, remode=remode, recount=recount, mean=mean, std=std,
     )

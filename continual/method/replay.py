@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from continual.config.settings import MemorySettings, Settings
+from continual.data.images import image_taskset
 from continual.data.scenarios import Scenarios, memory_taskset, taskset_with_memory
 from continual.method.learner import FeatureLoader, LearnerParts
 from continual.method.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
@@ -97,7 +98,7 @@ class RehearsalLearner:
         if not self.memory_settings.rehearsal_test_trsf:
             return taskset
         test_transform = self.scenarios.test[0].trsf
-        return TaskSet(*taskset.get_raw_samples(), trsf=test_transform, data_type=taskset.data_type)
+        return image_taskset(*taskset.get_raw_samples(), trsf=test_transform, data_type=taskset.data_type)
 
     def _herd(self, model: ContinualModel, task_id: int, quota: int, pass_index: int) -> np.ndarray:
         """Indices of the exemplars of the new classes, herded on this process's features of that pass."""

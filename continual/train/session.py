@@ -32,6 +32,7 @@ from continual.runtime.device import attention_kernel_for, set_deterministic
 from continual.runtime.distributed import DistContext, broadcast_object
 from continual.runtime.preemption import Preempted, StopRequest
 from continual.runtime.seeding import restore_rng, seed_everything
+from continual.state.data_split import check_split, record_split
 from continual.state.saved_runs import Position
 from continual.train.fit import precision_of
 from continual.train.loaders import Loaders
@@ -98,6 +99,7 @@ def evaluate_checkpoint(settings: Settings, ctx: DistContext) -> EvalRecord:
     start_task = settings.run.start_task
     task_id = start_task - 1 if start_task else latest_task_checkpoint(run_dir)
     action = f"--eval --resume {run_dir}"
+    check_split(run_dir, settings.data)
     model, saved = task_checkpoint(action, run_dir, task_id, ctx.device)
     check_same_run(action, run_dir, saved["config"], settings.options)  # any number of processes evaluates alike
     scenarios = load_scenarios(settings.data)
@@ -126,6 +128,7 @@ def start_run(settings: Settings, ctx: DistContext, started: float) -> tuple[Tas
     scenarios = load_scenarios(settings.data)  # fails fast on missing or malformed data
     classes_per_task = scenarios.classes_per_task
     run_dir, mirror, continuing = broadcast_object(prepare_run_dir(settings))  # rank 0's names
+    check_split(run_dir, settings.data)  # a drawn train/test split (ImageNet-R) must be the saved one
     logs = RunLogs(run_dir, mirror) if ctx.is_main else None
     if continuing and settings.run.start_task:
         start = restart_at_task(settings, ctx, run_dir, scenarios, logs)
@@ -140,6 +143,7 @@ def start_run(settings: Settings, ctx: DistContext, started: float) -> tuple[Tas
         run_dir.mkdir(parents=True, exist_ok=True)
         name = f"config_resume_{time.strftime('%Y%m%d-%H%M%S')}.yaml" if continuing else "config.yaml"
         save_config(dict(settings.options), run_dir / name)
+        record_split(run_dir, settings.data)
         reporter = RunResults(run_dir, settings.run, last_task, started)  # rebuilds tensorboard/ from the logs
         reporter.resume_from(logs.task_results(), logs.epoch_records())
     return build_loop(settings, ctx, run_dir, scenarios, start, logs, reporter), start.position, last_task

@@ -29,6 +29,7 @@ COMBOS = [
     ("data/imagenet1000_joint.yaml", "data/imagenet1000_order1.yaml", "model/imagenet_dytox.yaml"),
     ("data/fashion_mnist_5x2.yaml", "model/cpu_small.yaml"),
     ("data/digits_demo.yaml", "model/demo_tiny.yaml"),
+    ("data/imagefolder.yaml", "model/imagenet_dytox.yaml"),
 ]
 
 

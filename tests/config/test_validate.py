@@ -42,6 +42,18 @@ def test_validation_runs_during_parsing() -> None:
         parse_config(["--global-memory", "--distributed-memory"])
 
 
+def test_mean_and_std_take_one_value_per_channel() -> None:
+    with pytest.raises(ConfigError, match=r"option 'mean' takes three values \(R G B\), got 2: \[0.5, 0.4\]"):
+        parse_config(["--mean", "0.5", "0.4"])
+    with pytest.raises(ConfigError, match="option 'std' takes three values"):
+        validate_config(with_values(std=[0.2, 0.2, 0.2, 0.2]))
+    with pytest.raises(ConfigError, match=r"option 'std' must be > 0 \(each value\), got \[0.2, 0.0, 0.2\]"):
+        parse_config(["--std", "0.2", "0", "0.2"])
+    data = settings_from(parse_config(["--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.2", "0.1"])).data
+    assert data.mean == (0.5, 0.4, 0.3) and data.std == (0.2, 0.2, 0.1)
+    assert settings_from(parse_config([])).data.mean is None  # the dataset's own, unless given
+
+
 def test_valid_configuration_passes() -> None:
     validate_config(with_values(class_order=[2, 0, 1], freeze_task=["all"],
                                 rehearsal="furthest_token"))

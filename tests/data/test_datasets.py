@@ -7,6 +7,7 @@ ship with scikit-learn. Downloads are monkeypatched to fail.
 from __future__ import annotations
 
 import pickle
+import re
 import urllib.error
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 from torchvision import datasets as tv_datasets
 
-from conftest import CIFAR_TRAIN_PER_CLASS
+from conftest import CIFAR_TRAIN_PER_CLASS, REPO_ROOT
 from continual.data import datasets as ds
 from continual.data.datasets import DatasetError, build_dataset
 from continual.data.scenarios import build_scenario
@@ -77,9 +78,61 @@ def test_cifar_malformed_pickle_names_file(cifar_root: Path) -> None:
         build_dataset("cifar", cifar_root, False)
 
 
+def _write_cifar10(root: Path) -> Path:
+    """torchvision's CIFAR-10 layout: five training batches of 2 images per class, a test batch of 1."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, per_class in [*((f"data_batch_{i}", 2) for i in range(1, 6)), ("test_batch", 1)]:
+        labels = np.tile(np.arange(10), per_class)
+        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        data[0, :1024], data[0, 1024:2048], data[0, 2048:] = 1, 2, int(name[-1]) if name[-1].isdigit() else 9
+        with (folder / name).open("wb") as handle:
+            pickle.dump({"data": data, "labels": labels.tolist(), "batch_label": name}, handle)
+    with (folder / "batches.meta").open("wb") as handle:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, handle)
+    return folder
+
+
+def test_cifar10_reads_the_five_batches_without_md5_checks(tmp_path: Path) -> None:
+    folder = _write_cifar10(tmp_path)
+    x, y, _ = build_dataset("cifar10", tmp_path, True).get_data()
+    assert x.shape == (100, 32, 32, 3) and x.dtype == np.uint8 and np.bincount(y).tolist() == [10] * 10
+    assert [x[i, 0, 0].tolist() for i in range(0, 100, 20)] == [[1, 2, b] for b in range(1, 6)]  # batch order
+    x_test, y_test, _ = build_dataset("cifar10", tmp_path, False).get_data()
+    assert y_test.tolist() == list(range(10)) and x_test[0, 0, 0].tolist() == [1, 2, 9]
+    assert ds.dataset_normalization("cifar10") == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    assert ds.dataset_normalization("cifar10", std=(1, 1, 1))[1] == (1.0, 1.0, 1.0)
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match=f"malformed CIFAR-10 file {folder / 'data_batch_3'}"):
+        build_dataset("cifar10", tmp_path, True)
+
+
+def test_the_documented_dataset_example_reads_its_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/extending.md's example row, run as written (on a copy of the table)."""
+    section = (REPO_ROOT / "docs" / "extending.md").read_text().split("## Adding a dataset")[1].split("\n## ")[0]
+    example = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(example) == 1
+    monkeypatch.setattr(ds, "DATASETS", dict(ds.DATASETS))
+    exec(compile(example[0], "docs/extending.md", "exec"), {"__name__": "documented_example"})
+    for split, rows in (("train", [("a.png", 1), ("b.jpg", 0), ("c.png", 1)]), ("test", [("d.png", 0), ("e.png", 1)])):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        for name, label in rows:
+            Image.new("L", (10 + label, 12), 40 * label).save(tmp_path / "images" / name)
+        (tmp_path / f"{split}.csv").write_text("".join(f"{name},{label}\n" for name, label in rows))
+    x, y, _ = build_dataset("labelled_images", tmp_path, True).get_data()
+    assert [Path(p).name for p in x] == ["a.png", "b.jpg", "c.png"] and y.tolist() == [1, 0, 1]
+    scenario = build_scenario(build_dataset("labelled_images", tmp_path, False), initial_increment=1, increment=1,
+                              class_order=None, transform=build_test_transform("labelled_images", 16))
+    assert scenario[1][0][0].shape == (3, 16, 16) and len(scenario[0]) == 1
+    (tmp_path / "test.csv").unlink()
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'test.csv'} not found"):
+        build_dataset("labelled_images", tmp_path, False)
+
+
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="fashion_mnist"):
-        build_dataset("cifar10", ".", True)
+        build_dataset("cifar20", ".", True)
     with pytest.raises(ValueError, match="imagenet100"):
         build_test_transform("mnist", 32)
 

@@ -27,7 +27,7 @@ def _cfg(data_set: str, data_path: Path | str, **overrides) -> SimpleNamespace:
     values = dict(data_set=data_set, data_path=str(data_path), train_per_class=0, input_size=32,
                   initial_increment=0, increment=10, class_order=None, color_jitter=0.4,
                   aa="rand-m9-mstd0.5-inc1", train_interpolation="bicubic", reprob=0.0,
-                  remode="pixel", recount=1)
+                  remode="pixel", recount=1, mean=None, std=None)
     values.update(overrides)
     return SimpleNamespace(**values)
 

@@ -16,7 +16,6 @@ import yaml
 import main
 from conftest import REPO_ROOT
 from continual.config import parse_config
-from continual.data.datasets import DatasetError
 from continual.method.metrics import backward_transfer, forgetting
 from continual.report.summary import TASK_KEYS
 from continual.state import checkpoints as checkpoint
@@ -221,11 +220,13 @@ def test_unsupported_or_inconsistent_options_fail_before_any_work(tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_data_names_the_path_before_any_work(tmp_path: Path) -> None:
+def test_missing_data_names_the_path_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = ["--options", str(OPTIONS / "data/imagenet100_10-10.yaml"), str(OPTIONS / "model/imagenet_dytox.yaml"),
             "--data-path", str(tmp_path / "nowhere"), "--output-basedir", str(tmp_path / "out")]
-    with pytest.raises(DatasetError, match="nowhere"):
-        run_main(argv)
+    assert run_main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: ImageNet folder {tmp_path / 'nowhere' / 'train'} not found: expected the layout "
+                      f"{tmp_path / 'nowhere'}/train/WNID/*.JPEG and val/WNID/*.JPEG"]
     assert not (tmp_path / "out").exists()
 
 
