@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from continual.config.settings import MemorySettings
+from continual.config.validate import encoder_of
 from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS
 
 
@@ -34,7 +35,7 @@ def context_notes(cfg: argparse.Namespace) -> list[str]:
         ) if unused]
         if dytox_only:
             notes.append(f"{', '.join(dytox_only)}: no effect without DyTox (the baseline has one classifier)")
-    elif cfg.resnet:
+    elif encoder_of(cfg) == "resnet18":
         notes.append(f"--resnet: the decoder is one TAB of {RESNET_NUM_HEADS} heads on {RESNET_EMBED_DIM} channels, as "
                      f"published; embed_dim, "
                      f"num_heads, depth, local_up_to_layer, patch_size and the dropouts of the options are not used")
