@@ -74,7 +74,8 @@ def encoder_part(weights: dict[str, Tensor], names: dict[str, str]) -> dict[str,
 
 
 def _listed(keys: list[str]) -> str:
-    return f"{len(keys)} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
+    """How many, and the first five."""
+    return f"{len(keys)} ({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else "0"
 
 
 def load_pretrained(model: nn.Module, path: Path, encoder: str) -> None:
