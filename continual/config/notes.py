@@ -39,6 +39,10 @@ def context_notes(cfg: argparse.Namespace) -> list[str]:
         notes.append(f"--resnet: the decoder is one TAB of {RESNET_NUM_HEADS} heads on {RESNET_EMBED_DIM} channels, as "
                      f"published; embed_dim, "
                      f"num_heads, depth, local_up_to_layer, patch_size and the dropouts of the options are not used")
+    if cfg.dytox and encoder_of(cfg) not in ("convit", "resnet18"):
+        notes.append(f"--encoder {encoder_of(cfg)}: the decoder is {cfg.depth - cfg.local_up_to_layer} TAB(s) "
+                     f"(depth - local_up_to_layer) of {cfg.num_heads} heads on the encoder's width; embed_dim, "
+                     f"qkv_bias and locality_strength of the options size the ConViT only")
     if cfg.output_dir and cfg.name:
         notes.append(f"--output-dir {cfg.output_dir!r}: replaced by the run folder of --name {cfg.name!r}, "
                      f"as published")
