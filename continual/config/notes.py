@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from continual.config.settings import MemorySettings
+from continual.config.validate import encoder_of
 from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS
 
 
@@ -34,12 +35,16 @@ def context_notes(cfg: argparse.Namespace) -> list[str]:
         ) if unused]
         if dytox_only:
             notes.append(f"{', '.join(dytox_only)}: no effect without DyTox (the baseline has one classifier)")
-    elif cfg.resnet:
+    elif encoder_of(cfg) == "resnet18":
         notes.append(f"--resnet: the decoder is one TAB of {RESNET_NUM_HEADS} heads on {RESNET_EMBED_DIM} channels, as "
                      f"published; embed_dim, "
                      f"num_heads, depth, local_up_to_layer, patch_size and the dropouts of the options are not used")
     if cfg.method == "er":
         notes.extend(experience_replay_notes(cfg))
+    if cfg.dytox and encoder_of(cfg) not in ("convit", "resnet18"):
+        notes.append(f"--encoder {encoder_of(cfg)}: the decoder is {cfg.depth - cfg.local_up_to_layer} TAB(s) "
+                     f"(depth - local_up_to_layer) of {cfg.num_heads} heads on the encoder's width; embed_dim, "
+                     f"qkv_bias and locality_strength of the options size the ConViT only")
     if cfg.output_dir and cfg.name:
         notes.append(f"--output-dir {cfg.output_dir!r}: replaced by the run folder of --name {cfg.name!r}, "
                      f"as published")

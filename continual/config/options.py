@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import yaml
+
 from continual.vocabulary import FREEZE_NAMES, HEAD_MODES, PHASE_OPTIONS, REHEARSAL_METHODS
 
 NEVER_READ = "no effect: the published code parses it and never reads it"
@@ -54,6 +56,30 @@ def _device(value: str) -> str:
     if not _DEVICE_PATTERN.fullmatch(text):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
     return text
+
+
+_SCALARS = (int, float, bool, str)
+
+
+def encoder_argument(text: str) -> tuple[str, object]:
+    """``key=value`` -> (key, value), the value read as YAML: ``2`` an int, ``0.1`` a float, ``true`` a bool,
+    anything else text; a YAML list of such values (``[1, 1]``) is a tuple."""
+    key, equals, value = str(text).partition("=")
+    if not equals or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected key=value with a Python name as key, got {text!r}")
+    parsed = yaml.safe_load(value) if value else ""
+    if isinstance(parsed, list) and all(isinstance(item, _SCALARS) for item in parsed):
+        return key, tuple(parsed)
+    if not isinstance(parsed, _SCALARS):
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be an int, a float, a bool or text (or a list "
+                                         f"of them), got {type(parsed).__name__}")
+    return key, parsed
+
+
+def _encoder_argument_text(text: str) -> str:
+    """A checked ``key=value``, kept as text (so config.yaml shows it as given)."""
+    encoder_argument(text)
+    return str(text)
 
 
 def _class_order_from_yaml(value: object) -> list[int] | list[list[int]]:
@@ -252,6 +278,14 @@ MODEL_OPTIONS = (
     _value("model", str, "convit", "encoder: convit, or vit (timm's ViT; the baseline only)", choices=ENCODERS),
     _bool("resnet", False, "DyTox's encoder is a ResNet-18 (torchvision) whose 504-channel feature map gives the "
           "patch tokens, decoded by one TAB of 12 heads, as published", negatable=False),
+    _value("encoder", str, None, "the encoder, in place of model / resnet: convit, resnet18 (DyTox), vit (the "
+           "baseline) or timm:NAME, any timm model (pretrained=False, num_classes=0; DyTox decodes its tokens, the "
+           "baseline classifies its pooled feature)", metavar="NAME"),
+    _list("encoder_args", _encoder_argument_text, None, "keyword arguments of a timm encoder's create_model, as "
+          "key=value, the value read as YAML (2, 0.1, true, text, [1, 1]); e.g. depth=2", metavar="KEY=VALUE"),
+    _value("pretrained", str, None, "load the encoder's weights from this local file before task 0: a state dict "
+           "of the encoder, a timm checkpoint or a published DyTox checkpoint (its sha256 is recorded; a resume "
+           "must give the same file, same content)", metavar="FILE"),
     _value("embed_dim", int, 768, "token width", bounds=POSITIVE),
     _value("depth", int, 12, "number of blocks (encoder + decoder)", bounds=POSITIVE),
     _value("num_heads", int, 12, "attention heads", bounds=POSITIVE),

@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 from continual.config.errors import ConfigError
 from continual.config.files import config_to_dict
-from continual.config.validate import check_runnable
+from continual.config.options import encoder_argument
+from continual.config.validate import check_runnable, encoder_of
 from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS, ModelConfig
+from continual.model.encoders import fit_to_encoder
 
 # Reference batch of the linear learning-rate scaling rule.
 LR_REFERENCE_BATCH = 512.0
@@ -282,6 +284,7 @@ class RunSettings:
     plots: bool
     tensorboard: bool
     world_size: int  # as given by --world-size (the processes come from torchrun)
+    pretrained: str | None = None  # the encoder's weights before task 0 (continual.state.pretrained)
 
 
 @dataclass(frozen=True)
@@ -314,21 +317,24 @@ def amp_enabled(cfg: argparse.Namespace) -> bool:
 
 
 def model_config(cfg: argparse.Namespace) -> ModelConfig:
-    """The architecture of the options' model: DyTox (ConViT, or ResNet-18 with ``resnet``) or, with ``dytox``
-    false, the baseline (ConViT or ViT, ``model``). The ResNet's decoder has the published fixed size. The
-    divergence head is DyTox's: another method (``--method``) would build it and never train it."""
-    resnet = cfg.dytox and cfg.resnet
+    """The architecture of the options' model: DyTox (ConViT, ResNet-18 with ``resnet``, any encoder with
+    ``encoder``) or, with ``dytox`` false, the baseline (ConViT, ViT or a timm model). The ResNet's decoder has
+    the published fixed size; embed_dim is the width a timm encoder gives (built on the meta device to read it).
+    The divergence head is DyTox's: another method (``--method``) would build it and never train it."""
+    encoder = encoder_of(cfg)
+    resnet = cfg.dytox and encoder == "resnet18"
     divergence_head = cfg.head_div > 0 and cfg.method == "dytox"
-    return ModelConfig(
+    return fit_to_encoder(ModelConfig(
         embed_dim=RESNET_EMBED_DIM if resnet else cfg.embed_dim, depth=cfg.depth,
         num_heads=RESNET_NUM_HEADS if resnet else cfg.num_heads, patch_size=cfg.patch_size,
         input_size=cfg.input_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
         local_up_to_layer=cfg.local_up_to_layer, locality_strength=cfg.locality_strength, drop=cfg.drop,
         attn_drop=cfg.attn_drop, drop_path=cfg.drop_path, ind_clf=cfg.ind_clf, head_div=divergence_head,
         head_div_mode=tuple(cfg.head_div_mode), joint_tokens=cfg.joint_tokens,
-        fused_attention=cfg.fused_attention, dytox=cfg.dytox, encoder="resnet18" if resnet else cfg.model,
+        fused_attention=cfg.fused_attention, dytox=cfg.dytox, encoder=encoder,
+        encoder_args=tuple(encoder_argument(text) for text in cfg.encoder_args or ()),
         class_attention=cfg.class_attention, norm=cfg.norm, exact_freeze=cfg.exact_freeze,
-    )
+    ))
 
 
 def recipe_of(cfg: argparse.Namespace) -> RecipeSettings:

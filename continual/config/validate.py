@@ -10,6 +10,7 @@ import argparse
 
 from continual.config.errors import ConfigError
 from continual.config.options import record_violations
+from continual.model.encoders import encoder_problem
 from continual.vocabulary import BASELINE_FREEZE_NAMES, DYTOX_FREEZE_NAMES
 
 
@@ -84,20 +85,47 @@ def check_runnable(cfg: argparse.Namespace) -> None:
     _check_pod(cfg)
 
 
+def encoder_of(cfg: argparse.Namespace) -> str:
+    """The encoder the options name: ``encoder``, else resnet18 with ``resnet`` (DyTox), else ``model``."""
+    if cfg.encoder is None:
+        return "resnet18" if cfg.dytox and cfg.resnet else str(cfg.model)
+    others = [flag for flag, differs in (("--resnet", cfg.resnet and cfg.encoder != "resnet18"),
+                                         (f"--model {cfg.model}", cfg.model not in ("convit", cfg.encoder)))
+              if differs]
+    if others:
+        raise ConfigError(f"option 'encoder' {cfg.encoder!r} and {others[0]} name different encoders: give one")
+    return str(cfg.encoder)
+
+
+def _check_encoder(cfg: argparse.Namespace, encoder: str) -> None:
+    """A known encoder for the method; encoder arguments only where they are read; POD where there are maps."""
+    if cfg.dytox and cfg.encoder is None and cfg.model != "convit":
+        raise ConfigError(f"option 'model' {cfg.model!r}: DyTox's encoder is the ConViT (or --resnet); "
+                          f"the ViT is the baseline's (dytox: false)")
+    problem = encoder_problem(encoder, cfg.dytox)
+    if problem is not None:
+        raise ConfigError(problem)
+    if cfg.encoder_args and encoder in ("convit", "resnet18", "vit"):
+        raise ConfigError(f"option 'encoder_args' is read by timm and registered encoders; the {encoder} takes its "
+                          f"sizes from the model options")
+    if cfg.pretrained is not None and cfg.retrain_scratch:
+        raise ConfigError("options 'pretrained' and 'retrain_scratch' exclude each other: joint training draws "
+                          "every weight afresh at each task")
+
+
 def _check_method(cfg: argparse.Namespace) -> None:
     """DyTox or the baseline: the encoders and freezing names each has."""
+    encoder = encoder_of(cfg)
+    if not cfg.dytox and cfg.resnet:
+        raise ConfigError("option 'resnet' is DyTox's encoder (the published code ignores it without dytox)")
+    _check_encoder(cfg, encoder)
     if cfg.dytox:
-        if cfg.model != "convit":
-            raise ConfigError(f"option 'model' {cfg.model!r}: DyTox's encoder is the ConViT (or --resnet); "
-                              f"the ViT is the baseline's (dytox: false)")
         names: tuple[str, ...] = DYTOX_FREEZE_NAMES
     else:
-        if cfg.resnet:
-            raise ConfigError("option 'resnet' is DyTox's encoder (the published code ignores it without dytox)")
-        if cfg.model == "vit" and cfg.norm != "layer":
+        if encoder == "vit" and cfg.norm != "layer":
             raise ConfigError("option 'norm' scale is for the ConViT blocks: the published ViT keeps LayerNorm")
-        names = BASELINE_FREEZE_NAMES[cfg.model]
-    mode = "DyTox" if cfg.dytox else f"the {cfg.model} baseline (dytox: false)"
+        names = BASELINE_FREEZE_NAMES["timm" if encoder not in BASELINE_FREEZE_NAMES else encoder]
+    mode = "DyTox" if cfg.dytox else f"the {encoder} baseline (dytox: false)"
     for dest in ("freeze_task", "freeze_ft"):
         unknown = [name for name in getattr(cfg, dest) if name not in names]
         if unknown:
@@ -112,10 +140,14 @@ def _check_pod(cfg: argparse.Namespace) -> None:
     if not cfg.dytox:
         raise ConfigError("option 'pod' distils DyTox's encoder feature maps: the baseline has none "
                           "(the published code stops with an AttributeError)")
-    if not cfg.resnet and cfg.local_up_to_layer < 2:
+    encoder = encoder_of(cfg)
+    if encoder not in ("convit", "resnet18"):
+        raise ConfigError(f"option 'pod' distils the ConViT's SAB outputs or the ResNet's stages: encoder "
+                          f"{encoder!r} gives tokens alone, no feature maps")
+    if encoder == "convit" and cfg.local_up_to_layer < 2:
         raise ConfigError(f"option 'pod' distils every SAB's output but the last: it needs at least 2 SABs, "
                           f"local_up_to_layer is {cfg.local_up_to_layer} (the published code stops with an error)")
-    if not cfg.resnet and not cfg.pod_tokens_as_maps and max(cfg.pod_scales) > 1:
+    if encoder == "convit" and not cfg.pod_tokens_as_maps and max(cfg.pod_scales) > 1:
         raise ConfigError(f"option 'pod_scales' {cfg.pod_scales}: on the ConViT's tokens the published layout "
                           f"pools the channels as a spatial axis and gives NaN at scales > 1; set "
                           f"pod_tokens_as_maps (--pod-tokens-as-maps) or pod_scales: [1]")

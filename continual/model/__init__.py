@@ -1,6 +1,7 @@
 """The networks: their configuration (``config.py``), the layers (patch embedding, GPSA, class attention,
 SAB and TAB blocks, ScaleNorm, the memory-saving autograd functions of the fast path), DyTox itself
-(expansion, freezing, heads, forward; the ConViT or the ResNet-18 encoder of ``resnet.py``), the
+(expansion, freezing, heads, forward), its encoders (the registry of ``encoders.py``: the ConViT's SABs,
+the ResNet-18 of ``resnet.py``, any timm model through ``timm_encoder.py``), the
 baseline of the paper's ablation (``baseline.py``) and ``build.py``, which makes or rebuilds either.
 
 It imports neither the configuration of a run nor the runtime: it is built from a ``ModelConfig`` and

@@ -1,7 +1,8 @@
 """The baseline of the paper's ablation (``dytox: false``): one encoder, one classifier that grows.
 
     images -> ConViT (GPSA blocks, then class attention of one class token, or self-attention over
-              [class token; patches]) or timm's ViT -> final norm -> class token's feature (B, D)
+              [class token; patches]) or timm's ViT -> final norm -> class token's feature (B, D);
+              or any timm model (timm:NAME) -> its pooled feature (B, D)
            -> the classifier: LayerNorm, then a Linear that gains the new classes' rows at each task
 
 Trained by the same task loop as DyTox (rehearsal, distillation, balanced finetuning): it has
@@ -30,6 +31,7 @@ from continual.model.layers import (
     norm_layer,
     set_fused_attention,
 )
+from continual.model.timm_encoder import create_timm_model, timm_name
 from continual.vocabulary import TRAINING_PHASES
 
 
@@ -123,6 +125,17 @@ def vision_transformer(config: ModelConfig) -> VisionTransformer:
     )
 
 
+def baseline_encoder(config: ModelConfig) -> nn.Module:
+    """The ConViT, timm's ViT (``vit``) or any timm model (``timm:NAME``, its pooled feature, num_classes=0)."""
+    if config.encoder == "convit":
+        return ConViT(config)
+    if config.encoder == "vit":
+        return vision_transformer(config)
+    if timm_name(config.encoder) is not None:
+        return create_timm_model(config)
+    raise ValueError(f"the baseline's encoder is convit, vit or timm:NAME, not {config.encoder!r}")
+
+
 class IncrementalClassifier(ContinualModel):
     """The baseline for ``nb_classes`` initial classes; see the module docstring."""
 
@@ -134,7 +147,7 @@ class IncrementalClassifier(ContinualModel):
         self.nb_classes_per_task: list[int] = [nb_classes]
         self.phase = "train"
         self.head_div: nn.Module | None = None  # DyTox's divergence head: never here
-        self.encoder: nn.Module = ConViT(config) if config.encoder == "convit" else vision_transformer(config)
+        self.encoder: nn.Module = baseline_encoder(config)
         self.head = GrowingClassifier(config.embed_dim, nb_classes)
         self.frozen: tuple[str, ...] = ()
         self.set_arithmetic(config.fused_attention, config.joint_tokens)

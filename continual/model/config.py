@@ -1,8 +1,8 @@
 """The architecture of a model, as plain data: what the options give, what a checkpoint saves.
 
-One dataclass for both networks of the project: DyTox (``dytox`` true, the ConViT or the ResNet-18
-encoder) and the baseline of the paper's ablation (``dytox`` false: a ConViT or a ViT with one
-classifier that grows by each task's classes).
+One dataclass for both networks of the project: DyTox (``dytox`` true, the ConViT, the ResNet-18 or
+any encoder of the registry in ``encoders.py``, timm's included) and the baseline of the paper's
+ablation (``dytox`` false: a ConViT, a ViT or a timm model with one classifier that grows by each task's classes).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from continual.vocabulary import HEAD_MODES, PHASE_OPTIONS
 
-ENCODERS = ("convit", "vit", "resnet18")
+ENCODERS = ("convit", "vit", "resnet18")  # this project's own; encoders.py adds the registry's and timm:NAME
 NORMS = ("layer", "scale")
 
 # The published --resnet decoder: one TAB with 12 heads on the 504 channels of the ResNet's head.
@@ -48,7 +48,10 @@ class ModelConfig:
     gpsa_kernel: str = "mixed"
     # False: the baseline (one growing classifier, no task tokens).
     dytox: bool = True
+    # convit, resnet18 (DyTox), vit (the baseline), a name of the registry (continual.model.encoders) or
+    # timm:NAME; encoder_args: the keyword arguments a timm (or registered) encoder is built with.
     encoder: str = "convit"
+    encoder_args: tuple[tuple[str, object], ...] = ()
     # Baseline ConViT: class-attention blocks after the SABs (True) or self-attention over [cls; patches].
     class_attention: bool = True
     norm: str = "layer"
@@ -56,8 +59,6 @@ class ModelConfig:
     exact_freeze: bool = False
 
     def __post_init__(self) -> None:
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.ind_clf not in HEAD_MODES:
@@ -67,7 +68,10 @@ class ModelConfig:
                 f"local_up_to_layer ({self.local_up_to_layer}) must leave at least one SAB and one TAB "
                 f"out of depth {self.depth}"
             )
-        if self.embed_dim % self.num_heads:
+        if self.dytox and self.encoder not in ENCODERS and not self.local_up_to_layer < self.depth:
+            raise ValueError(f"the decoder on encoder {self.encoder!r} has depth - local_up_to_layer TABs: "
+                             f"local_up_to_layer ({self.local_up_to_layer}) must be below depth {self.depth}")
+        if self.encoder in ENCODERS and self.embed_dim % self.num_heads:  # others: encoders.fit_to_encoder
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if not set(self.head_div_mode) <= set(PHASE_OPTIONS):
             raise ValueError(f"head_div_mode items must be in {PHASE_OPTIONS}, got {self.head_div_mode!r}")
@@ -77,6 +81,11 @@ class ModelConfig:
             raise ValueError("DyTox's encoder is the ConViT or the ResNet-18, not the ViT")
         if not self.dytox and self.encoder == "resnet18":
             raise ValueError("the ResNet-18 encoder is DyTox's (--resnet), not the baseline's")
+        from continual.model.encoders import encoder_problem  # the registry, which imports this module
+
+        problem = encoder_problem(self.encoder, self.dytox)
+        if problem is not None:
+            raise ValueError(problem)
 
 
     @property
@@ -89,4 +98,6 @@ def config_from_dict(fields: dict[str, object], **changes: object) -> ModelConfi
     """The inverse of ``dataclasses.asdict`` on a ModelConfig read back from a checkpoint, with
     ``changes`` (e.g. the GPSA kernel of the device it is loaded on). Fields added since the
     checkpoint was written take their defaults (the DyTox of earlier versions)."""
-    return ModelConfig(**{**fields, "head_div_mode": tuple(fields["head_div_mode"]), **changes})  # type: ignore[arg-type]
+    encoder_args = tuple(tuple(pair) for pair in fields.get("encoder_args", ()))  # type: ignore[attr-defined]
+    return ModelConfig(**{**fields, "head_div_mode": tuple(fields["head_div_mode"]),  # type: ignore[arg-type]
+                          "encoder_args": encoder_args, **changes})

@@ -1,6 +1,7 @@
-"""DyTox: a shared ConViT encoder, a shared task-attention decoder, one token and one head per task.
+"""DyTox: a shared encoder, a shared task-attention decoder, one token and one head per task.
 
-    images -> patch embedding + position -> SABs (encoder)
+    images -> patch embedding + position -> SABs (encoder; or the ResNet-18, a timm model, any encoder of
+              the registry in encoders.py)
            -> TAB(task token t, patches) for every task t (decoder) -> task embeddings e_t
            -> heads -> logits of all seen classes, in task order
 
@@ -20,14 +21,8 @@ from torch import Tensor, nn
 
 from continual.model.base import ContinualModel
 from continual.model.config import RESNET_EMBED_DIM, RESNET_NUM_HEADS, ModelConfig
-from continual.model.layers import (
-    BranchMasks,
-    PatchEmbed,
-    SelfAttentionBlock,
-    TaskAttentionBlock,
-    set_fused_attention,
-)
-from continual.model.resnet import ResNetEncoder
+from continual.model.encoders import ConViTEncoder, build_encoder, drop_path_rates
+from continual.model.layers import BranchMasks, SelfAttentionBlock, TaskAttentionBlock, set_fused_attention
 from continual.vocabulary import TRAINING_PHASES, phase_option_name
 
 
@@ -92,53 +87,46 @@ class DyTox(ContinualModel):
         self.config = config
         self.nb_classes_per_task: list[int] = [nb_classes]
         self.phase = "train"
-        if config.encoder == "resnet18":
-            self._build_resnet_encoder(config)
-        else:
-            self._build_convit_encoder(config)
+        self._attach_encoder(build_encoder(config))
+        self.tabs = self._build_decoder(config)
         self.task_tokens = nn.ParameterList([self._new_task_token()])
         self.head_div: ContinualClassifier | None = None
         self.head: nn.Module = self._initial_heads()
 
-    def _build_convit_encoder(self, config: ModelConfig) -> None:
-        """Patch embedding, position embedding and GPSA blocks (SABs), then the class-attention TABs."""
-        dim = config.embed_dim
-        self.patch_embed = PatchEmbed(config.input_size, config.patch_size, config.in_chans, dim)
-        num_patches = self.patch_embed.num_patches
-        self.pos_embed = nn.Parameter(trunc_normal_(torch.zeros(1, num_patches, dim), std=0.02))
-        self.pos_drop = nn.Dropout(config.drop)
-        # Stochastic depth grows linearly over all blocks, encoder then decoder, as in ConViT.
-        drop_paths = torch.linspace(0, config.drop_path, config.depth).tolist()
-        self.sabs = nn.ModuleList(
-            SelfAttentionBlock(
-                dim, num_patches, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop,
-                config.attn_drop, drop_paths[i], config.locality_strength, config.gpsa_kernel,
-                config.fused_attention, config.norm,
-            )
-            for i in range(config.local_up_to_layer)
-        )
-        self.tabs = nn.ModuleList(
+    def _attach_encoder(self, encoder: nn.Module) -> None:
+        """The registry's encoder: the ConViT's parts under their published names, any other as ``backbone``."""
+        width = int(encoder.embed_dim)  # type: ignore[arg-type]
+        if width != self.config.embed_dim:
+            raise ValueError(f"the encoder {self.config.encoder!r} gives {width}-dimensional tokens, embed_dim is "
+                             f"{self.config.embed_dim} (continual.model.encoders.fit_to_encoder sets it)")
+        if self.config.embed_dim % self.config.num_heads:
+            raise ValueError(f"num_heads {self.config.num_heads} does not divide the decoder's width {width}")
+        if isinstance(encoder, ConViTEncoder):
+            self.patch_embed, self.pos_embed, self.pos_drop = encoder.patch_embed, encoder.pos_embed, encoder.pos_drop
+            self.sabs = encoder.sabs
+        else:
+            self.backbone = encoder
+            self.sabs = nn.ModuleList()
+
+    @staticmethod
+    def _build_decoder(config: ModelConfig) -> nn.ModuleList:
+        """The TABs: blocks local_up_to_layer..depth - 1 with the options' sizes; with ``--resnet`` one TAB of fixed
+        size (12 heads, MLP ratio 4, no qkv bias, no dropout, LayerNorm), as published."""
+        if config.encoder == "resnet18":
+            return nn.ModuleList([TaskAttentionBlock(RESNET_EMBED_DIM, RESNET_NUM_HEADS, fused=config.fused_attention)])
+        drop_paths = drop_path_rates(config)
+        return nn.ModuleList(
             TaskAttentionBlock(
-                dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop,
+                config.embed_dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop,
                 config.attn_drop, drop_paths[i], config.fused_attention, config.norm,
             )
             for i in range(config.local_up_to_layer, config.depth)
         )
 
-    def _build_resnet_encoder(self, config: ModelConfig) -> None:
-        """``--resnet``: the ResNet-18's tokens and one TAB of fixed size (12 heads, MLP ratio 4, no qkv bias,
-        no dropout, LayerNorm), as published; the options' depth, heads and dropouts do not apply."""
-        if config.embed_dim != RESNET_EMBED_DIM:
-            raise ValueError(f"the ResNet-18 encoder gives {RESNET_EMBED_DIM}-dimensional tokens, "
-                             f"embed_dim is {config.embed_dim}")
-        self.backbone = ResNetEncoder(config.in_chans)
-        self.sabs = nn.ModuleList()
-        tab = TaskAttentionBlock(RESNET_EMBED_DIM, RESNET_NUM_HEADS, fused=config.fused_attention)
-        self.tabs = nn.ModuleList([tab])
-
     @property
-    def uses_resnet(self) -> bool:
-        return self.config.encoder == "resnet18"
+    def uses_backbone(self) -> bool:
+        """The encoder is a module (``backbone``: the ResNet, a timm or registered encoder), not the ConViT's SABs."""
+        return "backbone" in self._modules
 
     def reset_heads(self) -> None:
         """Every task head drawn again, in task order (the divergence head is kept), as published."""
@@ -236,7 +224,7 @@ class DyTox(ContinualModel):
         return table[name]()
 
     def _encoder_parameters(self) -> list[nn.Parameter]:
-        if self.uses_resnet:
+        if self.uses_backbone:
             return list(self.backbone.parameters())
         return [self.pos_embed, *self.patch_embed.parameters(), *self.sabs.parameters()]
 
@@ -257,9 +245,11 @@ class DyTox(ContinualModel):
 
     def encode(self, images: Tensor, masks: DropPathMasks) -> tuple[Tensor, list[Tensor]]:
         """The shared encoder: patch tokens (B, N, D) and the feature maps POD distils (``--pod``): every SAB's
-        output but the last (B, N, D), or the ResNet's four stages (B, C, H, W), as published."""
-        if self.uses_resnet:
-            return cast(tuple[Tensor, list[Tensor]], self.backbone(images))
+        output but the last (B, N, D), or the ResNet's four stages (B, C, H, W), as published; none for an
+        encoder that gives tokens alone."""
+        if self.uses_backbone:
+            out = self.backbone(images)
+            return cast(tuple[Tensor, list[Tensor]], out) if isinstance(out, tuple) else (out, [])
         x = self.pos_drop(self.patch_embed(images) + self.pos_embed)  # (B, N, D)
         maps = []
         for block, block_masks in zip(self.sabs, masks.sabs, strict=True):

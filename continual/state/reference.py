@@ -23,13 +23,20 @@ from continual.model.config import ModelConfig
 from continual.model.dytox import DyTox
 
 
+def load_without_code(path: Path) -> object:
+    """A file's content read with ``torch.load(weights_only=True)`` on the CPU, allowing ``argparse.Namespace``
+    (the published checkpoints' ``args``) and no other class: a file that needs any other global unpickled
+    raises ``pickle.UnpicklingError``, and nothing of it runs."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_reference_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, object]]:
     """(state dict, args as a plain dict) of a published checkpoint, without unpickling code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference checkpoint {path} does not exist")
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_without_code(path)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError(f"{path} is not a DyTox checkpoint: expected a dict with a 'model' state dict")
     args = checkpoint.get("args")

@@ -33,6 +33,7 @@ from continual.runtime.distributed import DistContext, broadcast_object
 from continual.runtime.preemption import Preempted, StopRequest
 from continual.runtime.seeding import restore_rng, seed_everything
 from continual.state.data_split import check_split, record_split
+from continual.state.pretrained import start_from_pretrained, write_pretrained_record
 from continual.state.saved_runs import Position
 from continual.train.fit import precision_of
 from continual.train.loaders import Loaders
@@ -136,6 +137,7 @@ def start_run(settings: Settings, ctx: DistContext, started: float) -> tuple[Tas
         start = restore_run_state(settings, ctx, run_dir, logs)
     else:
         start = Start(new_model(settings, ctx, classes_per_task[0]), Memory(), [], Position(0))
+    pretrained = start_from_pretrained(settings, start.model, run_dir, continuing)
     max_task = settings.run.max_task
     last_task = len(classes_per_task) if max_task is None else min(max_task, len(classes_per_task))
     reporter = None
@@ -144,6 +146,7 @@ def start_run(settings: Settings, ctx: DistContext, started: float) -> tuple[Tas
         name = f"config_resume_{time.strftime('%Y%m%d-%H%M%S')}.yaml" if continuing else "config.yaml"
         save_config(dict(settings.options), run_dir / name)
         record_split(run_dir, settings.data)
+        write_pretrained_record(run_dir, pretrained)
         reporter = RunResults(run_dir, settings.run, last_task, started)  # rebuilds tensorboard/ from the logs
         reporter.resume_from(logs.task_results(), logs.epoch_records())
     return build_loop(settings, ctx, run_dir, scenarios, start, logs, reporter), start.position, last_task

@@ -13,6 +13,10 @@ def test_options_the_chosen_method_does_not_read_get_a_note() -> None:
     baseline = parse_config(DEMO + ["--no-dytox", "--freeze-task", "--freeze-ft"])  # demo: head_div 0.1
     assert context_notes(baseline) == ["head_div 0.1: no effect without DyTox (the baseline has one classifier)"]
     assert "embed_dim, num_heads" in context_notes(parse_config(DEMO + ["--resnet"]))[0]
+    assert "embed_dim, num_heads" in context_notes(parse_config(DEMO + ["--encoder", "resnet18"]))[0]
+    assert context_notes(parse_config(DEMO + ["--encoder", "timm:resnet10t"])) == [
+        "--encoder timm:resnet10t: the decoder is 1 TAB(s) (depth - local_up_to_layer) of 4 heads on the encoder's "
+        "width; embed_dim, qkv_bias and locality_strength of the options size the ConViT only"]
     named = context_notes(parse_config(DEMO + ["--output-dir", "here", "--name", "x", "--pod", "1", "--no-auto-kd"]))
     assert len(named) == 2 and named[0].startswith("--output-dir 'here': replaced") and "without a teacher" in named[1]
     assert context_notes(parse_config(DEMO)) == []
