@@ -44,10 +44,27 @@ def test_links_resolve_and_nothing_outside_the_repository_is_cited(document: Pat
         assert not re.search(r"\bissue \d+", text, re.IGNORECASE)
 
 
+def shell_blocks(text: str) -> list[str]:
+    """The contents of the fenced blocks marked bash or sh, or unmarked (a fence opens and closes a block:
+    the text between two blocks is never taken for one)."""
+    blocks, language, lines = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if language is None:
+                language, lines = line[3:].strip(), []
+            else:
+                if language in ("", "bash", "sh"):
+                    blocks.append("\n".join(lines) + "\n")
+                language = None
+        elif language is not None:
+            lines.append(line)
+    return blocks
+
+
 def commands(document: Path) -> list[list[str]]:
     """The main.py / train.sh commands of the document's code blocks that are complete (no placeholder)."""
     found = []
-    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", document.read_text(encoding="utf-8"), re.S):
+    for block in shell_blocks(document.read_text(encoding="utf-8")):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" # ")[0].split("&&")[-1].strip()
             if ("main.py" in line or "train.sh" in line) and not re.search(r"\.\.\.|\[|DIR|GPUS|\.yaml [A-Z]", line):
