@@ -1,6 +1,7 @@
 """Runs of main.py on image folders: a 2-task run of your own folder (imagefolder) stopped by an image that
 cannot be decoded and resumed once it is fixed, a 2-task ImageNet-R run whose recorded split refuses a resume
-on a changed folder, and each malformed folder or option refused in one line before anything is written."""
+on a changed folder, a 2-process run of a timm encoder on a folder, and each malformed folder or option refused
+in one line before anything is written."""
 from __future__ import annotations
 
 import json
@@ -57,6 +58,22 @@ def test_an_undecodable_image_stops_the_run_in_one_line_and_it_resumes_once_fixe
     assert "running from task 1 (begin)" in printed and "Avg " in printed and "Last " in printed
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [row["classes_seen"] for row in rows] == [2, 4] and rows[1]["eval_images"] == 8
+
+
+def test_two_processes_train_a_timm_encoder_on_an_image_folder_with_one_memory(tmp_path: Path) -> None:
+    """train.sh cpu 2, global memory: both processes read the folder lazily and keep the same exemplars; the
+    checkpoint records the timm encoder."""
+    root = write_image_folder(tmp_path / "mine", CLASSES, train_per_class=4, test_per_class=2)
+    encoder = ["--encoder", "timm:resnet10t", "--encoder-args", "stem_width=8", "channels=[8,16,24,32]"]
+    argv = ["bash", str(REPO_ROOT / "train.sh"), "cpu", "2",
+            *folder_run("imagefolder", root, tmp_path, "--num-workers", "0", "--global-memory", *encoder)]
+    result = subprocess.run(argv, capture_output=True, text=True, env=environment(), timeout=TIMEOUT, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((tmp_path / "out" / "imagefolder" / "5-5").glob("*_imagefolder"))
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [(row["world_size"], row["classes_seen"]) for row in rows] == [(2, 2), (2, 4)]
+    assert all(row["memory_fingerprints"][0] == row["memory_fingerprints"][1] for row in rows)
+    assert "timm:resnet10t" in (run_dir / "config.yaml").read_text()
 
 
 def test_imagenet_r_records_its_split_and_refuses_a_resume_on_a_changed_folder(
