@@ -1,2 +1,4 @@
-"""The continual-learning method: DyTox as a learner with the hooks the task loop calls
-(``dytox_learner``), its loss, exemplar selection and the rehearsal memory, SAM, and the metrics."""
+"""Continual-learning methods: the ``Learner`` protocol the task loop depends on (``learner``), the registry
+``--method`` names (``registry``), what rehearsal methods share (``replay``), DyTox (``dytox_learner`` and its
+``dytox_objective``), experience replay (``er``), the losses, exemplar selection and the memory, SAM, and the
+metrics."""
