@@ -39,8 +39,8 @@ def context_notes(cfg: argparse.Namespace) -> list[str]:
         notes.append(f"--resnet: the decoder is one TAB of {RESNET_NUM_HEADS} heads on {RESNET_EMBED_DIM} channels, as "
                      f"published; embed_dim, "
                      f"num_heads, depth, local_up_to_layer, patch_size and the dropouts of the options are not used")
-    if cfg.method == "er":
-        notes.extend(experience_replay_notes(cfg))
+    if cfg.method in OTHER_METHODS:
+        notes.extend(other_method_notes(cfg))
     if cfg.dytox and encoder_of(cfg) not in ("convit", "resnet18"):
         notes.append(f"--encoder {encoder_of(cfg)}: the decoder is {cfg.depth - cfg.local_up_to_layer} TAB(s) "
                      f"(depth - local_up_to_layer) of {cfg.num_heads} heads on the encoder's width; embed_dim, "
@@ -53,8 +53,15 @@ def context_notes(cfg: argparse.Namespace) -> list[str]:
     return notes
 
 
-def experience_replay_notes(cfg: argparse.Namespace) -> list[str]:
-    """``--method er`` trains by cross-entropy on the task and the memory: name the DyTox options it ignores."""
+# What the methods other than DyTox train with (the DyTox options they do not read are named at start-up).
+OTHER_METHODS = {
+    "er": "cross-entropy on the task and the memory, no teacher, no finetuning, nothing frozen",
+    "wa": "its own distillation weight (old / seen classes) at distillation_tau, no finetuning, nothing frozen",
+}
+
+
+def other_method_notes(cfg: argparse.Namespace) -> list[str]:
+    """``--method er`` or ``wa``: name the DyTox options of the configuration that the method ignores."""
     ignored = [f"{dest} {getattr(cfg, dest)!r}" for dest, set_ in (
         ("auto_kd", cfg.auto_kd), ("kd", cfg.kd > 0), ("head_div", cfg.head_div > 0), ("pod", cfg.pod is not None),
         ("finetuning", bool(cfg.finetuning)), ("freeze_task", bool(cfg.freeze_task)),
@@ -63,5 +70,4 @@ def experience_replay_notes(cfg: argparse.Namespace) -> list[str]:
     ) if set_]
     if not ignored:
         return []
-    return [f"{', '.join(ignored)}: no effect with --method er (cross-entropy on the task and the memory, no teacher, "
-            f"no finetuning, nothing frozen)"]
+    return [f"{', '.join(ignored)}: no effect with --method {cfg.method} ({OTHER_METHODS[cfg.method]})"]

@@ -307,8 +307,10 @@ MODEL_OPTIONS = (
 
 DYTOX_OPTIONS = (
     _value("method", _lowercase, "dytox", "the continual-learning method, a name of continual/method/registry.py: "
-           "dytox (DyTox; with --no-dytox the baseline of its ablation) or er (experience replay: the memory and "
-           "cross-entropy; no teacher, no finetuning)", metavar="NAME"),
+           "dytox (DyTox; with --no-dytox the baseline of its ablation), er (experience replay: the memory and "
+           "cross-entropy; no teacher, no finetuning) or wa (weight aligning, Zhao et al. 2020, with --no-dytox: "
+           "distillation, the new classes' weights aligned to the old ones', non-negative weights)",
+           metavar="NAME"),
     _bool("dytox", False, "dynamic task-token expansion; off (--no-dytox): the baseline, one classifier that grows "
           "by each task's classes, trained by the same loop"),
     _bool("exact_freeze", False, "baseline: each phase freezes exactly what freeze_task / freeze_ft name (published: "

@@ -116,6 +116,9 @@ def _check_encoder(cfg: argparse.Namespace, encoder: str) -> None:
 def _check_method(cfg: argparse.Namespace) -> None:
     """DyTox or the baseline: the encoders and freezing names each has."""
     encoder = encoder_of(cfg)
+    if cfg.method == "wa" and cfg.dytox:
+        raise ConfigError("--method wa aligns the rows of one growing classifier: give --no-dytox (the baseline's "
+                          "network; options/model/baseline.yaml)")
     if not cfg.dytox and cfg.resnet:
         raise ConfigError("option 'resnet' is DyTox's encoder (the published code ignores it without dytox)")
     _check_encoder(cfg, encoder)

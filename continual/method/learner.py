@@ -6,6 +6,7 @@ the method, through these hooks, what to do in each:
     begin_task / resume_task     the teacher, the model's growth, what is frozen
     training_set                 the images of the training phase (the task's, the memory's)
     objective                    the loss of a batch, from the model's and the teacher's outputs
+    step_constraint, end_training  a constraint after each optimiser step, a change after the training phase
     memory_quota / update_memory the exemplars kept after the task
     finetuning_set, begin_finetuning, end_finetuning, finetuning_teacher
                                  an optional second phase on the memory
@@ -93,6 +94,14 @@ class Learner(Protocol):
 
     def objective(self, model: ContinualModel, phase: str) -> Objective:
         """The loss of the batches of ``phase`` ("train" or "finetune") of the current task."""
+        ...
+
+    def step_constraint(self, model: ContinualModel) -> Callable[[], None] | None:
+        """A function run after each optimiser step of this phase (a constraint on the weights), or None."""
+        ...
+
+    def end_training(self, model: ContinualModel, task_id: int) -> None:
+        """After the training phase of ``task_id`` (before the memory update): a change to the weights."""
         ...
 
     def unused_parameters(self, model: ContinualModel) -> bool:

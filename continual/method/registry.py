@@ -11,10 +11,12 @@ from collections.abc import Callable
 from continual.method.dytox_learner import DyToxLearner
 from continual.method.er import ExperienceReplay
 from continual.method.learner import Learner, LearnerParts
+from continual.method.wa import WeightAligning
 
 METHODS: dict[str, Callable[[LearnerParts], Learner]] = {
     "dytox": DyToxLearner.from_parts,  # DyTox, or with --no-dytox the baseline of its ablation
     "er": ExperienceReplay.from_parts,  # experience replay: rehearsal and cross-entropy
+    "wa": WeightAligning.from_parts,  # weight aligning (Zhao et al., CVPR 2020), on the baseline's network
 }
 
 

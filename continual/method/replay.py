@@ -6,6 +6,7 @@ A method subclasses ``RehearsalLearner`` and writes its own ``begin_task``,
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -128,6 +129,12 @@ class RehearsalLearner:
 
     def unused_parameters(self, model: ContinualModel) -> bool:
         return model.idle_parameters()
+
+    def step_constraint(self, model: ContinualModel) -> Callable[[], None] | None:
+        return None
+
+    def end_training(self, model: ContinualModel, task_id: int) -> None:
+        """Nothing after the training phase by default."""
 
     def finetuning_set(self, task_id: int) -> Dataset | None:
         return None

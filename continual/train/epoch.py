@@ -213,6 +213,7 @@ class StepOptions:
     mixer: Mixer | None = None
     sam: SamPlan | None = None
     accum_steps: int = 1
+    after_step: Callable[[], None] | None = None  # a method's constraint on the weights after each step
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,8 @@ def _train_step(
     if options.sam is not None:
         terms = sam_step(options.sam, step, loss_of, batch, optimizer, options.scaler, where)
         clip_and_step(optimizer, options.scaler, options.clip_grad, parameters)
+        if options.after_step is not None:
+            options.after_step()
         return terms, True
     group_start = step - step % options.accum_steps
     group_size = min(options.accum_steps, nb_batches - group_start)
@@ -258,6 +261,8 @@ def _train_step(
         _backward(terms.total / group_size, options.scaler)
     if ends_group:
         clip_and_step(optimizer, options.scaler, options.clip_grad, parameters)
+        if options.after_step is not None:
+            options.after_step()
     return terms, ends_group
 
 

@@ -49,6 +49,7 @@ class Phase:
     schedule_length: int | None
     memory: Dataset | None = None  # the memory, for SAM passes on memory batches
     find_unused: bool = False  # some trainable parameters take no part in the loss (DDP must look for them)
+    after_step: Callable[[], None] | None = None  # the method's constraint after each optimiser step
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ class PhaseTrainer:
         mixer = build_mixer(self.settings.mixup, model.nb_classes)
         precision = precision_of(self.settings.precision, self.ctx.device)
         options = StepOptions(precision.grad_scaler(), self.settings.optimizer.clip_grad, mixer,
-                              self._sam_plan(phase, optimizer), self.settings.recipe.grad_accum_steps)
+                              self._sam_plan(phase, optimizer), self.settings.recipe.grad_accum_steps,
+                              phase.after_step)
         trained = wrap_for_training(model, self.ctx, find_unused=phase.find_unused)
         if resume is not None and resume.fit is not None:
             self._load(resume.fit, optimizer, scheduler, options)

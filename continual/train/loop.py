@@ -157,8 +157,10 @@ class TaskLoop:
                       recipe.lr_of(task_id, self.ctx.world_size), recipe.epochs_of(task_id), shuffle=True,
                       teacher=teacher, schedule_length=recipe.schedule_epochs(task_id),
                       memory=self.learner.memory_dataset() if len(memory) else None,
-                      find_unused=self.learner.unused_parameters(self.model))
+                      find_unused=self.learner.unused_parameters(self.model),
+                      after_step=self.learner.step_constraint(self.model))
         self.trainer.fit(self.model, phase, resume)
+        self.learner.end_training(self.model, task_id)
 
     def memory_phase(self, task_id: int, teacher: ContinualModel | None, resume: Resume | None) -> None:
         quota = self.learner.memory_quota(task_id)
@@ -178,7 +180,8 @@ class TaskLoop:
                       recipe.finetuning_lr_of(task_id, self.ctx.world_size), recipe.finetuning_epochs,
                       shuffle=not self.settings.learner.ft_no_sampling,
                       teacher=self.learner.finetuning_teacher(teacher), schedule_length=None, memory=dataset,
-                      find_unused=self.learner.unused_parameters(self.model))
+                      find_unused=self.learner.unused_parameters(self.model),
+                      after_step=self.learner.step_constraint(self.model))
         self.trainer.fit(self.model, phase, resume)
         self.learner.end_finetuning(self.model)
 

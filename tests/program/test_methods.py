@@ -36,6 +36,7 @@ MODES = {
                                 "--train-per-class", "16"]),
     "joint": (BASELINE_FILES, ["--retrain-scratch", "--memory-size", "0", "--no-auto-kd", "--finetuning="]),
     "er": (DEMO_FILES, ["--method", "er"]),
+    "wa": (BASELINE_FILES, ["--method", "wa", "--distillation-tau", "2"]),
 }
 
 
@@ -73,6 +74,11 @@ def test_each_mode_runs_end_to_end_and_its_checkpoints_rebuild_the_model(tmp_pat
         assert all(set(e) >= {"classification", "total"} and not set(e) & {"kd", "div", "pod"} for e in epochs)
         images = [round(e["images_per_s"] * e["seconds"]) for e in epochs if e["epoch"] == 0]
         assert images == [64, 64 + 64, 64 + 128]  # 32 per class (all kept: the quota is 100), and the memory once
+    elif mode == "wa":  # distillation from task 1; the last task's rows aligned to the old ones'; weights >= 0
+        assert {e["phase"] for e in epochs} == {"train"} and all(("kd" in e) == (e["task"] > 0) for e in epochs)
+        norms = model.head.head.weight.detach().norm(dim=1)
+        assert float(norms[4:].mean()) == pytest.approx(float(norms[:4].mean()), rel=1e-5)
+        assert float(model.head.head.weight.detach().min()) >= 0.0
     elif mode == "joint":  # every task trains from scratch on all its classes' images, without memory
         assert [r["memory_total"] for r in rows] == [0, 0, 0] and {e["phase"] for e in epochs} == {"train"}
         images = [round(e["images_per_s"] * e["seconds"]) for e in epochs if e["epoch"] == 0]
@@ -103,7 +109,7 @@ def test_what_the_baseline_finetuning_froze_stays_frozen_as_published_unless_exa
     assert published_rows[2]["params_trainable"] < exact_rows[2]["params_trainable"] == exact_rows[2]["params_total"]
 
 
-@pytest.mark.parametrize("mode", ["baseline", "resnet_pod", "er"])
+@pytest.mark.parametrize("mode", ["baseline", "resnet_pod", "er", "wa"])
 def test_two_processes_run_the_new_modes(tmp_path: Path, mode: str) -> None:
     files, flags = MODES[mode]
     argv = ["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", "--options", *files, *SHORT, "--max-task", "2", *flags,
@@ -134,5 +140,5 @@ def test_an_unknown_method_is_refused_in_one_line_before_any_folder(tmp_path: Pa
     argv = ["--options", *DEMO_FILES, *SHORT, "--method", "ewc", "--output-basedir", str(tmp_path)]
     assert main.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --method ewc: unknown method; the methods are dytox, er (continual/method/registry.py)"]
+    assert err == ["error: --method ewc: unknown method; the methods are dytox, er, wa (continual/method/registry.py)"]
     assert not any(tmp_path.iterdir())
