@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision import datasets as tv_datasets
 
 from conftest import CIFAR_TRAIN_PER_CLASS, REPO_ROOT
+from continual.config.options import DATASETS as DATASET_CHOICES
 from continual.data import datasets as ds
 from continual.data.datasets import DatasetError, build_dataset
 from continual.data.scenarios import build_scenario
@@ -128,6 +129,10 @@ def test_the_documented_dataset_example_reads_its_layout(tmp_path: Path, monkeyp
     (tmp_path / "test.csv").unlink()
     with pytest.raises(DatasetError, match=f"{tmp_path / 'test.csv'} not found"):
         build_dataset("labelled_images", tmp_path, False)
+
+
+def test_every_row_of_the_table_is_a_choice_of_the_data_set_option() -> None:
+    assert sorted(DATASET_CHOICES) == sorted(ds.DATASETS)  # the configuration cannot import the table
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
