@@ -11,15 +11,13 @@ baseline of the paper's ablation (``dytox: false``): the model differs, not the 
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 from torch.utils.data import Dataset
 
 from continual.config.settings import LearnerSettings
 from continual.data.scenarios import memory_taskset
 from continual.method.dytox_objective import BatchLoss, batch_loss_of
-from continual.method.replay import RehearsalLearner
+from continual.method.replay import RehearsalLearner, frozen_copy
 from continual.model.base import ContinualModel
 from continual.model.build import grown_model
 from continual.vocabulary import FINETUNE, TRAIN
@@ -33,8 +31,7 @@ def begin_task(model: ContinualModel, learner: LearnerSettings, distills: bool, 
     teacher = None
     if task_id > 0:
         if distills:
-            teacher = copy.deepcopy(model)
-            teacher.freeze(["all"])
+            teacher = frozen_copy(model)
         model.expand(nb_new_classes)
     model.set_phase(TRAIN)
     if learner.retrain_scratch:

@@ -6,6 +6,7 @@ A method subclasses ``RehearsalLearner`` and writes its own ``begin_task``,
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Self
@@ -23,6 +24,13 @@ from continual.method.learner import FeatureLoader, LearnerParts
 from continual.method.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
 from continual.model.base import ContinualModel
 from continual.runtime.distributed import DistContext, all_reduce_sum, broadcast_object
+
+
+def frozen_copy(model: ContinualModel) -> ContinualModel:
+    """The teacher of a distilling method: a copy of the model as it is, every part frozen (and in eval mode)."""
+    teacher = copy.deepcopy(model)
+    teacher.freeze(["all"])
+    return teacher
 
 
 @dataclass

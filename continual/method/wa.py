@@ -9,7 +9,6 @@ Learning", CVPR 2020), on the baseline's network (``--no-dytox``: one classifier
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -21,7 +20,7 @@ from torch.utils.data import Dataset
 
 from continual.method.learner import TeacherOutput
 from continual.method.losses import LossTerms
-from continual.method.replay import RehearsalLearner
+from continual.method.replay import RehearsalLearner, frozen_copy
 from continual.model.base import ContinualModel, ModelOutput
 from continual.model.baseline import IncrementalClassifier
 from continual.vocabulary import TRAIN
@@ -73,8 +72,7 @@ class WeightAligning(RehearsalLearner):
         """The teacher (a frozen copy of the model before it grows), then the new classes' rows."""
         teacher = None
         if task_id > 0:
-            teacher = copy.deepcopy(model)
-            teacher.freeze(["all"])
+            teacher = frozen_copy(model)
             model.expand(self.scenarios.classes_per_task[task_id])
         model.set_phase(TRAIN)
         model.freeze([])

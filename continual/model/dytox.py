@@ -141,14 +141,6 @@ class DyTox(ContinualModel):
         set_fused_attention(self, fused)
 
     # ------------------------------------------------------------------ growth
-    @property
-    def nb_tasks(self) -> int:
-        return len(self.task_tokens)
-
-    @property
-    def nb_classes(self) -> int:
-        return sum(self.nb_classes_per_task)
-
     def _new_task_token(self) -> nn.Parameter:
         return nn.Parameter(trunc_normal_(torch.zeros(1, 1, self.config.embed_dim), std=0.02))
 
