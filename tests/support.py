@@ -18,12 +18,34 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from continual.config import parse_config
+from continual.config import parse_config, settings_from
+from continual.data.scenarios import load_scenarios
+from continual.method.learner import Learner, LearnerParts
 from continual.method.metrics import average_incremental_accuracy, backward_transfer, forgetting
+from continual.method.registry import build_learner
+from continual.method.rehearsal import Memory
+from continual.model.base import ContinualModel
+from continual.model.build import new_model
 from continual.model.config import ModelConfig
 from continual.report.records import TaskResult
+from continual.runtime.distributed import DistContext
+from continual.train.loaders import Loaders
+
+# ---------------------------------------------- methods (tests/method)
+
+def method_on(argv: list[str]) -> tuple[Learner, ContinualModel]:
+    """The ``--method`` of the options ``argv``, built by the registry as a run builds it (one CPU process,
+    generator seeded 0, empty memory), and a new model of the options for the first task."""
+    settings = settings_from(parse_config(argv))
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    scenarios = load_scenarios(settings.data)
+    loaders = Loaders(settings.loader, settings.recipe, ctx)
+    parts = LearnerParts(settings, scenarios, ctx, loaders.features, np.random.default_rng(0), Memory())
+    return build_learner(settings.learner.method, parts), new_model(settings.model, scenarios.classes_per_task[0])
+
 
 # ---------------------------------------------- configurations (tests/config)
 

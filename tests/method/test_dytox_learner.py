@@ -3,27 +3,21 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from support import method_on
 
 from conftest import REPO_ROOT
-from continual.config import parse_config, settings_from
-from continual.data.scenarios import load_scenarios
 from continual.method.dytox_learner import DyToxLearner
 from continual.model.base import ContinualModel
 from continual.model.baseline import IncrementalClassifier
-from continual.model.build import grown_model, new_model
-from continual.runtime.distributed import DistContext
-from continual.train.loaders import Loaders
+from continual.model.build import grown_model
 
 DEMO = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"), str(REPO_ROOT / "options/model/demo_tiny.yaml")]
 
 
 def demo_learner(*flags: str) -> tuple[DyToxLearner, ContinualModel]:
-    settings = settings_from(parse_config(DEMO + list(flags)))
-    ctx = DistContext(0, 1, 0, torch.device("cpu"))
-    scenarios = load_scenarios(settings.data)
-    loaders = Loaders(settings.loader, settings.recipe, ctx)
-    learner = DyToxLearner(settings, scenarios, ctx, loaders.features, np.random.default_rng(0))
-    return learner, new_model(settings.model, scenarios.classes_per_task[0])
+    learner, model = method_on(DEMO + list(flags))
+    assert isinstance(learner, DyToxLearner)
+    return learner, model
 
 
 def test_a_task_after_the_first_gets_a_frozen_teacher_and_a_new_token() -> None:

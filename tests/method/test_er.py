@@ -4,37 +4,25 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from support import method_on
 
 from conftest import REPO_ROOT
-from continual.config import parse_config, settings_from
 from continual.config.options import OPTIONS
-from continual.data.scenarios import load_scenarios
 from continual.method.er import CrossEntropy, ExperienceReplay
-from continual.method.learner import LearnerParts
-from continual.method.registry import METHODS, build_learner
-from continual.method.rehearsal import Memory
+from continual.method.registry import METHODS
 from continual.model.base import ContinualModel
-from continual.model.build import new_model
 from continual.model.dytox import DyToxOutput
-from continual.runtime.distributed import DistContext
-from continual.train.loaders import Loaders
 
 DEMO = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"), str(REPO_ROOT / "options/model/demo_tiny.yaml"),
         "--method", "er"]
 
 
 def demo_replay(*flags: str) -> tuple[ExperienceReplay, ContinualModel]:
-    settings = settings_from(parse_config(DEMO + list(flags)))
-    ctx = DistContext(0, 1, 0, torch.device("cpu"))
-    scenarios = load_scenarios(settings.data)
-    loaders = Loaders(settings.loader, settings.recipe, ctx)
-    learner = build_learner("er", LearnerParts(settings, scenarios, ctx, loaders.features, np.random.default_rng(0),
-                                               Memory()))
+    learner, model = method_on(DEMO + list(flags))
     assert isinstance(learner, ExperienceReplay)
-    return learner, new_model(settings.model, scenarios.classes_per_task[0])
+    return learner, model
 
 
 def test_the_loss_is_cross_entropy_over_the_seen_classes() -> None:

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from support import method_on
 
 from conftest import REPO_ROOT
-from continual.config import ConfigError, parse_config, settings_from
+from continual.config import ConfigError, parse_config
 from continual.config.validate import check_runnable
-from continual.data.scenarios import load_scenarios
-from continual.method.learner import LearnerParts, TeacherOutput
-from continual.method.registry import build_learner
-from continual.method.rehearsal import Memory
+from continual.method.learner import TeacherOutput
 from continual.method.wa import AlignedDistillation, WeightAligning, aligning_factor, classifier, soft_distillation
-from continual.model.build import new_model
+from continual.model.base import ContinualModel
 from continual.model.dytox import DyToxOutput
-from continual.runtime.distributed import DistContext
-from continual.train.loaders import Loaders
 
 FILES = [str(REPO_ROOT / f"options/{name}.yaml") for name in ("data/digits_demo", "model/demo_tiny", "model/baseline")]
 
@@ -45,15 +40,10 @@ def test_the_loss_weighs_cross_entropy_and_distillation_by_the_share_of_old_clas
     assert first_task.kd is None and float(first_task.total) == pytest.approx(cross_entropy)
 
 
-def demo_wa() -> tuple[WeightAligning, torch.nn.Module]:
-    settings = settings_from(parse_config(["--options", *FILES, "--method", "wa"]))
-    ctx = DistContext(0, 1, 0, torch.device("cpu"))
-    scenarios = load_scenarios(settings.data)
-    loaders = Loaders(settings.loader, settings.recipe, ctx)
-    learner = build_learner("wa", LearnerParts(settings, scenarios, ctx, loaders.features, np.random.default_rng(0),
-                                               Memory()))
+def demo_wa() -> tuple[WeightAligning, ContinualModel]:
+    learner, model = method_on(["--options", *FILES, "--method", "wa"])
     assert isinstance(learner, WeightAligning)
-    return learner, new_model(settings.model, scenarios.classes_per_task[0])
+    return learner, model
 
 
 def test_a_task_distils_its_teacher_then_aligns_the_new_rows_and_every_step_clips_the_weights() -> None:
