@@ -21,7 +21,7 @@ TASK_STEPS = ("begin", TRAIN, "memory", FINETUNE, "eval")
 # What ``freeze_task`` / ``freeze_ft`` may name: DyTox's parts, and the baseline's (``dytox: false``).
 DYTOX_FREEZE_NAMES = ("all", "old_task_tokens", "task_tokens", "sab", "tab", "old_heads", "heads", "head_div")
 BASELINE_FREEZE_NAMES = {"convit": ("all", "backbone", "sab", "tab", "heads"), "vit": ("all", "backbone", "heads"),
-                         "timm": ("all", "backbone", "heads")}
+                         "resnet18_cifar": ("all", "backbone", "heads"), "timm": ("all", "backbone", "heads")}
 FREEZE_NAMES = (*DYTOX_FREEZE_NAMES, "backbone")
 
 # Exemplar selection (``--rehearsal``).

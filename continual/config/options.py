@@ -278,9 +278,10 @@ MODEL_OPTIONS = (
     _value("model", str, "convit", "encoder: convit, or vit (timm's ViT; the baseline only)", choices=ENCODERS),
     _bool("resnet", False, "DyTox's encoder is a ResNet-18 (torchvision) whose 504-channel feature map gives the "
           "patch tokens, decoded by one TAB of 12 heads, as published", negatable=False),
-    _value("encoder", str, None, "the encoder, in place of model / resnet: convit, resnet18 (DyTox), vit (the "
-           "baseline) or timm:NAME, any timm model (pretrained=False, num_classes=0; DyTox decodes its tokens, the "
-           "baseline classifies its pooled feature)", metavar="NAME"),
+    _value("encoder", str, None, "the encoder, in place of model / resnet: convit, resnet18 (DyTox), vit or "
+           "resnet18_cifar (the baseline's; resnet18_cifar: the CIFAR baselines' ResNet-18, 3x3 stem, no max-pool) "
+           "or timm:NAME, any timm model (pretrained=False, num_classes=0; DyTox decodes its tokens, the baseline "
+           "classifies its pooled feature)", metavar="NAME"),
     _list("encoder_args", _encoder_argument_text, None, "keyword arguments of a timm encoder's create_model, as "
           "key=value, the value read as YAML (2, 0.1, true, text, [1, 1]); e.g. depth=2", metavar="KEY=VALUE"),
     _value("pretrained", str, None, "load the encoder's weights from this local file before task 0: a state dict "
@@ -349,6 +350,8 @@ OPTIMISER_OPTIONS = (
     _value("incremental_warmup_lr", float, None, NEVER_READ, no_effect=True),
     _value("min_lr", float, 1e-5, "learning-rate floor", bounds=NON_NEGATIVE),
     _value("decay_epochs", float, 30.0, "epochs between step decays"),
+    _list("decay_milestones", int, [], "epochs at which the multistep schedule (sched: multistep) multiplies the "
+          "learning rate by decay_rate", bounds=NON_NEGATIVE),
     _value("warmup_epochs", int, 5, "warm-up epochs", bounds=NON_NEGATIVE),
     _value("cooldown_epochs", int, 10, "cool-down epochs", bounds=NON_NEGATIVE),
     _value("patience_epochs", int, 10, "plateau patience", bounds=NON_NEGATIVE),

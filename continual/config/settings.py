@@ -142,6 +142,7 @@ class ScheduleSettings:
     lr_noise_std: float
     seed: int
     sched_step_fix: bool
+    decay_milestones: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

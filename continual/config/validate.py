@@ -61,6 +61,18 @@ def validate_config(cfg: argparse.Namespace) -> None:
     if cfg.validation_test_transform and cfg.validation == 0.0:
         raise ConfigError("option 'validation_test_transform' needs validation > 0 (a held-out split)")
     _check_channels(cfg)
+    _check_milestones(cfg)
+
+
+def _check_milestones(cfg: argparse.Namespace) -> None:
+    """The multistep schedule decays at the epochs ``decay_milestones`` names; no other schedule reads them."""
+    if cfg.sched == "multistep" and not cfg.decay_milestones:
+        raise ConfigError("option 'sched' multistep needs decay_milestones: the epochs where the learning rate is "
+                          "multiplied by decay_rate (e.g. --decay-milestones 49 63)")
+    if cfg.decay_milestones and cfg.sched != "multistep":
+        raise ConfigError(f"option 'decay_milestones' is read by sched multistep only, not {cfg.sched!r}")
+    if list(cfg.decay_milestones) != sorted(set(cfg.decay_milestones)):
+        raise ConfigError(f"option 'decay_milestones' must increase: {list(cfg.decay_milestones)}")
 
 
 def _check_channels(cfg: argparse.Namespace) -> None:
@@ -105,7 +117,7 @@ def _check_encoder(cfg: argparse.Namespace, encoder: str) -> None:
     problem = encoder_problem(encoder, cfg.dytox)
     if problem is not None:
         raise ConfigError(problem)
-    if cfg.encoder_args and encoder in ("convit", "resnet18", "vit"):
+    if cfg.encoder_args and encoder in ("convit", "resnet18", "vit", "resnet18_cifar"):
         raise ConfigError(f"option 'encoder_args' is read by timm and registered encoders; the {encoder} takes its "
                           f"sizes from the model options")
     if cfg.pretrained is not None and cfg.retrain_scratch:

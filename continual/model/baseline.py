@@ -31,6 +31,7 @@ from continual.model.layers import (
     norm_layer,
     set_fused_attention,
 )
+from continual.model.resnet import ReducedResNet18
 from continual.model.timm_encoder import create_timm_model, timm_name
 from continual.vocabulary import TRAINING_PHASES
 
@@ -126,11 +127,14 @@ def vision_transformer(config: ModelConfig) -> VisionTransformer:
 
 
 def baseline_encoder(config: ModelConfig) -> nn.Module:
-    """The ConViT, timm's ViT (``vit``) or any timm model (``timm:NAME``, its pooled feature, num_classes=0)."""
+    """The ConViT, timm's ViT (``vit``), the CIFAR baselines' ResNet-18 (``resnet18_cifar``) or any timm model
+    (``timm:NAME``, its pooled feature, num_classes=0)."""
     if config.encoder == "convit":
         return ConViT(config)
     if config.encoder == "vit":
         return vision_transformer(config)
+    if config.encoder == "resnet18_cifar":
+        return ReducedResNet18(config.in_chans)
     if timm_name(config.encoder) is not None:
         return create_timm_model(config)
     raise ValueError(f"the baseline's encoder is convit, vit or timm:NAME, not {config.encoder!r}")

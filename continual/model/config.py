@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from continual.vocabulary import HEAD_MODES, PHASE_OPTIONS
 
-ENCODERS = ("convit", "vit", "resnet18")  # this project's own; encoders.py adds the registry's and timm:NAME
+# This project's own encoders; encoders.py adds the registry's and timm:NAME.
+ENCODERS = ("convit", "vit", "resnet18", "resnet18_cifar")
 NORMS = ("layer", "scale")
 
 # The published --resnet decoder: one TAB with 12 heads on the 504 channels of the ResNet's head.
@@ -48,8 +49,9 @@ class ModelConfig:
     gpsa_kernel: str = "mixed"
     # False: the baseline (one growing classifier, no task tokens).
     dytox: bool = True
-    # convit, resnet18 (DyTox), vit (the baseline), a name of the registry (continual.model.encoders) or
-    # timm:NAME; encoder_args: the keyword arguments a timm (or registered) encoder is built with.
+    # convit, resnet18 (DyTox), vit and resnet18_cifar (the baseline), a name of the registry
+    # (continual.model.encoders) or timm:NAME; encoder_args: the keyword arguments a timm (or registered)
+    # encoder is built with.
     encoder: str = "convit"
     encoder_args: tuple[tuple[str, object], ...] = ()
     # Baseline ConViT: class-attention blocks after the SABs (True) or self-attention over [cls; patches].
@@ -71,7 +73,8 @@ class ModelConfig:
         if self.dytox and self.encoder not in ENCODERS and not self.local_up_to_layer < self.depth:
             raise ValueError(f"the decoder on encoder {self.encoder!r} has depth - local_up_to_layer TABs: "
                              f"local_up_to_layer ({self.local_up_to_layer}) must be below depth {self.depth}")
-        if self.encoder in ENCODERS and self.embed_dim % self.num_heads:  # others: encoders.fit_to_encoder
+        attends = self.encoder in ("convit", "vit", "resnet18")  # others: encoders.fit_to_encoder
+        if attends and self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if not set(self.head_div_mode) <= set(PHASE_OPTIONS):
             raise ValueError(f"head_div_mode items must be in {PHASE_OPTIONS}, got {self.head_div_mode!r}")
@@ -81,6 +84,8 @@ class ModelConfig:
             raise ValueError("DyTox's encoder is the ConViT or the ResNet-18, not the ViT")
         if not self.dytox and self.encoder == "resnet18":
             raise ValueError("the ResNet-18 encoder is DyTox's (--resnet), not the baseline's")
+        if self.dytox and self.encoder == "resnet18_cifar":
+            raise ValueError("the pooled ResNet-18 (resnet18_cifar) is the baseline's encoder; DyTox's is resnet18")
         from continual.model.encoders import encoder_problem  # the registry, which imports this module
 
         problem = encoder_problem(self.encoder, self.dytox)

@@ -20,7 +20,7 @@ from torch import nn
 
 from continual.model.config import RESNET_EMBED_DIM, ModelConfig
 from continual.model.layers import PatchEmbed, SelfAttentionBlock
-from continual.model.resnet import ResNetEncoder
+from continual.model.resnet import ReducedResNet18, ResNetEncoder
 from continual.model.timm_encoder import TimmTokens, create_timm_model, pooled_width, timm_name
 
 EncoderBuilder = Callable[[ModelConfig], nn.Module]
@@ -64,7 +64,7 @@ ENCODERS: dict[str, EncoderBuilder] = {
     "resnet18": resnet18_encoder,
 }
 
-BASELINE_ENCODERS = ("convit", "vit")  # the baseline's own (continual.model.baseline), and timm's
+BASELINE_ENCODERS = ("convit", "vit", "resnet18_cifar")  # the baseline's own (continual.model.baseline), and timm's
 
 
 def encoder_problem(name: str, dytox: bool) -> str | None:
@@ -101,6 +101,8 @@ def fit_to_encoder(config: ModelConfig) -> ModelConfig:
     heads (``num_heads``) must divide it."""
     if config.encoder in ("convit", "vit"):
         return config
+    if config.encoder == "resnet18_cifar":
+        return dataclasses.replace(config, embed_dim=ReducedResNet18.embed_dim)
     if config.encoder == "resnet18":
         return dataclasses.replace(config, embed_dim=RESNET_EMBED_DIM)
     try:

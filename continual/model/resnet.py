@@ -97,3 +97,27 @@ class ResNetEncoder(nn.Module):
         x = self.head(f4)  # (B, 504, H/8, W/8)
         tokens = x.view(x.shape[0], self.embed_dim, -1).permute(0, 2, 1)  # (B, H/8 * W/8, 504)
         return tokens, [f1, f2, f3, f4]
+
+
+class ReducedResNet18(nn.Module):
+    """``--encoder resnet18_cifar``: the ResNet-18 of the CIFAR baselines in the DyTox paper (iCaRL, WA, DER), for
+    the networks with one pooled feature (the baseline's, DER's extractors): images -> (B, 512).
+
+    torchvision's ResNet-18 (its blocks, with their last ReLU, its initialisation and parameter names) with a 3x3
+    stride-1 stem and no max-pool, so that 32x32 images reach layer4 at 4x4; the global average pool is kept and
+    the classifier dropped (the method puts its own on the feature).
+    """
+
+    embed_dim = 512
+
+    def __init__(self, in_chans: int = 3) -> None:
+        super().__init__()
+        net = tv_resnet.ResNet(tv_resnet.BasicBlock, RESNET18_LAYERS)
+        net.conv1 = cifar_stem_conv(in_chans)
+        net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, 512), the average of layer4's map."""
+        return self.net(images)

@@ -39,6 +39,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleSettings, epo
         sched=cfg.sched,
         num_epochs=epochs,
         decay_epochs=cfg.decay_epochs,
+        decay_milestones=timm_milestones(cfg.decay_milestones),
         cooldown_epochs=cfg.cooldown_epochs,
         patience_epochs=cfg.patience_epochs,
         decay_rate=cfg.decay_rate,
@@ -51,6 +52,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleSettings, epo
         noise_seed=cfg.seed,
     )
     return scheduler
+
+
+def timm_milestones(milestones: tuple[int, ...]) -> list[int]:
+    """``decay_milestones`` as timm's multistep schedule reads them. The option counts as PyTorch's MultiStepLR
+    and the papers' code do (epoch m, from 0, is the first at the decayed rate); timm's value for epoch t is
+    decayed once t + 1 reaches a milestone, one epoch earlier."""
+    return [m + 1 for m in milestones]
 
 
 def schedule_index(epoch: int, step_fix: bool) -> int:

@@ -112,6 +112,10 @@ DEMO = ["--options", "options/data/digits_demo.yaml", "options/model/demo_tiny.y
     (["--pod", "1", "--pod-scales", "0"], r"'pod_scales' must be >= 1 \(each value\), got \[0\]"),
     (["--pod", "1", "--local-up-to-layer", "1"], "at least 2 SABs"),
     (["--no-class-attention"], "class_attention must be true"),
+    (["--encoder", "resnet18_cifar"], "option 'encoder' 'resnet18_cifar' is no encoder of DyTox"),
+    (["--sched", "multistep"], "option 'sched' multistep needs decay_milestones: the epochs where"),
+    (["--decay-milestones", "10"], "option 'decay_milestones' is read by sched multistep only, not 'cosine'"),
+    (["--sched", "multistep", "--decay-milestones", "63", "49"], r"'decay_milestones' must increase: \[63, 49\]"),
 ])
 def test_what_a_method_does_not_have_is_refused(flags: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -124,3 +128,6 @@ def test_the_resnet_and_the_baseline_settings() -> None:
     baseline = settings_from(parse_config(DEMO + ["--no-dytox", "--freeze-task", "--freeze-ft", "backbone",
                                                   "--model", "vit", "--exact-freeze"])).model
     assert (baseline.encoder, baseline.dytox, baseline.exact_freeze, baseline.embed_dim) == ("vit", False, True, 64)
+    cifar = settings_from(parse_config(DEMO + ["--no-dytox", "--freeze-task", "--freeze-ft", "backbone", "--encoder",
+                                               "resnet18_cifar"])).model
+    assert (cifar.encoder, cifar.embed_dim) == ("resnet18_cifar", 512)  # its pooled width, whatever the options say

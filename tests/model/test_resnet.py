@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 
-from continual.model.resnet import RESNET_EMBED_DIM, ResNetEncoder, SumBasicBlock
+from continual.model.resnet import RESNET_EMBED_DIM, ReducedResNet18, ResNetEncoder, SumBasicBlock
 
 
 def images(batch: int = 2, size: tuple[int, int] = (32, 32), chans: int = 3) -> torch.Tensor:
@@ -179,3 +179,22 @@ def test_gradients_reach_the_stem() -> None:
     grad = enc.conv1.weight.grad
     assert grad is not None and grad.abs().sum().item() > 0
     assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_the_cifar_baselines_resnet18_is_torchvision_s_with_a_3x3_stem_and_no_maxpool() -> None:
+    """resnet18_cifar: torchvision's ResNet-18 whose 7x7 stride-2 conv and max-pool are a 3x3 stride-1 conv and
+    nothing; 32x32 images reach layer4 at 4x4 and the feature is its average, 512 wide."""
+    torch.manual_seed(0)
+    encoder = ReducedResNet18().eval()
+    reference = resnet18()
+    ours = {k: v.shape for k, v in encoder.net.state_dict().items()}
+    theirs = {k: v.shape for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    assert ours == {**theirs, "conv1.weight": torch.Size([64, 3, 3, 3])}
+    images = torch.randn(2, 3, 32, 32)
+    net = encoder.net
+    x = net.relu(net.bn1(F.conv2d(images, net.conv1.weight, stride=1, padding=1)))  # no max-pool after it
+    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    assert x.shape == (2, 512, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(images), x.mean(dim=(2, 3)))
+    assert isinstance(net.layer1[0], BasicBlock) and not isinstance(net.layer1[0], SumBasicBlock)
