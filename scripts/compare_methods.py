@@ -1,31 +1,41 @@
-"""DyTox against the paper's baselines on one setting: accuracy after each task, Avg, Last, forgetting, size, time.
+"""DyTox against the paper's rivals and bounds on one setting, under one memory protocol: accuracy after each task,
+Avg, Last, forgetting, size, time.
 
-Four methods, each trained by its own ``python main.py`` process with the same seed(s) (2 torch threads each):
+Seven methods, each trained by its own ``main.py`` run with the same seed(s), the same data, schedule and memory:
 
 - ``dytox``: the setting's option files as they are (DyTox, rehearsal, distillation, balanced finetuning);
 - ``baseline``: the same + ``options/model/baseline.yaml`` + ``--exact-freeze``: the transformer without task
   tokens of the paper's ablation, with the same rehearsal, distillation and finetuning (exact freeze, so the
   SABs that finetuning freezes are trained again at the next task, instead of the published quirk);
+- ``icarl``, ``wa``, ``der``: the rivals of the paper's CIFAR-100 table (``--method icarl|wa|der``) on the
+  baseline's encoder (the same network but the method's head), with the setting's memory and schedule;
 - ``finetuning``: the baseline without memory, distillation or finetuning (naive finetuning, the lower bound);
 - ``joint``: the baseline trained from scratch at each task on all the images of the classes seen so far,
   without memory, distillation or finetuning (the upper bound).
 
-    python scripts/compare_methods.py --setting demo          # digits_demo + demo_tiny, a few minutes
+    python scripts/compare_methods.py --setting demo          # digits_demo + demo_tiny, a few minutes a method
     python scripts/compare_methods.py --setting fashion --seeds 0 1 2   # Split Fashion-MNIST + cpu_small
+    python scripts/compare_methods.py --setting demo --processes 2 --memory global distributed  # the two protocols
     python scripts/compare_methods.py --setting demo --from-runs        # re-plot the runs already trained
     python scripts/compare_methods.py --setting demo --methods dytox joint --extra --epochs 10 --base-epochs 10
+
+Memory protocols (the DyTox erratum's): ``--memory global`` keeps one selection of ``memory_size`` exemplars
+shared by all processes; ``--memory distributed`` lets each of the ``--processes`` processes herd its own
+``memory_size / processes`` (the published DyTox runs' protocol, whose numbers its erratum corrected). Several
+``--memory`` values train the methods that keep exemplars once under each; ``finetuning`` and ``joint`` keep none
+and run once (their protocol shows as "none"). ``--processes N`` > 1 runs ``bash train.sh cpu N``.
 
 The schedule (epochs, finetuning epochs, memory size) is the option files' unless ``--extra`` overrides it:
 ``--extra`` takes the rest of the command line and gives it to every method's ``main.py`` after the method's
 own flags, so it wins over them too. The runs go one after the other (``--jobs N``: N at a time, sharing the
-CPUs, so their wall times are no longer comparable to the benchmarks') to ``<work-dir>/<method>/seed<seed>/``,
-each with a ``run.json`` (its command, wall time and machine) beside its run folder; ``--from-runs`` rebuilds
-the outputs from those.
+CPUs, so their wall times are no longer comparable to the benchmarks') to
+``<work-dir>/<memory>/<method>/seed<seed>/``, each with a ``run.json`` (its command, wall time and machine)
+beside its run folder; ``--from-runs`` rebuilds the outputs from those.
 
-Writes to ``--out-dir`` (default: the work dir) ``comparison.png`` (top-1 vs classes seen, one line per method,
-the seeds' min-max as a band), ``comparison.md`` (one row per method: mean ± sample std over seeds) and
-``comparison.json`` (the same numbers, every seed's accuracy after each task, the commands, the machine),
-and prints the Markdown table.
+Writes to ``--out-dir`` (default: the work dir) ``comparison.png`` (top-1 vs classes seen, one line per method
+and protocol, the seeds' min-max as a band), ``comparison.md`` (one row per method and protocol: mean ± sample
+std over seeds) and ``comparison.json`` (the same numbers, every seed's accuracy after each task, the commands,
+the machine), and prints the Markdown table.
 """
 from __future__ import annotations
 
@@ -39,7 +49,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lib.bench_common import REPO, mean_std, run_main
+from lib.bench_common import REPO, mean_std, read_rows, run_main
 
 sys.path.insert(0, str(REPO))
 from matplotlib.figure import Figure  # noqa: E402
@@ -57,26 +67,38 @@ NO_REHEARSAL = ["--memory-size", "0", "--no-auto-kd", "--kd", "0", "--finetuning
 METHODS: dict[str, tuple[list[str], list[str]]] = {  # option files added to the setting's, and flags
     "dytox": ([], []),
     "baseline": (BASELINE, ["--exact-freeze"]),
+    "icarl": (BASELINE, ["--method", "icarl"]),
+    "wa": (BASELINE, ["--method", "wa", "--distillation-tau", "2"]),  # the paper's temperature
+    "der": (BASELINE, ["--method", "der"]),
     "finetuning": (BASELINE, ["--exact-freeze", *NO_REHEARSAL]),
     "joint": (BASELINE, ["--exact-freeze", "--retrain-scratch", *NO_REHEARSAL]),
 }
+WITHOUT_MEMORY = ("finetuning", "joint")  # the memory protocol does not change them: trained once
+MEMORY_FLAGS = {"global": "--global-memory", "distributed": "--distributed-memory"}
 METRICS = {"avg_acc": "Avg", "last_acc": "Last", "forgetting": "forgetting", "params_total": "parameters",
            "wall_seconds": "wall time (s)"}
 RUN_RECORD = "run.json"
-RECORDED = ("options", "flags", "compare_command", "machine", "threads", "jobs")  # what run.json says of a run
+RECORDED = ("options", "flags", "compare_command", "machine", "threads", "jobs", "processes")  # from run.json
 
 
-def seed_dir(work_dir: Path, method: str, seed: int) -> Path:
-    return work_dir / method / f"seed{seed}"
+def protocols_of(method: str, memories: list[str]) -> list[str]:
+    """The memory protocols ``method`` is trained under: each asked, or "none" for a method without memory."""
+    return ["none"] if method in WITHOUT_MEMORY else memories
+
+
+def seed_dir(work_dir: Path, method: str, memory: str, seed: int) -> Path:
+    return work_dir / memory / method / f"seed{seed}"
 
 
 def run_name(method: str, seed: int) -> str:
     return f"{method}_seed{seed}"
 
 
-def main_command(options: list[str], seed: int, name: str, out_dir: Path, extra: list[str], threads: int) -> str:
+def main_command(options: list[str], seed: int, name: str, out_dir: Path, extra: list[str], threads: int,
+                 processes: int) -> str:
     """The command ``lib.bench_common.run_main`` runs (from the repo folder), for the record."""
-    argv = ["python", "main.py", "--options", *options, "--seed", str(seed), "--name", name, "--output-basedir",
+    start = ["python", "main.py"] if processes == 1 else ["bash", "train.sh", "cpu", str(processes)]
+    argv = [*start, "--options", *options, "--seed", str(seed), "--name", name, "--output-basedir",
             str(out_dir / "outputs"), "--log-dir", str(out_dir / "logs"), "--no-progress", *extra]
     return f"OMP_NUM_THREADS={threads} {shlex.join(argv)}"
 
@@ -86,40 +108,47 @@ def machine() -> dict:
             "cpu_count": os.cpu_count(), "python": platform.python_version()}
 
 
-def method_argv(args: argparse.Namespace, method: str) -> tuple[list[str], list[str]]:
-    """Option files and main.py flags of ``method`` on ``args.setting``; ``--extra`` comes last and wins."""
+def method_argv(args: argparse.Namespace, method: str, memory: str) -> tuple[list[str], list[str]]:
+    """Option files and main.py flags of ``method`` on ``args.setting`` under ``memory``; ``--extra`` comes last
+    and wins."""
     files, flags = METHODS[method]
     setting = SETTINGS[args.setting]
     data_path = args.data_path or ((REPO / setting["data_path"]).resolve() if setting["data_path"] else None)
     data = ["--data-path", str(data_path)] if data_path else []
-    return [*setting["options"], *files], [*data, *flags, *args.extra]
+    protocol = [MEMORY_FLAGS[memory]] if memory in MEMORY_FLAGS else []
+    return [*setting["options"], *files], [*data, *flags, *protocol, *args.extra]
 
 
-def train(args: argparse.Namespace, method: str, seed: int) -> None:
+def train(args: argparse.Namespace, method: str, memory: str, seed: int) -> None:
     """One ``main.py`` run; writes its ``run.json`` (command, wall seconds, machine, run folder)."""
-    options, flags = method_argv(args, method)
-    out_dir, name = seed_dir(args.work_dir, method, seed), run_name(method, seed)
-    result = run_main(options, seed, name, out_dir, flags, threads=args.threads)
-    record = {"method": method, "seed": seed, "run_dir": str(Path(result["run_dir"]).relative_to(out_dir)),
-              "options": options, "flags": flags, "command": main_command(options, seed, name, out_dir, flags,
-                                                                          args.threads),
+    options, flags = method_argv(args, method, memory)
+    out_dir, name = seed_dir(args.work_dir, method, memory, seed), run_name(method, seed)
+    result = run_main(options, seed, name, out_dir, flags, threads=args.threads, processes=args.processes)
+    record = {"method": method, "memory": memory, "seed": seed,
+              "run_dir": str(Path(result["run_dir"]).relative_to(out_dir)), "options": options, "flags": flags,
+              "command": main_command(options, seed, name, out_dir, flags, args.threads, args.processes),
               "compare_command": args.command, "seconds": result["seconds"], "threads": args.threads,
-              "jobs": args.jobs, "machine": machine()}
+              "jobs": args.jobs, "processes": args.processes, "machine": machine()}
     atomic_write(out_dir / RUN_RECORD, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
     summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
-    print(f"{method} seed {seed}: Avg {summary['avg_acc']:.2f} Last {summary['last_acc']:.2f} "
+    print(f"{method} ({memory} memory) seed {seed}: Avg {summary['avg_acc']:.2f} Last {summary['last_acc']:.2f} "
           f"({result['seconds']:.0f} s)", flush=True)
 
 
+def runs_of(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(method, memory protocol) of every row of the table, in its order."""
+    return [(method, memory) for method in args.methods for memory in protocols_of(method, args.memory)]
+
+
 def train_all(args: argparse.Namespace) -> None:
-    """Every method and seed, one run after the other, or ``--jobs`` at a time."""
-    pairs = [(method, seed) for method in args.methods for seed in args.seeds]
+    """Every method, protocol and seed, one run after the other, or ``--jobs`` at a time."""
+    triples = [(method, memory, seed) for method, memory in runs_of(args) for seed in args.seeds]
     if args.jobs == 1:
-        for method, seed in pairs:
-            train(args, method, seed)
+        for method, memory, seed in triples:
+            train(args, method, memory, seed)
         return
     with ThreadPoolExecutor(args.jobs) as pool:  # threads: each waits on its own main.py process
-        futures = [pool.submit(train, args, method, seed) for method, seed in pairs]
+        futures = [pool.submit(train, args, method, memory, seed) for method, memory, seed in triples]
         try:
             for future in futures:
                 future.result()
@@ -128,16 +157,20 @@ def train_all(args: argparse.Namespace) -> None:
             raise
 
 
-def collect(work_dir: Path, method: str, seed: int) -> dict:
-    """What one run's ``run.json`` and ``summary.json`` say, as a row of comparison.json."""
-    out_dir = seed_dir(work_dir, method, seed)
+def collect(work_dir: Path, method: str, memory: str, seed: int) -> dict:
+    """What one run's ``run.json``, ``summary.json`` and last ``log.jsonl`` row say, as a row of comparison.json."""
+    out_dir = seed_dir(work_dir, method, memory, seed)
     if not (out_dir / RUN_RECORD).exists():
-        sys.exit(f"error: no finished run of {method} seed {seed} in {out_dir} (train it without --from-runs)")
+        sys.exit(f"error: no finished run of {method} ({memory} memory) seed {seed} in {out_dir} (train it "
+                 f"without --from-runs)")
     record = json.loads((out_dir / RUN_RECORD).read_text())
     run_dir = out_dir / record["run_dir"]
     summary = json.loads((run_dir / "summary.json").read_text())
+    last = read_rows(run_dir / "log.jsonl")[-1]  # the protocol the run logged, not the one asked
     return {"seed": seed, "run_dir": str(run_dir), "command": record["command"],
-            **{key: record[key] for key in RECORDED}, "wall_seconds": record["seconds"],
+            **{key: record.get(key, 1) if key == "processes" else record[key] for key in RECORDED},
+            "memory_mode": last["memory_mode"] if last["memory_total"] else "none",
+            "memory_total": last["memory_total"], "world_size": last["world_size"], "wall_seconds": record["seconds"],
             "classes_seen": [task["classes_seen"] for task in summary["tasks"]],
             "acc1": [task["acc1"] for task in summary["tasks"]],
             **{key: summary[key] for key in ("avg_acc", "last_acc", "forgetting", "params_total",
@@ -150,15 +183,31 @@ def stats(values: list[float]) -> dict:
     return {"mean": statistics.mean(values), "std": std, "min": min(values), "max": max(values), "per_seed": values}
 
 
-def aggregate(method: str, runs: list[dict]) -> dict:
+def aggregate(method: str, memory: str, runs: list[dict]) -> dict:
     classes = runs[0]["classes_seen"]
     if any(run["classes_seen"] != classes for run in runs):
         sys.exit(f"error: the seeds of {method} saw different classes: {[run['classes_seen'] for run in runs]}")
     per_task = [stats([run["acc1"][i] for run in runs]) for i in range(len(classes))]
-    return {"options": one_or_all([run["options"] for run in runs]),
+    return {"method": method, "memory": memory, "protocol": protocol_label(runs),
+            "options": one_or_all([run["options"] for run in runs]),
             "flags": one_or_all([run["flags"] for run in runs]), "classes_seen": classes, "acc1_per_task": per_task,
             **{key: stats([run[key] for run in runs]) for key in METRICS},
             "runs": [{k: v for k, v in run.items() if k not in RECORDED} for run in runs]}
+
+
+def protocol_label(runs: list[dict]) -> str:
+    """The memory protocol the runs logged: "global, 200 exemplars, 2 processes", or "none"."""
+    modes = distinct([(run["memory_mode"], run["memory_total"], run["world_size"]) for run in runs])
+    labels = []
+    for mode, total, world in modes:
+        processes = f"{world} process{'es' if world > 1 else ''}"
+        labels.append(f"none, {processes}" if mode == "none" else f"{mode}, {total} exemplars, {processes}")
+    return "; ".join(labels)
+
+
+def row_name(method: str, memory: str, memories: list[str]) -> str:
+    """The table's name of a (method, protocol) row: the method, with its protocol when several are compared."""
+    return method if len(memories) == 1 or memory == "none" else f"{method} ({memory})"
 
 
 def distinct(values: list) -> list:
@@ -173,15 +222,18 @@ def one_or_all(values: list) -> object:
 
 def comparison(args: argparse.Namespace) -> dict:
     """comparison.json: every method's numbers, from the run folders in the work dir."""
-    runs = {method: [collect(args.work_dir, method, seed) for seed in args.seeds] for method in args.methods}
+    runs = {(method, memory): [collect(args.work_dir, method, memory, seed) for seed in args.seeds]
+            for method, memory in runs_of(args)}
     every_run = [run for method_runs in runs.values() for run in method_runs]
     report = {"setting": args.setting, "options": SETTINGS[args.setting]["options"], "seeds": args.seeds,
+              "memory": args.memory, "processes": one_or_all([run["processes"] for run in every_run]),
               "threads": one_or_all([run["threads"] for run in every_run]),
               "jobs": one_or_all([run["jobs"] for run in every_run]),
               "compare_commands": distinct([run["compare_command"] for run in every_run]),
               "commands": [run["command"] for run in every_run],
               "machine": one_or_all([run["machine"] for run in every_run]),
-              "methods": {method: aggregate(method, method_runs) for method, method_runs in runs.items()}}
+              "methods": {row_name(method, memory, args.memory): aggregate(method, memory, method_runs)
+                          for (method, memory), method_runs in runs.items()}}
     if args.from_runs:
         report["rebuilt_with"] = args.command
     return report
@@ -193,7 +245,8 @@ def plot(report: dict) -> Figure:
     axes = figure.add_subplot()
     for method, result in report["methods"].items():
         classes, per_task = result["classes_seen"], result["acc1_per_task"]
-        line = axes.plot(classes, [task["mean"] for task in per_task], marker="o", linewidth=2,
+        style = "--" if result["memory"] == "distributed" else "-"
+        line = axes.plot(classes, [task["mean"] for task in per_task], marker="o", linewidth=2, linestyle=style,
                          label=f"{method} (Avg {result['avg_acc']['mean']:.2f})")[0]
         if len(report["seeds"]) > 1:
             axes.fill_between(classes, [task["min"] for task in per_task], [task["max"] for task in per_task],
@@ -205,7 +258,7 @@ def plot(report: dict) -> Figure:
     axes.set_xticks(next(iter(report["methods"].values()))["classes_seen"])
     axes.set_ylim(0, 100)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower left")
+    axes.legend(loc="lower left", fontsize="small", ncol=2 if len(report["methods"]) > 5 else 1)
     figure.tight_layout()
     return figure
 
@@ -225,8 +278,10 @@ def markdown(report: dict) -> str:
     """The table (one row per method), the per-task accuracies, and the line that says how they were made."""
     methods = report["methods"]
     classes = next(iter(methods.values()))["classes_seen"]
-    lines = ["| method | " + " | ".join(METRICS.values()) + " |", "|---|" + "---:|" * len(METRICS)]
-    lines += [f"| {m} | " + " | ".join(cell(k, r[k]["per_seed"]) for k in METRICS) + " |" for m, r in methods.items()]
+    lines = ["| method | memory protocol | " + " | ".join(METRICS.values()) + " |",
+             "|---|---|" + "---:|" * len(METRICS)]
+    lines += [f"| {m} | {r['protocol']} | " + " | ".join(cell(k, r[k]["per_seed"]) for k in METRICS) + " |"
+              for m, r in methods.items()]
     lines += ["", "Top-1 after each task (mean over seeds), by number of classes seen:", "",
               "| method | " + " | ".join(str(c) for c in classes) + " |", "|---|" + "---:|" * len(classes)]
     lines += [f"| {m} | " + " | ".join(f"{t['mean']:.2f}" for t in r["acc1_per_task"]) + " |"
@@ -255,13 +310,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, help="where the runs go (default: outputs/compare_methods/SETTING)")
     parser.add_argument("--out-dir", type=Path, help="where the figure and tables go (default: the work dir)")
     parser.add_argument("--data-path", type=Path, help="the dataset folder (default: the setting's)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of each run")
+    parser.add_argument("--memory", nargs="+", choices=list(MEMORY_FLAGS), default=["global"],
+                        help="memory protocol(s): one selection shared by all processes (global), or each process "
+                             "its own share (distributed, with --processes > 1)")
+    parser.add_argument("--processes", type=int, default=1, help="processes of each run (> 1: bash train.sh cpu N)")
+    parser.add_argument("--threads", type=int, help="torch threads of each process (default: 2 / processes)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time (more than 1: they share the CPUs, so their wall times grow)")
     parser.add_argument("--from-runs", action="store_true", help="train nothing: rebuild from the work dir's runs")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="more main.py flags for every method (the rest of the command line)")
     args = parser.parse_args(argv)
+    if "distributed" in args.memory and args.processes < 2:
+        parser.error("--memory distributed shares the memory between processes: give --processes 2 or more")
+    args.memory = [memory for memory in MEMORY_FLAGS if memory in args.memory]
+    args.threads = args.threads or max(1, 2 // args.processes)
     args.command = shlex.join(["python", "scripts/compare_methods.py", *(sys.argv[1:] if argv is None else argv)])
     args.methods = [method for method in METHODS if method in args.methods]  # the table's order, once each
     args.work_dir = (args.work_dir or REPO / "outputs" / "compare_methods" / args.setting).resolve()

@@ -67,16 +67,18 @@ def test_the_gpu_check_skips_at_once_without_cuda(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_compare_methods_trains_the_four_methods_and_rebuilds_the_same_numbers_from_their_runs(
+def test_compare_methods_trains_each_method_under_each_memory_protocol_and_rebuilds_the_same_numbers(
         tmp_path: Path) -> None:
-    """scripts/compare_methods.py on the demo, two tasks of one epoch: figure, tables, and --from-runs."""
+    """scripts/compare_methods.py on the demo, two tasks of one epoch, 2 processes, global and distributed memory:
+    a rehearsal method (WA) trained under each protocol, naive finetuning once; figure, tables, --from-runs."""
     import matplotlib.image
     import yaml
 
     script = [sys.executable, str(SCRIPTS_DIR / "compare_methods.py"), "--setting", "demo",
-              "--work-dir", str(tmp_path)]
-    tiny = ["--jobs", "2", "--threads", "1", "--extra", "--epochs", "1", "--base-epochs", "1",
-            "--finetuning-epochs", "1", "--max-task", "2", "--train-per-class", "32", "--no-plots", "--no-tensorboard"]
+              "--work-dir", str(tmp_path), "--methods", "wa", "finetuning", "--processes", "2",
+              "--memory", "global", "distributed"]
+    tiny = ["--jobs", "2", "--extra", "--epochs", "1", "--base-epochs", "1", "--finetuning-epochs", "1",
+            "--max-task", "2", "--train-per-class", "32", "--no-plots", "--no-tensorboard"]
     trained = subprocess.run([*script, *tiny], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-2000:]
     png = tmp_path / "comparison.png"
@@ -84,36 +86,45 @@ def test_compare_methods_trains_the_four_methods_and_rebuilds_the_same_numbers_f
     assert matplotlib.image.imread(png).ndim == 3
     report = json.loads((tmp_path / "comparison.json").read_text())
     methods = report["methods"]
-    assert list(methods) == ["dytox", "baseline", "finetuning", "joint"] and report["machine"]["cpu_count"] > 0
+    assert list(methods) == ["wa (global)", "wa (distributed)", "finetuning"]
+    assert report["machine"]["cpu_count"] > 0 and report["processes"] == 2
     for name, result in methods.items():
         (run,) = result["runs"]
         folder = Path(run["run_dir"])
-        assert folder.parents[2] == tmp_path / name / "seed0" / "outputs" and folder.name.endswith(f"_{name}_seed0")
+        method, memory = result["method"], result["memory"]
+        assert folder.parents[2] == tmp_path / memory / method / "seed0" / "outputs"
+        assert folder.name.endswith(f"_{method}_seed0")
         summary = json.loads((folder / "summary.json").read_text())
         assert result["avg_acc"]["mean"] == run["avg_acc"] == summary["avg_acc"]
         assert result["last_acc"]["mean"] == run["last_acc"] == summary["last_acc"]
         assert run["acc1"] == [task["acc1"] for task in summary["tasks"]] and run["classes_seen"] == [2, 4]
         assert run["command"] in report["commands"]
+        assert run["command"].startswith("OMP_NUM_THREADS=1 bash train.sh cpu 2 --options")
+        last = json.loads((folder / "log.jsonl").read_text().splitlines()[-1])
+        assert last["world_size"] == 2 and (memory == "none" or last["memory_mode"] == memory)
+    # 32 training images per class, 200 exemplars: one selection keeps all 128, two processes 100 each
+    assert methods["wa (global)"]["protocol"] == "global, 128 exemplars, 2 processes"
+    assert methods["wa (distributed)"]["protocol"] == "distributed, 200 exemplars, 2 processes"
+    assert methods["finetuning"]["protocol"] == "none, 2 processes"
     config = {name: yaml.safe_load((Path(r["runs"][0]["run_dir"]) / "config.yaml").read_text())
               for name, r in methods.items()}
-    assert config["dytox"]["dytox"] and not config["baseline"]["dytox"] and config["baseline"]["exact_freeze"]
-    assert config["baseline"]["memory_size"] == 200 and config["baseline"]["finetuning"] == "balanced"
-    for name in ("finetuning", "joint"):
-        assert (config[name]["memory_size"], config[name]["kd"], config[name]["auto_kd"]) == (0, 0.0, False)
-        assert config[name]["finetuning"] == "" and config[name]["retrain_scratch"] == (name == "joint")
-    assert methods["joint"]["params_total"] == methods["baseline"]["params_total"]
+    assert config["wa (global)"]["global_memory"] and not config["wa (global)"]["distributed_memory"]
+    assert config["wa (distributed)"]["method"] == "wa" and config["wa (distributed)"]["distributed_memory"]
+    assert not config["wa (global)"]["dytox"] and config["wa (global)"]["memory_size"] == 200
+    assert (config["finetuning"]["memory_size"], config["finetuning"]["kd"], config["finetuning"]["auto_kd"]) == \
+        (0, 0.0, False)
     table = (tmp_path / "comparison.md").read_text()
     rows = table.split("\n\n")[0].splitlines()[2:]  # the first table, below its header and rule
-    assert [row.split(" | ")[0] for row in rows] == [f"| {name}" for name in methods]
+    assert [row.split(" | ")[:2] for row in rows] == [[f"| {name}", methods[name]["protocol"]] for name in methods]
     assert table.split("\n\n")[0] in trained.stdout
 
-    runs_before = sorted(tmp_path.glob("*/seed0/outputs/*/*/*"))
+    runs_before = sorted(tmp_path.glob("*/*/seed0/outputs/*/*/*"))
     start = time.perf_counter()
     rebuilt = subprocess.run([*script, "--from-runs", "--out-dir", str(tmp_path / "rebuilt")], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=120)
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     assert time.perf_counter() - start < 20  # nothing trained: a fraction of one main.py start-up
-    assert sorted(tmp_path.glob("*/seed0/outputs/*/*/*")) == runs_before
+    assert len(runs_before) == 3 and sorted(tmp_path.glob("*/*/seed0/outputs/*/*/*")) == runs_before
     assert json.loads((tmp_path / "rebuilt" / "comparison.json").read_text())["methods"] == methods
     assert (tmp_path / "rebuilt" / "comparison.md").read_text() == table
 

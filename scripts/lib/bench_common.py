@@ -12,13 +12,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]  # scripts/lib/ -> the repository
 
 
-def run_main(options: list[str], seed: int, name: str, out_dir: Path, extra: list[str], threads: int = 2) -> dict:
-    """Train with ``main.py`` (``threads`` torch threads); returns wall seconds, run folder and task rows."""
+def launcher(processes: int) -> list[str]:
+    """How a run starts: ``python main.py``, or ``bash train.sh cpu N`` (torchrun, gloo) for N processes."""
+    return [sys.executable, "main.py"] if processes == 1 else ["bash", "train.sh", "cpu", str(processes)]
+
+
+def run_main(options: list[str], seed: int, name: str, out_dir: Path, extra: list[str], threads: int = 2,
+             processes: int = 1) -> dict:
+    """Train with ``main.py`` (``threads`` torch threads per process, ``processes`` processes); returns wall
+    seconds, run folder and task rows."""
     command = [
-        sys.executable, "main.py", "--options", *options, "--seed", str(seed), "--name", name,
+        *launcher(processes), "--options", *options, "--seed", str(seed), "--name", name,
         "--output-basedir", str(out_dir / "outputs"), "--log-dir", str(out_dir / "logs"), "--no-progress", *extra,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHON": sys.executable}
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, env=env, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
