@@ -88,7 +88,7 @@ def test_compare_methods_trains_each_method_under_each_memory_protocol_and_rebui
     methods = report["methods"]
     assert list(methods) == ["wa (global)", "wa (distributed)", "finetuning"]
     assert report["machine"]["cpu_count"] > 0 and report["processes"] == 2
-    for name, result in methods.items():
+    for result in methods.values():
         (run,) = result["runs"]
         folder = Path(run["run_dir"])
         method, memory = result["method"], result["memory"]
