@@ -47,7 +47,7 @@ def folder_of(base: Path) -> Path:
     return folders[0]
 
 
-def outputs(folder: Path) -> dict:
+def outputs(folder: Path, last_task: int = 2) -> dict:
     def rows(name: str) -> list[dict]:
         """Rows without timings; a task row keeps which phases it timed (all of them, also after a resume)."""
         out = []
@@ -60,8 +60,8 @@ def outputs(folder: Path) -> dict:
         return out
 
     check_phase_seconds(folder)
-    state = torch.load(folder / "checkpoints/checkpoint_2.pth", weights_only=True)["model"]
-    with np.load(folder / "memory/memory_2.npz") as memory:
+    state = torch.load(folder / f"checkpoints/checkpoint_{last_task}.pth", weights_only=True)["model"]
+    with np.load(folder / f"memory/memory_{last_task}.npz") as memory:
         arrays = {key: memory[key] for key in ("x", "y", "t")}
     return {"model": state, "memory": arrays, "log": rows("log.jsonl"), "epochs": rows("epochs.jsonl")}
 
@@ -192,3 +192,29 @@ def test_the_baseline_killed_and_resumed_equals_uninterrupted_frozen_parts_inclu
     got = outputs(folder)
     assert_same_run(got, expected)
     assert [row["params_trainable"] < row["params_total"] for row in got["log"]] == [False, False, True]
+
+
+DER = ["--no-dytox", "--head-div", "0", "--freeze-task", "--freeze-ft", "sab", "--method", "der",  # baseline.yaml
+       "--max-task", "2", "--base-epochs", "1", "--finetuning-epochs", "1", "--train-per-class", "16"]
+
+
+def test_der_killed_inside_a_task_and_resumed_equals_uninterrupted_frozen_extractors_included(tmp_path: Path) -> None:
+    """Nothing says which extractors are frozen but the model's structure: a DER run killed (SIGKILL, nothing
+    saved at that moment) inside task 1's training resumes with extractor 0 frozen, as the uninterrupted run."""
+    straight = ["--output-basedir", str(tmp_path / "straight"), "--log-dir", str(tmp_path / "logs"), *DER]
+    code, output = run_until(straight, None)
+    assert code == 0, output[-3000:]
+    expected = outputs(folder_of(tmp_path / "straight"), last_task=1)
+    where = ["--output-basedir", str(tmp_path / "killed"), "--log-dir", str(tmp_path / "logs"), *DER]
+    env = {"DYTOX_TEST_SIGTERM_AT": "task 1, train epoch 1, step 1", "DYTOX_TEST_SIGNAL": "SIGKILL"}
+    code, output = run_until(where, None, script=HELPERS / "sigterm_at_step.py", env=env)
+    assert code == -signal.SIGKILL, output[-3000:]
+    folder = folder_of(tmp_path / "killed")
+    code, output = run_until(where + ["--resume", str(folder)], None)
+    assert code == 0, output[-3000:]
+    assert "running from task 1 (train)" in output  # the run state saved after task 1's first epoch
+    got = outputs(folder, last_task=1)
+    assert_same_run(got, expected)
+    first = torch.load(folder / "checkpoints/checkpoint_0.pth", weights_only=True)["model"]
+    assert all(torch.equal(got["model"][f"extractors.0.{name[len('extractors.0.'):]}"], value)
+               for name, value in first.items() if name.startswith("extractors.0."))
