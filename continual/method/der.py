@@ -2,8 +2,9 @@
 Incremental Learning", CVPR 2021), on the baseline's encoders (``--no-dytox``), one per task
 (continual.model.der).
 
-- Each task: a new extractor joins, initialised from the newest one (as the official code and PyCIL do; the
-  paper does not say), the old extractors frozen (BatchNorm statistics included); no teacher, no distillation.
+- Each task: a new extractor joins, initialised from the newest one (weights and BatchNorm statistics, as the
+  official code and PyCIL do, rather than drawn afresh); the old extractors are frozen (BatchNorm statistics
+  included); no teacher, no distillation.
 - Training, on the task and the memory once: cross-entropy over every class seen + the auxiliary classifier's
   cross-entropy on the newest extractor's features (the paper's lambda_a = 1), whose classes are "an old class"
   then each new class; the first task has cross-entropy alone.
