@@ -57,17 +57,21 @@ def context_notes(cfg: argparse.Namespace) -> list[str]:
 OTHER_METHODS = {
     "er": "cross-entropy on the task and the memory, no teacher, no finetuning, nothing frozen",
     "wa": "its own distillation weight (old / seen classes) at distillation_tau, no finetuning, nothing frozen",
+    "der": "cross-entropy and its auxiliary classifier, no teacher, the old encoders frozen, balanced finetuning "
+           "of the classifier alone (finetuning, at finetuning_temperature)",
 }
+# The DyTox options a method of OTHER_METHODS reads too.
+READ_BY_METHOD = {"der": ("finetuning",)}
 
 
 def other_method_notes(cfg: argparse.Namespace) -> list[str]:
-    """``--method er`` or ``wa``: name the DyTox options of the configuration that the method ignores."""
+    """``--method er``, ``wa`` or ``der``: name the DyTox options of the configuration that the method ignores."""
     ignored = [f"{dest} {getattr(cfg, dest)!r}" for dest, set_ in (
         ("auto_kd", cfg.auto_kd), ("kd", cfg.kd > 0), ("head_div", cfg.head_div > 0), ("pod", cfg.pod is not None),
         ("finetuning", bool(cfg.finetuning)), ("freeze_task", bool(cfg.freeze_task)),
         ("oversample_memory", cfg.oversample_memory != 1), ("only_ft", cfg.only_ft), ("sep_memory", cfg.sep_memory),
-        ("retrain_scratch", cfg.retrain_scratch),
-    ) if set_]
+        ("retrain_scratch", cfg.retrain_scratch), ("freeze_ft", bool(cfg.freeze_ft)),
+    ) if set_ and dest not in READ_BY_METHOD.get(cfg.method, ())]
     if not ignored:
         return []
     return [f"{', '.join(ignored)}: no effect with --method {cfg.method} ({OTHER_METHODS[cfg.method]})"]

@@ -309,8 +309,10 @@ MODEL_OPTIONS = (
 DYTOX_OPTIONS = (
     _value("method", _lowercase, "dytox", "the continual-learning method, a name of continual/method/registry.py: "
            "dytox (DyTox; with --no-dytox the baseline of its ablation), er (experience replay: the memory and "
-           "cross-entropy; no teacher, no finetuning) or wa (weight aligning, Zhao et al. 2020, with --no-dytox: "
-           "distillation, the new classes' weights aligned to the old ones', non-negative weights)",
+           "cross-entropy; no teacher, no finetuning), wa (weight aligning, Zhao et al. 2020, with --no-dytox: "
+           "distillation, the new classes' weights aligned to the old ones', non-negative weights) or der (DER, "
+           "Yan et al. 2021, with --no-dytox: a new encoder per task, the old ones frozen, an auxiliary classifier, "
+           "balanced finetuning of the classifier)",
            metavar="NAME"),
     _bool("dytox", False, "dynamic task-token expansion; off (--no-dytox): the baseline, one classifier that grows "
           "by each task's classes, trained by the same loop"),
@@ -457,6 +459,9 @@ FINETUNING_OPTIONS = (
     _value("oversample_memory_ft", int, 1, "finetuning repeats each exemplar of the old tasks this many times",
            bounds=POSITIVE),
     _bool("finetuning_resetclf", False, "draw the task heads again before finetuning"),
+    _value("finetuning_temperature", float, 5.0, "--method der: the balanced finetuning's cross-entropy is of the "
+           "logits divided by this temperature (the official DER code's 5); DyTox's finetuning does not read it",
+           bounds=ABOVE_ZERO),
     _bool("only_ft", False, "after the first task, train on the balanced memory only (no new task data)"),
 )
 

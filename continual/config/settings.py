@@ -251,6 +251,7 @@ class LearnerSettings:
     oversample_memory: int
     oversample_memory_ft: int
     retrain_scratch: bool
+    finetuning_temperature: float = 5.0  # DER's balanced finetuning: cross-entropy of logits / temperature
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,8 @@ def model_config(cfg: argparse.Namespace) -> ModelConfig:
     """The architecture of the options' model: DyTox (ConViT, ResNet-18 with ``resnet``, any encoder with
     ``encoder``) or, with ``dytox`` false, the baseline (ConViT, ViT or a timm model). The ResNet's decoder has
     the published fixed size; embed_dim is the width a timm encoder gives (built on the meta device to read it).
-    The divergence head is DyTox's: another method (``--method``) would build it and never train it."""
+    The divergence head is DyTox's: another method (``--method``) would build it and never train it. DER
+    (``--method der``) has its own network: an extractor per task (continual.model.der)."""
     encoder = encoder_of(cfg)
     resnet = cfg.dytox and encoder == "resnet18"
     divergence_head = cfg.head_div > 0 and cfg.method == "dytox"
@@ -335,6 +337,7 @@ def model_config(cfg: argparse.Namespace) -> ModelConfig:
         fused_attention=cfg.fused_attention, dytox=cfg.dytox, encoder=encoder,
         encoder_args=tuple(encoder_argument(text) for text in cfg.encoder_args or ()),
         class_attention=cfg.class_attention, norm=cfg.norm, exact_freeze=cfg.exact_freeze,
+        extractor_per_task=cfg.method == "der",
     ))
 
 

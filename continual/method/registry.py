@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from continual.method.der import DynamicallyExpandableRepresentation
 from continual.method.dytox_learner import DyToxLearner
 from continual.method.er import ExperienceReplay
 from continual.method.learner import Learner, LearnerParts
@@ -17,6 +18,7 @@ METHODS: dict[str, Callable[[LearnerParts], Learner]] = {
     "dytox": DyToxLearner.from_parts,  # DyTox, or with --no-dytox the baseline of its ablation
     "er": ExperienceReplay.from_parts,  # experience replay: rehearsal and cross-entropy
     "wa": WeightAligning.from_parts,  # weight aligning (Zhao et al., CVPR 2020), on the baseline's network
+    "der": DynamicallyExpandableRepresentation.from_parts,  # DER without pruning (Yan et al., CVPR 2021)
 }
 
 

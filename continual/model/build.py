@@ -9,11 +9,13 @@ from torch import Tensor, nn
 from continual.model.base import ContinualModel
 from continual.model.baseline import IncrementalClassifier
 from continual.model.config import ModelConfig
+from continual.model.der import ExpandableNetwork
 from continual.model.dytox import DyTox
 
 MODELS: dict[str, type[ContinualModel]] = {
     "dytox": DyTox,  # task tokens and a head per task (dytox: true)
     "baseline": IncrementalClassifier,  # the ablation's growing classifier (dytox: false)
+    "der": ExpandableNetwork,  # DER's extractor per task (--method der, on the baseline's encoders)
 }
 
 

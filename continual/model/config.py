@@ -1,8 +1,9 @@
 """The architecture of a model, as plain data: what the options give, what a checkpoint saves.
 
-One dataclass for both networks of the project: DyTox (``dytox`` true, the ConViT, the ResNet-18 or
-any encoder of the registry in ``encoders.py``, timm's included) and the baseline of the paper's
-ablation (``dytox`` false: a ConViT, a ViT or a timm model with one classifier that grows by each task's classes).
+One dataclass for every network of the project: DyTox (``dytox`` true, the ConViT, the ResNet-18 or
+any encoder of the registry in ``encoders.py``, timm's included), the baseline of the paper's
+ablation (``dytox`` false: a ConViT, a ViT or a timm model with one classifier that grows by each task's classes)
+and DER's network (``extractor_per_task``: one such encoder per task).
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ class ModelConfig:
     norm: str = "layer"
     # Baseline: each freeze() freezes exactly what it names (published: frozen parts stay frozen).
     exact_freeze: bool = False
+    # DER (--method der): one baseline encoder per task, their features concatenated (continual.model.der).
+    extractor_per_task: bool = False
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -82,6 +85,8 @@ class ModelConfig:
             raise ValueError(f"multi_head_average must be 'published' or 'per_class', got {self.multi_head_average!r}")
         if self.dytox and self.encoder == "vit":
             raise ValueError("DyTox's encoder is the ConViT or the ResNet-18, not the ViT")
+        if self.extractor_per_task and self.dytox:
+            raise ValueError("an extractor per task (DER) is built from the baseline's encoders: dytox must be false")
         if not self.dytox and self.encoder == "resnet18":
             raise ValueError("the ResNet-18 encoder is DyTox's (--resnet), not the baseline's")
         if self.dytox and self.encoder == "resnet18_cifar":
@@ -96,6 +101,8 @@ class ModelConfig:
     @property
     def architecture(self) -> str:
         """The model's name in continual.model.build.MODELS."""
+        if self.extractor_per_task:
+            return "der"
         return "dytox" if self.dytox else "baseline"
 
 

@@ -121,7 +121,7 @@ CONVIT_PARTS = ("patch_embed", "pos_embed", "sabs")  # the ConViT encoder's name
 
 
 def encoder_weight_names(model: nn.Module) -> dict[str, str]:
-    """Every weight (parameter or buffer) of the encoder of a DyTox or baseline ``model``, as {its name in the
+    """Every weight (parameter or buffer) of the encoder of a DyTox, baseline or DER ``model``, as {its name in the
     encoder's own state dict: its name in the model's}: ``--pretrained`` files name them either way."""
     state = model.state_dict()
     children = dict(model.named_children())
@@ -129,6 +129,8 @@ def encoder_weight_names(model: nn.Module) -> dict[str, str]:
         prefix = "backbone.model." if isinstance(children["backbone"], TimmTokens) else "backbone."
     elif "encoder" in children:  # the baseline
         prefix = "encoder."
+    elif "extractors" in children:  # DER: its first extractor (the later ones start as copies of it)
+        prefix = "extractors.0."
     else:  # DyTox's ConViT: its parts are the model's own, under the published names
         return {key: key for key in state if key.split(".")[0] in CONVIT_PARTS}
     return {key[len(prefix):]: key for key in state if key.startswith(prefix)}

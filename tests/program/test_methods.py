@@ -17,6 +17,7 @@ from conftest import REPO_ROOT
 from continual.config import parse_config, settings_from
 from continual.model.baseline import IncrementalClassifier
 from continual.model.build import count_parameters
+from continual.model.der import ExpandableNetwork
 from continual.model.dytox import DyTox
 from continual.runtime.distributed import setup
 from continual.state import checkpoints as checkpoint
@@ -37,6 +38,7 @@ MODES = {
     "joint": (BASELINE_FILES, ["--retrain-scratch", "--memory-size", "0", "--no-auto-kd", "--finetuning="]),
     "er": (DEMO_FILES, ["--method", "er"]),
     "wa": (BASELINE_FILES, ["--method", "wa", "--distillation-tau", "2"]),
+    "der": (BASELINE_FILES, ["--method", "der", "--train-per-class", "16"]),
 }
 
 
@@ -59,7 +61,8 @@ def test_each_mode_runs_end_to_end_and_its_checkpoints_rebuild_the_model(tmp_pat
     rows = rows_of(folder / "log.jsonl")
     assert [r["classes_seen"] for r in rows] == [2, 4, 6]
     model, _ = checkpoint.load_task_checkpoint(checkpoint.checkpoint_path(folder, 2))
-    assert isinstance(model, DyTox if mode.startswith(("resnet", "er")) else IncrementalClassifier)
+    kind = {"resnet_pod": DyTox, "er": DyTox, "der": ExpandableNetwork}.get(mode, IncrementalClassifier)
+    assert isinstance(model, kind)
     assert rows[-1]["params_total"] == count_parameters(model)["total"]
     files, flags = MODES[mode]
     evaluated = run(settings_from(parse_config(["--options", *files, *SHORT, *flags, "--eval", "--resume",
@@ -79,6 +82,21 @@ def test_each_mode_runs_end_to_end_and_its_checkpoints_rebuild_the_model(tmp_pat
         norms = model.head.head.weight.detach().norm(dim=1)
         assert float(norms[4:].mean()) == pytest.approx(float(norms[:4].mean()), rel=1e-5)
         assert float(model.head.head.weight.detach().min()) >= 0.0
+    elif mode == "der":  # the auxiliary loss and the classifier's finetuning from task 1; an extractor per task
+        assert [e["task"] for e in epochs if e["phase"] == "finetune"] == [1, 2]
+        assert all(("div" in e) == (e["task"] > 0 and e["phase"] == "train") for e in epochs)
+        extractor, dim = sum(p.numel() for p in model.extractors[0].parameters()), 64
+        classifier = [dim * 2 + 2, 2 * dim * 4 + 4, 3 * dim * 6 + 6]  # (T*D + 1) weights per seen class
+        auxiliary = [0, dim * 3 + 3, dim * 3 + 3]  # (D + 1) per new class and "old"
+        assert [r["params_total"] - r["params_without_head_div"] for r in rows] == auxiliary
+        expected = [(t + 1) * extractor + classifier[t] + auxiliary[t] for t in range(3)]
+        assert [r["params_total"] for r in rows] == expected
+        before, after = (torch.load(checkpoint.checkpoint_path(folder, task), weights_only=True)["model"]
+                         for task in (1, 2))
+        old = [name for name in before if name.startswith(("extractors.0.", "extractors.1."))]
+        assert old and all(torch.equal(before[name], after[name]) for name in old)  # frozen, statistics included
+        newest = "blocks.0.mlp.fc1.weight"  # trained in task 2 from a copy of extractor 1
+        assert not torch.equal(after[f"extractors.2.{newest}"], after[f"extractors.1.{newest}"])
     elif mode == "joint":  # every task trains from scratch on all its classes' images, without memory
         assert [r["memory_total"] for r in rows] == [0, 0, 0] and {e["phase"] for e in epochs} == {"train"}
         images = [round(e["images_per_s"] * e["seconds"]) for e in epochs if e["epoch"] == 0]
@@ -109,7 +127,7 @@ def test_what_the_baseline_finetuning_froze_stays_frozen_as_published_unless_exa
     assert published_rows[2]["params_trainable"] < exact_rows[2]["params_trainable"] == exact_rows[2]["params_total"]
 
 
-@pytest.mark.parametrize("mode", ["baseline", "resnet_pod", "er", "wa"])
+@pytest.mark.parametrize("mode", ["baseline", "resnet_pod", "er", "wa", "der"])
 def test_two_processes_run_the_new_modes(tmp_path: Path, mode: str) -> None:
     files, flags = MODES[mode]
     argv = ["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", "--options", *files, *SHORT, "--max-task", "2", *flags,
@@ -140,5 +158,6 @@ def test_an_unknown_method_is_refused_in_one_line_before_any_folder(tmp_path: Pa
     argv = ["--options", *DEMO_FILES, *SHORT, "--method", "ewc", "--output-basedir", str(tmp_path)]
     assert main.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --method ewc: unknown method; the methods are dytox, er, wa (continual/method/registry.py)"]
+    assert err == ["error: --method ewc: unknown method; the methods are dytox, er, wa, der "
+                   "(continual/method/registry.py)"]
     assert not any(tmp_path.iterdir())

@@ -47,7 +47,7 @@ def folder_of(base: Path) -> Path:
     return folders[0]
 
 
-def outputs(folder: Path, task: int = 2) -> dict:
+def outputs(folder: Path, last_task: int = 2) -> dict:
     def rows(name: str) -> list[dict]:
         """Rows without timings; a task row keeps which phases it timed (all of them, also after a resume)."""
         out = []
@@ -60,8 +60,8 @@ def outputs(folder: Path, task: int = 2) -> dict:
         return out
 
     check_phase_seconds(folder)
-    state = torch.load(folder / f"checkpoints/checkpoint_{task}.pth", weights_only=True)["model"]
-    with np.load(folder / f"memory/memory_{task}.npz") as memory:
+    state = torch.load(folder / f"checkpoints/checkpoint_{last_task}.pth", weights_only=True)["model"]
+    with np.load(folder / f"memory/memory_{last_task}.npz") as memory:
         arrays = {key: memory[key] for key in ("x", "y", "t")}
     return {"model": state, "memory": arrays, "log": rows("log.jsonl"), "epochs": rows("epochs.jsonl")}
 
@@ -194,24 +194,34 @@ def test_the_baseline_killed_and_resumed_equals_uninterrupted_frozen_parts_inclu
     assert [row["params_trainable"] < row["params_total"] for row in got["log"]] == [False, False, True]
 
 
-RIVALS = {  # the baseline's network (options/model/baseline.yaml) and each method's own flags
+RIVALS = {  # each method's own flags, on the baseline's network (options/model/baseline.yaml)
+    "der": ["--method", "der"],
     "wa": ["--method", "wa", "--distillation-tau", "2"],
 }
 
 
 @pytest.mark.parametrize("method", sorted(RIVALS))
 def test_a_rival_killed_inside_a_task_and_resumed_equals_uninterrupted(tmp_path: Path, method: str) -> None:
-    """Each rival of the paper killed inside task 1's training (its teacher, its step constraint and the frozen
-    parts it has then) resumes to the uninterrupted run's weights, memory and logs."""
-    flags = [*BASELINE, *RIVALS[method], "--max-task", "2", "--train-per-class", "16"]
+    """Each rival of the paper killed (SIGKILL, nothing saved at that moment) inside task 1's training, with its
+    teacher, its step constraint or its frozen extractors, resumes to the uninterrupted run's weights, memory and
+    logs. DER: nothing says which extractors are frozen but the model's structure."""
+    flags = [*BASELINE, *RIVALS[method], "--max-task", "2", "--base-epochs", "1", "--finetuning-epochs", "1",
+             "--train-per-class", "16"]
     straight = ["--output-basedir", str(tmp_path / "straight"), "--log-dir", str(tmp_path / "logs"), *flags]
     code, output = run_until(straight, None)
     assert code == 0, output[-3000:]
-    expected = outputs(folder_of(tmp_path / "straight"), task=1)
+    expected = outputs(folder_of(tmp_path / "straight"), last_task=1)
     where = ["--output-basedir", str(tmp_path / "killed"), "--log-dir", str(tmp_path / "logs"), *flags]
-    code, _ = run_until(where, "task 1 train epoch 1/2")
-    assert code == -signal.SIGKILL
+    env = {"DYTOX_TEST_SIGTERM_AT": "task 1, train epoch 1, step 1", "DYTOX_TEST_SIGNAL": "SIGKILL"}
+    code, output = run_until(where, None, script=HELPERS / "sigterm_at_step.py", env=env)
+    assert code == -signal.SIGKILL, output[-3000:]
     folder = folder_of(tmp_path / "killed")
     code, output = run_until(where + ["--resume", str(folder)], None)
     assert code == 0, output[-3000:]
-    assert_same_run(outputs(folder, task=1), expected)
+    assert "running from task 1 (train)" in output  # the run state saved after task 1's first epoch
+    got = outputs(folder, last_task=1)
+    assert_same_run(got, expected)
+    if method == "der":  # extractor 0, frozen during task 1, is task 0's
+        first = torch.load(folder / "checkpoints/checkpoint_0.pth", weights_only=True)["model"]
+        old = {name: value for name, value in first.items() if name.startswith("extractors.0.")}
+        assert old and all(torch.equal(got["model"][name], value) for name, value in old.items())
