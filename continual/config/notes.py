@@ -57,11 +57,13 @@ def context_notes(cfg: argparse.Namespace) -> list[str]:
 OTHER_METHODS = {
     "er": "cross-entropy on the task and the memory, no teacher, no finetuning, nothing frozen",
     "wa": "its own distillation weight (old / seen classes) at distillation_tau, no finetuning, nothing frozen",
+    "icarl": "sigmoid cross-entropy, the old classes' targets from the teacher, the nearest mean of exemplars, "
+             "no finetuning, nothing frozen",
 }
 
 
 def other_method_notes(cfg: argparse.Namespace) -> list[str]:
-    """``--method er`` or ``wa``: name the DyTox options of the configuration that the method ignores."""
+    """``--method er``, ``wa`` or ``icarl``: name the DyTox options of the configuration that the method ignores."""
     ignored = [f"{dest} {getattr(cfg, dest)!r}" for dest, set_ in (
         ("auto_kd", cfg.auto_kd), ("kd", cfg.kd > 0), ("head_div", cfg.head_div > 0), ("pod", cfg.pod is not None),
         ("finetuning", bool(cfg.finetuning)), ("freeze_task", bool(cfg.freeze_task)),

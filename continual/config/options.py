@@ -308,8 +308,10 @@ MODEL_OPTIONS = (
 DYTOX_OPTIONS = (
     _value("method", _lowercase, "dytox", "the continual-learning method, a name of continual/method/registry.py: "
            "dytox (DyTox; with --no-dytox the baseline of its ablation), er (experience replay: the memory and "
-           "cross-entropy; no teacher, no finetuning) or wa (weight aligning, Zhao et al. 2020, with --no-dytox: "
-           "distillation, the new classes' weights aligned to the old ones', non-negative weights)",
+           "cross-entropy; no teacher, no finetuning), wa (weight aligning, Zhao et al. 2020, with --no-dytox: "
+           "distillation, the new classes' weights aligned to the old ones', non-negative weights) or icarl (iCaRL, "
+           "Rebuffi et al. 2017, with --no-dytox: sigmoid cross-entropy distilling the old classes, the nearest mean "
+           "of exemplars)",
            metavar="NAME"),
     _bool("dytox", False, "dynamic task-token expansion; off (--no-dytox): the baseline, one classifier that grows "
           "by each task's classes, trained by the same loop"),

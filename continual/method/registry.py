@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from continual.method.dytox_learner import DyToxLearner
 from continual.method.er import ExperienceReplay
+from continual.method.icarl import ICaRL
 from continual.method.learner import Learner, LearnerParts
 from continual.method.wa import WeightAligning
 
@@ -17,6 +18,7 @@ METHODS: dict[str, Callable[[LearnerParts], Learner]] = {
     "dytox": DyToxLearner.from_parts,  # DyTox, or with --no-dytox the baseline of its ablation
     "er": ExperienceReplay.from_parts,  # experience replay: rehearsal and cross-entropy
     "wa": WeightAligning.from_parts,  # weight aligning (Zhao et al., CVPR 2020), on the baseline's network
+    "icarl": ICaRL.from_parts,  # iCaRL (Rebuffi et al., CVPR 2017), on the baseline's network
 }
 
 
