@@ -2,6 +2,7 @@
 of several processes' exemplars, and its hooks on the demo's data with the baseline's network."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -17,6 +18,7 @@ from continual.method.learner import TeacherOutput
 from continual.method.rehearsal import Memory
 from continual.model.base import ContinualModel
 from continual.model.dytox import DyToxOutput
+from continual.runtime.distributed import DistContext
 
 FILES = [str(REPO_ROOT / f"options/{name}.yaml") for name in ("data/digits_demo", "model/demo_tiny", "model/baseline")]
 SOFTPLUS_1 = math.log(1 + math.e)  # -log sigmoid(-1) = -log(1 - sigmoid(1))
@@ -82,6 +84,17 @@ def test_the_saved_memories_of_the_processes_unite_class_by_class() -> None:
     memories[1].add(np.array([20, 21]), np.array([0, 1]), np.zeros(2), np.arange(2))
     x, y, _ = Memory.union([*memories, Memory()]).get()
     assert x.tolist() == [10, 20, 11, 12, 21] and y.tolist() == [0, 0, 1, 1, 1]
+
+
+def test_with_global_memory_a_process_adds_its_share_of_the_exemplars_and_otherwise_all_of_its_own() -> None:
+    learner, _ = method_on(["--options", *FILES, "--method", "icarl", "--global-memory"])
+    assert isinstance(learner, ICaRL)
+    learner.memory.add(np.arange(5), np.array([0, 0, 1, 1, 1]), np.zeros(5), np.arange(5))
+    second = dataclasses.replace(learner, ctx=DistContext(1, 2, 1, torch.device("cpu")))  # rank 1 of 2
+    assert second.memory_mode == "global" and second._own_exemplars()[0].tolist() == [1, 3]
+    memory = dataclasses.replace(learner.settings.memory, global_memory=False, distributed_memory=True)
+    own = dataclasses.replace(second, settings=dataclasses.replace(learner.settings, memory=memory))
+    assert own.memory_mode == "distributed" and own._own_exemplars()[0].tolist() == [0, 1, 2, 3, 4]
 
 
 def demo_icarl() -> tuple[ICaRL, ContinualModel]:
