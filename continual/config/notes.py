@@ -57,6 +57,8 @@ def context_notes(cfg: argparse.Namespace) -> list[str]:
 OTHER_METHODS = {
     "er": "cross-entropy on the task and the memory, no teacher, no finetuning, nothing frozen",
     "wa": "its own distillation weight (old / seen classes) at distillation_tau, no finetuning, nothing frozen",
+    "icarl": "sigmoid cross-entropy, the old classes' targets from the teacher, the nearest mean of exemplars, "
+             "no finetuning, nothing frozen",
     "der": "cross-entropy and its auxiliary classifier, no teacher, the old encoders frozen, balanced finetuning "
            "of the classifier alone (finetuning, at finetuning_temperature)",
 }
@@ -65,7 +67,8 @@ READ_BY_METHOD = {"der": ("finetuning",)}
 
 
 def other_method_notes(cfg: argparse.Namespace) -> list[str]:
-    """``--method er``, ``wa`` or ``der``: name the DyTox options of the configuration that the method ignores."""
+    """``--method er``, ``icarl``, ``wa`` or ``der``: name the DyTox options of the configuration that the method
+    ignores."""
     ignored = [f"{dest} {getattr(cfg, dest)!r}" for dest, set_ in (
         ("auto_kd", cfg.auto_kd), ("kd", cfg.kd > 0), ("head_div", cfg.head_div > 0), ("pod", cfg.pod is not None),
         ("finetuning", bool(cfg.finetuning)), ("freeze_task", bool(cfg.freeze_task)),

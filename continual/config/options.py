@@ -310,9 +310,10 @@ DYTOX_OPTIONS = (
     _value("method", _lowercase, "dytox", "the continual-learning method, a name of continual/method/registry.py: "
            "dytox (DyTox; with --no-dytox the baseline of its ablation), er (experience replay: the memory and "
            "cross-entropy; no teacher, no finetuning), wa (weight aligning, Zhao et al. 2020, with --no-dytox: "
-           "distillation, the new classes' weights aligned to the old ones', non-negative weights) or der (DER, "
-           "Yan et al. 2021, with --no-dytox: a new encoder per task, the old ones frozen, an auxiliary classifier, "
-           "balanced finetuning of the classifier)",
+           "distillation, the new classes' weights aligned to the old ones', non-negative weights), icarl (iCaRL, "
+           "Rebuffi et al. 2017, with --no-dytox: sigmoid cross-entropy distilling the old classes, the nearest mean "
+           "of exemplars) or der (DER, Yan et al. 2021, with --no-dytox: a new encoder per task, the old ones frozen, "
+           "an auxiliary classifier, balanced finetuning of the classifier)",
            metavar="NAME"),
     _bool("dytox", False, "dynamic task-token expansion; off (--no-dytox): the baseline, one classifier that grows "
           "by each task's classes, trained by the same loop"),

@@ -131,6 +131,9 @@ def _check_method(cfg: argparse.Namespace) -> None:
     if cfg.method == "wa" and cfg.dytox:
         raise ConfigError("--method wa aligns the rows of one growing classifier: give --no-dytox (the baseline's "
                           "network; options/model/baseline.yaml)")
+    if cfg.method == "icarl" and cfg.dytox:
+        raise ConfigError("--method icarl classifies by the nearest mean of one encoder's feature: give --no-dytox "
+                          "(the baseline's network; options/model/baseline.yaml)")
     if cfg.method == "der" and cfg.dytox:
         raise ConfigError("--method der grows one baseline encoder per task: give --no-dytox (the baseline's "
                           "encoders; options/model/baseline.yaml)")

@@ -10,8 +10,11 @@ the method, through these hooks, what to do in each:
     memory_quota / update_memory the exemplars kept after the task
     finetuning_set, begin_finetuning, end_finetuning, finetuning_teacher
                                  an optional second phase on the memory
+    prepare_evaluation           what predict needs, computed on every process before an evaluation
+                                 (iCaRL: the class means of the exemplars, summed across processes)
     predict                      the class scores evaluation ranks (a method may classify otherwise
                                  than by its head)
+    other_predictions            further classifiers whose top-1 is logged beside predict's (iCaRL: its head)
 
 A method is a class that has these hooks, built by ``from_parts`` and named in
 continual.method.registry. ``RehearsalLearner`` (continual.method.replay) gives
@@ -35,6 +38,7 @@ from continual.model.base import ContinualModel, ModelOutput
 from continual.runtime.distributed import DistContext
 
 FeatureLoader = Callable[[Dataset, int, int], DataLoader]  # (images, task, pass) -> loader of herding's features
+Predictor = Callable[[ContinualModel, Tensor], Tensor]  # (model, images) -> class scores (B, classes seen)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,16 @@ class Learner(Protocol):
 
     def finetuning_teacher(self, teacher: ContinualModel | None) -> ContinualModel | None: ...
 
+    def prepare_evaluation(self, model: ContinualModel, task_id: int) -> None:
+        """Before each evaluation on the classes seen up to ``task_id``, on every process at the same point (it
+        may run collectives): compute what ``predict`` needs."""
+        ...
+
     def predict(self, model: ContinualModel, images: Tensor) -> Tensor:
         """Scores (B, classes seen) whose arg-max is the prediction evaluation counts."""
+        ...
+
+    def other_predictions(self, model: ContinualModel) -> dict[str, Predictor]:
+        """Other classifiers by name, each evaluated after a task (one more pass over the test images each) and
+        its top-1 logged as ``acc1_other[name]``; usually none."""
         ...

@@ -11,12 +11,14 @@ from collections.abc import Callable
 from continual.method.der import DynamicallyExpandableRepresentation
 from continual.method.dytox_learner import DyToxLearner
 from continual.method.er import ExperienceReplay
+from continual.method.icarl import ICaRL
 from continual.method.learner import Learner, LearnerParts
 from continual.method.wa import WeightAligning
 
 METHODS: dict[str, Callable[[LearnerParts], Learner]] = {
     "dytox": DyToxLearner.from_parts,  # DyTox, or with --no-dytox the baseline of its ablation
     "er": ExperienceReplay.from_parts,  # experience replay: rehearsal and cross-entropy
+    "icarl": ICaRL.from_parts,  # iCaRL (Rebuffi et al., CVPR 2017), on the baseline's network
     "wa": WeightAligning.from_parts,  # weight aligning (Zhao et al., CVPR 2020), on the baseline's network
     "der": DynamicallyExpandableRepresentation.from_parts,  # DER without pruning (Yan et al., CVPR 2021)
 }

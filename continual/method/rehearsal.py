@@ -355,6 +355,18 @@ class Memory:
         x = np.empty(0) if self._x is None else self._x
         return x, self._y, self._t
 
+    @classmethod
+    def union(cls, memories: list[Memory]) -> Memory:
+        """Every exemplar of ``memories`` (the processes' own memories of a run): classes ascending, within a
+        class the memories' order."""
+        held = [memory.get() for memory in memories if len(memory)]
+        union = cls()
+        if held:
+            x, y, t = (np.concatenate(parts) for parts in zip(*held, strict=True))
+            order = np.argsort(y, kind="stable")
+            union.load_state_dict({"x": x[order], "y": y[order], "t": t[order]})
+        return union
+
     def state_dict(self) -> dict[str, np.ndarray | None]:
         """Plain numpy arrays (x is None before the first add).
 

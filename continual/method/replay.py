@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from continual.config.settings import MemorySettings, Settings
 from continual.data.images import image_taskset
 from continual.data.scenarios import Scenarios, memory_taskset, taskset_with_memory
-from continual.method.learner import FeatureLoader, LearnerParts
+from continual.method.learner import FeatureLoader, LearnerParts, Predictor
 from continual.method.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
 from continual.model.base import ContinualModel
 from continual.runtime.distributed import DistContext, all_reduce_sum, broadcast_object
@@ -156,6 +156,13 @@ class RehearsalLearner:
     def finetuning_teacher(self, teacher: ContinualModel | None) -> ContinualModel | None:
         return None
 
+    def prepare_evaluation(self, model: ContinualModel, task_id: int) -> None:
+        """Nothing to compute: ``predict`` reads the model alone by default."""
+
     def predict(self, model: ContinualModel, images: Tensor) -> Tensor:
         """The model's own class scores."""
         return model(images).logits
+
+    def other_predictions(self, model: ContinualModel) -> dict[str, Predictor]:
+        """No other classifier by default."""
+        return {}

@@ -48,10 +48,17 @@ class TaskResult(EvalResult):
     memory_mode: str
     memory_total: int  # exemplars over all processes (counted once in global mode)
     memory_fingerprints: list[str]
+    # top-1 of the method's other classifiers (iCaRL: its head, "head"); absent from the rows of older runs
+    acc1_other: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> TaskResult:
-        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+        """The record of a log row; a field added since (one with a default) may be missing from an older row."""
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row or not _has_default(f)})
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
 
 
 @dataclass(frozen=True)

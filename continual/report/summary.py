@@ -16,7 +16,7 @@ SUMMARY_FILE = "summary.json"
 # The metrics of each task row that the summary repeats (the row has more: memory, timings, ...).
 TASK_KEYS = (
     "task", "classes_seen", "acc1", "acc5", "acc_old", "acc_new", "acc_task_incremental",
-    "acc_task_prediction", "avg_acc", "forgetting", "backward_transfer", "params_total",
+    "acc_task_prediction", "avg_acc", "forgetting", "backward_transfer", "params_total", "acc1_other",
 )
 
 
@@ -43,6 +43,7 @@ def run_summary(results: list[TaskResult], *, name: str, options: list[str], nb_
         "accuracy_matrix": [result.acc_per_task for result in results],
         "avg_acc": last.avg_acc,
         "last_acc": last.acc1,
+        "other_predictions": other_predictions(results),
         "forgetting": last.forgetting,
         "backward_transfer": last.backward_transfer,
         "params_total": last.params_total,
@@ -50,6 +51,14 @@ def run_summary(results: list[TaskResult], *, name: str, options: list[str], nb_
         "wall_seconds": wall_seconds,
         "phase_seconds": phase_seconds,
     }
+
+
+def other_predictions(results: list[TaskResult]) -> dict[str, dict[str, float]]:
+    """Avg and Last of each of the method's other classifiers (``acc1_other``: iCaRL's head), as of the top-1."""
+    names = dict.fromkeys(name for result in results for name in result.acc1_other)
+    return {name: {"avg_acc": sum(r.acc1_other[name] for r in results) / len(results),
+                   "last_acc": results[-1].acc1_other[name]}
+            for name in names if all(name in r.acc1_other for r in results)}
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -71,10 +71,17 @@ def task_table(results: Sequence[EvalResult]) -> str:
 
 
 def _rows_table(rows: Sequence[Mapping[str, object]]) -> str:
-    """The task table of rows in the log's layout (a record's ``to_row``, or summary.json's tasks)."""
-    headers = [header for header, _, _ in TASK_COLUMNS]
-    cells = [[format_cell(row.get(key), kind) for _, key, kind in TASK_COLUMNS] for row in rows]
+    """The task table of rows in the log's layout (a record's ``to_row``, or summary.json's tasks); a column more
+    for each of the method's other classifiers (``acc1_other``), headed by its name."""
+    others: list[str] = list(dict.fromkeys(name for row in rows for name in _others(row)))
+    headers = [header for header, _, _ in TASK_COLUMNS] + others
+    cells = [[format_cell(row.get(key), kind) for _, key, kind in TASK_COLUMNS]
+             + [format_percent(_others(row).get(name)) for name in others] for row in rows]
     return format_table(headers, cells)
+
+
+def _others(row: Mapping[str, object]) -> Mapping[str, float]:
+    return row.get("acc1_other") or {}  # type: ignore[return-value]
 
 
 def run_report(summary: dict) -> str:
@@ -82,6 +89,8 @@ def run_report(summary: dict) -> str:
     totals = [
         f"Avg {format_percent(summary['avg_acc'])}  Last {format_percent(summary['last_acc'])}  "
         f"(average incremental and last top-1 accuracy, {summary['tasks_done']} of {summary['nb_tasks']} tasks)",
+        *(f"{name}: Avg {format_percent(other['avg_acc'])}  Last {format_percent(other['last_acc'])}"
+          for name, other in summary.get("other_predictions", {}).items()),
         f"forgetting {format_percent(summary['forgetting'])}  "
         f"backward transfer {format_percent(summary['backward_transfer'])}",
         f"parameters {format_params(summary['params_total'])}, "

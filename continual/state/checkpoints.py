@@ -104,3 +104,14 @@ def load_memory(path: Path) -> Memory:
     memory = Memory()
     memory.load_state_dict({"x": x if len(y) else None, "y": y, "t": t})
     return memory
+
+
+def task_memory_paths(run_dir: Path, task_id: int) -> list[Path]:
+    """The memory files saved after ``task_id``: the one file, or each process's in rank order (none: [])."""
+    single = memory_path(run_dir, task_id)
+    if single.is_file():
+        return [single]
+    prefix = f"memory_{task_id}_rank"
+    ranks = sorted(int(path.stem[len(prefix):]) for path in (run_dir / "memory").glob(f"{prefix}*.npz")
+                   if path.stem[len(prefix):].isdigit())
+    return [memory_path(run_dir, task_id, rank) for rank in ranks]

@@ -22,7 +22,7 @@ import numpy as np
 
 from continual.config.settings import Settings
 from continual.data.scenarios import Scenarios
-from continual.method.learner import Learner
+from continual.method.learner import Learner, Predictor
 from continual.method.metrics import (
     EvalCounts,
     TaskAccuracy,
@@ -71,15 +71,30 @@ class PhaseClock:
         return seconds
 
 
-def evaluate_seen_classes(learner: Learner, model: ContinualModel, settings: Settings, ctx: DistContext,
-                          loaders: Loaders, scenarios: Scenarios, task_id: int) -> tuple[TaskAccuracy, int]:
-    """Accuracy of the method's predictions on the test images of all classes seen up to ``task_id``, each
-    image evaluated on exactly one process; also the number of images."""
+def accuracy_of(predict: Predictor, model: ContinualModel, settings: Settings, ctx: DistContext, loaders: Loaders,
+                scenarios: Scenarios, task_id: int) -> tuple[TaskAccuracy, int]:
+    """Accuracy of ``predict`` on the test images of all classes seen up to ``task_id``, each image evaluated on
+    exactly one process; also the number of images."""
     loader = loaders.eval(scenarios.evaluation_set(task_id), task_id, sharded=True)
-    counts = evaluate(learner.predict, model, loader, precision_of(settings.precision, ctx.device),
+    counts = evaluate(predict, model, loader, precision_of(settings.precision, ctx.device),
                       scenarios.classes_per_task[: task_id + 1])
     counts = EvalCounts.from_tensor(all_reduce_sum(counts.as_tensor()))
     return TaskAccuracy.from_counts(counts), int(counts.total.sum())
+
+
+def evaluate_seen_classes(learner: Learner, model: ContinualModel, settings: Settings, ctx: DistContext,
+                          loaders: Loaders, scenarios: Scenarios, task_id: int) -> tuple[TaskAccuracy, int]:
+    """Accuracy of the method's predictions on all classes seen up to ``task_id``, and the number of images.
+    Every process runs it (the method prepares its evaluation first, perhaps with collectives)."""
+    learner.prepare_evaluation(model, task_id)
+    return accuracy_of(learner.predict, model, settings, ctx, loaders, scenarios, task_id)
+
+
+def evaluate_other_predictions(learner: Learner, model: ContinualModel, settings: Settings, ctx: DistContext,
+                               loaders: Loaders, scenarios: Scenarios, task_id: int) -> dict[str, float]:
+    """Top-1 of each of the method's other classifiers on the same images (one pass each; none for most)."""
+    return {name: accuracy_of(predict, model, settings, ctx, loaders, scenarios, task_id)[0].top1
+            for name, predict in learner.other_predictions(model).items()}
 
 
 @dataclass
@@ -135,7 +150,9 @@ class TaskLoop:
         self.resumed = None
         with self.clock.timing("eval"):
             accuracy, nb_images = self.evaluate(task_id)
-        result = self.task_result(task_id, accuracy, params, nb_images)
+            others = evaluate_other_predictions(self.learner, self.model, self.settings, self.ctx, self.loaders,
+                                                self.scenarios, task_id)
+        result = self.task_result(task_id, accuracy, params, nb_images, others)
         self.finish_task(result)
         self.clock = PhaseClock()
         self.boundary(Position(task_id + 1), None)
@@ -190,8 +207,8 @@ class TaskLoop:
                                      task_id)
 
     # -------------------------------------------------------------- end of a task
-    def task_result(self, task_id: int, accuracy: TaskAccuracy, params: dict[str, int],
-                    nb_images: int) -> TaskResult:
+    def task_result(self, task_id: int, accuracy: TaskAccuracy, params: dict[str, int], nb_images: int,
+                    others: dict[str, float]) -> TaskResult:
         previous = [r for r in self.results if r.task < task_id]
         matrix = [r.acc_per_task for r in previous] + [accuracy.per_task]
         memory = self.learner.memory
@@ -206,6 +223,7 @@ class TaskLoop:
             memory_per_class=memory.counts_per_class(), seconds=self.clock.snapshot(), eval_images=nb_images,
             world_size=self.ctx.world_size, memory_mode=self.learner.memory_mode,
             memory_total=self.learner.total_memory(), memory_fingerprints=gather_objects(memory.fingerprint()),
+            acc1_other=others,
         )
 
     def finish_task(self, result: TaskResult) -> None:
@@ -223,9 +241,10 @@ class TaskLoop:
             checkpoints.save_memory(self.run_dir, task_id, self.learner.memory, rank)
         no_old_classes = result.acc_old is None or math.isnan(result.acc_old)  # the first task
         old = "-" if no_old_classes else f"{result.acc_old:.2f}"
+        others = "".join(f" {name} {top1:.2f}" for name, top1 in result.acc1_other.items())
         self.say(f"task {task_id}: top-1 {result.acc1:.2f} top-5 {result.acc5:.2f} "
                  f"old {old} new {result.acc_new:.2f} task-IL {result.acc_task_incremental:.2f} "
-                 f"task-pred {result.acc_task_prediction:.2f} | Avg {result.avg_acc:.2f} "
+                 f"task-pred {result.acc_task_prediction:.2f}{others} | Avg {result.avg_acc:.2f} "
                  f"forgetting {result.forgetting:.2f} BWT {result.backward_transfer:.2f} | "
                  f"{result.memory_mode} memory, {result.memory_total} exemplars over {self.ctx.world_size} process(es)")
 

@@ -195,6 +195,21 @@ def saved_memory(action: str, path: Path) -> Memory:
     return memory
 
 
+def evaluation_memory(action: str, run_dir: Path, task_id: int, memory_size: int) -> Memory:
+    """Every exemplar kept after ``task_id`` (the union of the processes' memories when each had its own), for a
+    method that classifies with its exemplars; an empty memory without ``memory_size``."""
+    if not memory_size:
+        return Memory()
+    paths = checkpoints.task_memory_paths(run_dir, task_id)
+    if not paths:
+        raise ConfigError(f"{action}: no rehearsal memory of task {task_id} in {run_dir / 'memory'} "
+                          f"(memory_{task_id}.npz or memory_{task_id}_rank<R>.npz), but --memory-size is set")
+    try:
+        return Memory.union([checkpoints.load_memory(path) for path in paths])
+    except ValueError as error:
+        raise ConfigError(f"{action}: {error}") from error
+
+
 def saved_tasks(run_dir: Path) -> list[int]:
     """Ids of the tasks whose checkpoint the run folder holds, in order."""
     paths = (run_dir / "checkpoints").glob("checkpoint_*.pth")

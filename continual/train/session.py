@@ -37,10 +37,11 @@ from continual.state.pretrained import start_from_pretrained, write_pretrained_r
 from continual.state.saved_runs import Position
 from continual.train.fit import precision_of
 from continual.train.loaders import Loaders
-from continual.train.loop import TaskLoop, evaluate_seen_classes
+from continual.train.loop import TaskLoop, evaluate_other_predictions, evaluate_seen_classes
 from continual.train.run_folder import (
     Start,
     check_same_run,
+    evaluation_memory,
     latest_task_checkpoint,
     prepare_run_dir,
     restart_at_task,
@@ -105,14 +106,19 @@ def evaluate_checkpoint(settings: Settings, ctx: DistContext) -> EvalRecord:
     check_same_run(action, run_dir, saved["config"], settings.options)  # any number of processes evaluates alike
     scenarios = load_scenarios(settings.data)
     loaders = Loaders(settings.loader, settings.recipe, ctx)
-    learner = method_of(settings, ctx, scenarios, loaders, np.random.default_rng(settings.run.seed), Memory())
+    # Every process holds every exemplar the task kept: the memory is global here, whatever it was in the run.
+    memory = evaluation_memory(action, run_dir, task_id, settings.memory.memory_size)
+    settings = dataclasses.replace(settings, memory=dataclasses.replace(settings.memory, global_memory=True))
+    learner = method_of(settings, ctx, scenarios, loaders, np.random.default_rng(settings.run.seed), memory)
     accuracy, nb_images = evaluate_seen_classes(learner, model, settings, ctx, loaders, scenarios, task_id)
+    others = evaluate_other_predictions(learner, model, settings, ctx, loaders, scenarios, task_id)
     record = EvalRecord(task_id, scenarios.classes_seen(task_id), accuracy.top1, accuracy.top5, accuracy.per_task,
                         accuracy.old, accuracy.new, accuracy.task_incremental, accuracy.task_prediction, nb_images)
     if ctx.is_main:
+        other_lines = "".join(f"\n{name}: top-1 {top1:.2f}" for name, top1 in others.items())
         print(f"checkpoint of task {task_id} ({record.classes_seen} classes, {nb_images} test images), "
-              f"{run_dir}:\n{task_table([record])}\naccuracy per task {[round(a, 2) for a in accuracy.per_task]}",
-              flush=True)
+              f"{run_dir}:\n{task_table([record])}\naccuracy per task {[round(a, 2) for a in accuracy.per_task]}"
+              f"{other_lines}", flush=True)
     return record
 
 

@@ -38,6 +38,7 @@ MODES = {
     "joint": (BASELINE_FILES, ["--retrain-scratch", "--memory-size", "0", "--no-auto-kd", "--finetuning="]),
     "er": (DEMO_FILES, ["--method", "er"]),
     "wa": (BASELINE_FILES, ["--method", "wa", "--distillation-tau", "2"]),
+    "icarl": (BASELINE_FILES, ["--method", "icarl"]),
     "der": (BASELINE_FILES, ["--method", "der", "--train-per-class", "16"]),
 }
 
@@ -82,6 +83,11 @@ def test_each_mode_runs_end_to_end_and_its_checkpoints_rebuild_the_model(tmp_pat
         norms = model.head.head.weight.detach().norm(dim=1)
         assert float(norms[4:].mean()) == pytest.approx(float(norms[:4].mean()), rel=1e-5)
         assert float(model.head.head.weight.detach().min()) >= 0.0
+    elif mode == "icarl":  # distillation from task 1; the head's top-1 beside the nearest mean's (top-1, --eval)
+        assert {e["phase"] for e in epochs} == {"train"} and all(("kd" in e) == (e["task"] > 0) for e in epochs)
+        assert all(list(r["acc1_other"]) == ["head"] and 0 <= r["acc1_other"]["head"] <= 100 for r in rows)
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["other_predictions"]["head"]["last_acc"] == rows[-1]["acc1_other"]["head"]
     elif mode == "der":  # the auxiliary loss and the classifier's finetuning from task 1; an extractor per task
         assert [e["task"] for e in epochs if e["phase"] == "finetune"] == [1, 2]
         assert all(("div" in e) == (e["task"] > 0 and e["phase"] == "train") for e in epochs)
@@ -127,16 +133,24 @@ def test_what_the_baseline_finetuning_froze_stays_frozen_as_published_unless_exa
     assert published_rows[2]["params_trainable"] < exact_rows[2]["params_trainable"] == exact_rows[2]["params_total"]
 
 
-@pytest.mark.parametrize("mode", ["baseline", "resnet_pod", "er", "wa", "der"])
+@pytest.mark.parametrize("mode", ["baseline", "resnet_pod", "er", "wa", "icarl", "der"])
 def test_two_processes_run_the_new_modes(tmp_path: Path, mode: str) -> None:
+    """iCaRL with distributed memory: each process its own exemplars, the class means of both (one --eval process
+    holding the union of the two memories finds the accuracy logged)."""
     files, flags = MODES[mode]
+    memory = "--distributed-memory" if mode == "icarl" else "--global-memory"
     argv = ["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", "--options", *files, *SHORT, "--max-task", "2", *flags,
-            "--global-memory", "--name", mode, "--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+            memory, "--name", mode, "--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
     result = subprocess.run(argv, capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = rows_of(next(tmp_path.glob(f"digits/demo/*_{mode}/log.jsonl")))
+    folder = next(tmp_path.glob(f"digits/demo/*_{mode}"))
+    rows = rows_of(folder / "log.jsonl")
     assert [r["world_size"] for r in rows] == [2, 2] and rows[1]["classes_seen"] == 4
-    assert all(r["memory_fingerprints"][0] == r["memory_fingerprints"][1] for r in rows)
+    assert all((r["memory_fingerprints"][0] == r["memory_fingerprints"][1]) == (mode != "icarl") for r in rows)
+    if mode == "icarl":
+        evaluated = run(settings_from(parse_config(["--options", *files, *SHORT, "--max-task", "2", *flags, memory,
+                                                    "--eval", "--resume", str(folder)])), setup("cpu"))
+        assert evaluated[0].to_row()["acc_per_task"] == pytest.approx(rows[-1]["acc_per_task"])
 
 
 def test_output_dir_is_the_run_folder_unless_a_name_is_given(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -158,6 +172,6 @@ def test_an_unknown_method_is_refused_in_one_line_before_any_folder(tmp_path: Pa
     argv = ["--options", *DEMO_FILES, *SHORT, "--method", "ewc", "--output-basedir", str(tmp_path)]
     assert main.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --method ewc: unknown method; the methods are dytox, er, wa, der "
+    assert err == ["error: --method ewc: unknown method; the methods are dytox, er, icarl, wa, der "
                    "(continual/method/registry.py)"]
     assert not any(tmp_path.iterdir())

@@ -135,6 +135,19 @@ def test_a_memory_file_with_arrays_of_different_lengths_is_refused(run_dir: Path
     assert f"rehearsal memory {memory} is inconsistent: {len(x)} images, {len(y) - 1} labels" in line
 
 
+def test_eval_reads_the_task_s_memory_and_names_it_when_damaged_or_missing(run_dir: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    memory = run_dir / "memory/memory_1.npz"
+    truncate(memory)
+    line = refused(["--resume", str(run_dir), "--eval"], run_dir, capsys)
+    assert line == (f"error: --eval --resume {run_dir}: rehearsal memory {memory} cannot be read (not a complete "
+                    f".npz archive)")
+    memory.unlink()
+    line = refused(["--resume", str(run_dir), "--eval"], run_dir, capsys)
+    assert line == (f"error: --eval --resume {run_dir}: no rehearsal memory of task 1 in {run_dir / 'memory'} "
+                    f"(memory_1.npz or memory_1_rank<R>.npz), but --memory-size is set")
+
+
 def test_a_damaged_task_checkpoint_names_the_file_and_the_other_tasks(run_dir: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
     checkpoint = run_dir / "checkpoints/checkpoint_1.pth"

@@ -19,7 +19,7 @@ LOG_ROW_KEYS = [
     "task", "classes_seen", "acc1", "acc5", "acc_per_task", "acc_old", "acc_new", "acc_task_incremental",
     "acc_task_prediction", "avg_acc", "forgetting", "backward_transfer", "params_total", "params_trainable",
     "params_without_head_div", "memory_size", "memory_per_class", "seconds", "eval_images", "world_size",
-    "memory_mode", "memory_total", "memory_fingerprints",
+    "memory_mode", "memory_total", "memory_fingerprints", "acc1_other",
 ]
 
 
@@ -34,6 +34,20 @@ def test_a_task_result_writes_the_log_row_layout_and_reads_it_back(tmp_path: Pat
     back = TaskResult.from_row(line)
     assert back.memory_per_class == {"0": 20, "1": 20} and back.seconds == {"train": 1.5, "eval": 0.5}
     assert list(back.to_row()) == LOG_ROW_KEYS
+
+
+def test_a_row_of_an_older_run_without_the_other_classifiers_reads_back_with_none() -> None:
+    row = task_result(acc1_other={"head": 40.5}).to_row()
+    assert TaskResult.from_row(row).acc1_other == {"head": 40.5}
+    del row["acc1_other"]
+    assert TaskResult.from_row(row).acc1_other == {}
+    del row["memory_fingerprints"]  # a field every row has is still required
+    try:
+        TaskResult.from_row(row)
+    except KeyError as error:
+        assert error.args == ("memory_fingerprints",)
+    else:
+        raise AssertionError("a row without memory_fingerprints was read")
 
 
 def test_an_epoch_record_writes_its_losses_inline() -> None:

@@ -1,6 +1,8 @@
 """The end-of-run report: the task table, the closing lines, number formats."""
 from __future__ import annotations
 
+import dataclasses
+
 from support import hand_rows
 
 from continual.report.summary import run_summary
@@ -16,6 +18,17 @@ def test_task_table_layout() -> None:
         "   2       30  62.00  93.00  55.50  75.00    92.00      85.25"
     )
     assert task_table(hand_rows()) == expected
+
+
+def test_the_method_s_other_classifiers_get_a_column_and_their_avg_and_last() -> None:
+    rows = [dataclasses.replace(row, acc1_other={"head": value}) for row, value in zip(hand_rows(), [70.0, 50.0, 31.5],
+                                                                                        strict=True)]
+    table = task_table(rows).splitlines()
+    assert table[0].endswith("task-pred   head") and table[4].endswith("85.25  31.50")
+    summary = run_summary(rows, name="hand", options=[], nb_tasks=3, wall_seconds=1.0)
+    assert summary["other_predictions"] == {"head": {"avg_acc": 50.5, "last_acc": 31.5}}
+    lines = run_report(summary).splitlines()
+    assert lines[4].endswith("31.50") and lines[-4] == "head: Avg 50.50  Last 31.50"
 
 
 def test_run_report_gives_avg_last_forgetting_bwt_parameters_and_time() -> None:
