@@ -10,7 +10,8 @@ from support import with_values, write_yaml
 from conftest import REPO_ROOT
 from continual.config import ConfigError, parse_config
 from continual.config.files import config_to_dict, load_config_file, save_config
-from continual.config.validate import validate_config
+from continual.config.settings import settings_from
+from continual.config.validate import check_runnable, validate_config
 
 DATA_FILES = sorted((REPO_ROOT / "options" / "data").glob("*.yaml"))
 MODEL_FILES = sorted((REPO_ROOT / "options" / "model").glob("*.yaml"))
@@ -195,6 +196,40 @@ def test_published_cifar_dytox_values() -> None:
     assert cfg.head_div == pytest.approx(0.1) and cfg.head_div_mode == ["tr"]
     assert cfg.weight_decay == pytest.approx(1e-6) and cfg.finetuning_epochs == 20
     assert cfg.mixup == 0.0 and cfg.sam_rho == 0.0 and cfg.log_category == "10-10"
+
+
+# Each rival's CIFAR-100 settings (its source is the file's header): method, lr after the scaling by the global
+# batch / 512 at one process, batch, epochs, multistep milestones and factor, weight decay, memory.
+RIVAL_FILES = {
+    "cifar_icarl": ("icarl", 2.0, 128, 70, (49, 63), 0.2, 1e-5, 2000),
+    "cifar_wa": ("wa", 0.1, 32, 250, (100, 150, 200), 0.1, 2e-4, 2000),
+    "cifar_der": ("der", 0.1, 128, 170, (100, 120), 0.1, 5e-4, 2000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RIVAL_FILES))
+def test_the_rivals_option_files_carry_their_papers_cifar_settings(name: str) -> None:
+    method, lr, batch, epochs, milestones, factor, weight_decay, memory = RIVAL_FILES[name]
+    cfg = parse_config(["--options", options_path("data/cifar100_10-10.yaml"),
+                        options_path("data/cifar100_order1.yaml"), options_path(f"model/{name}.yaml")])
+    check_runnable(cfg)
+    settings = settings_from(cfg)
+    assert (settings.learner.method, settings.model.dytox, settings.model.encoder) == (method, False, "resnet18_cifar")
+    assert settings.model.embed_dim == 512 and settings.model.architecture == ("der" if method == "der" else "baseline")
+    recipe, schedule = settings.recipe, settings.schedule
+    assert [recipe.lr_of(task, 1) for task in (0, 1)] == pytest.approx([lr, lr])
+    assert (recipe.batch_size_of(0), recipe.batch_size_of(1), recipe.epochs_of(0), recipe.epochs_of(1)) == \
+        (batch, batch, epochs, epochs)
+    assert (schedule.sched, schedule.decay_milestones, schedule.decay_rate) == ("multistep", milestones, factor)
+    assert schedule.sched_step_fix and settings.optimizer.opt == "sgd" and settings.optimizer.momentum == 0.9
+    assert settings.optimizer.weight_decay == pytest.approx(weight_decay)
+    assert (cfg.memory_size, cfg.rehearsal, cfg.aa, cfg.mixup, cfg.smoothing) == (memory, "icarl_all", None, 0.0, 0.0)
+    assert cfg.finetuning == ("balanced" if method == "der" else "")
+    if method == "der":  # the official code's classifier stage: 30 epochs at 0.1, temperature 5
+        assert (cfg.finetuning_epochs, recipe.finetuning_lr_of(1, 1), cfg.finetuning_temperature) == \
+            (30, pytest.approx(0.1), 5.0)
+    if method == "wa":
+        assert cfg.distillation_tau == 2.0
 
 
 def test_dytox_versions_differ_only_in_mixup_and_sam() -> None:

@@ -175,3 +175,28 @@ def test_an_unknown_method_is_refused_in_one_line_before_any_folder(tmp_path: Pa
     assert err == ["error: --method ewc: unknown method; the methods are dytox, er, icarl, wa, der "
                    "(continual/method/registry.py)"]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["cifar_icarl", "cifar_wa", "cifar_der"])
+def test_the_rivals_cifar_option_files_train_the_reduced_resnet18_on_cifar_s_layout(
+        tmp_path: Path, cifar_root: Path, name: str) -> None:
+    """The README's command for a rival on CIFAR-100 (synthetic images in the torchvision layout, 3 per class),
+    the first task, one epoch: the ResNet-18 of the CIFAR baselines trains with the paper's SGD and schedule (the
+    methods' later tasks run on the demo above)."""
+    argv = ["--options", str(OPTIONS / "data/cifar100_10-10.yaml"), str(OPTIONS / "data/cifar100_order1.yaml"),
+            str(OPTIONS / f"model/{name}.yaml"), "--data-path", str(cifar_root), "--max-task", "1", "--epochs", "1",
+            "--base-epochs", "1", "--finetuning-epochs", "1", "--batch-size", "16", "--incremental-batch-size", "16",
+            "--memory-size", "40", "--num-workers", "0", "--no-plots", "--no-tensorboard", "--no-progress",
+            "--name", name, "--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main.main(argv) == 0
+    folder = next(tmp_path.glob(f"cifar/10-10/*_{name}"))
+    rows = rows_of(folder / "log.jsonl")
+    assert [(r["classes_seen"], r["memory_total"]) for r in rows] == [(10, 30)]  # 3 images per class, all kept
+    model, _ = checkpoint.load_task_checkpoint(checkpoint.checkpoint_path(folder, 0))
+    extractor = model.extractors[0] if name == "cifar_der" else model.encoder
+    assert type(extractor).__name__ == "ReducedResNet18"
+    epochs = rows_of(folder / "epochs.jsonl")
+    # the paper's lr scaled to this batch of 16 (DER: its warm-up's first, unscaled, value)
+    assert epochs[0]["lr"] == pytest.approx({"cifar_icarl": 2.0 * 16 / 128, "cifar_wa": 0.1 * 16 / 32,
+                                             "cifar_der": 0.00005}[name])

@@ -196,6 +196,7 @@ def test_the_baseline_killed_and_resumed_equals_uninterrupted_frozen_parts_inclu
 
 RIVALS = {  # each method's own flags, on the baseline's network (options/model/baseline.yaml)
     "der": ["--method", "der"],
+    "icarl": ["--method", "icarl"],
     "wa": ["--method", "wa", "--distillation-tau", "2"],
 }
 
@@ -203,7 +204,7 @@ RIVALS = {  # each method's own flags, on the baseline's network (options/model/
 @pytest.mark.parametrize("method", sorted(RIVALS))
 def test_a_rival_killed_inside_a_task_and_resumed_equals_uninterrupted(tmp_path: Path, method: str) -> None:
     """Each rival of the paper killed (SIGKILL, nothing saved at that moment) inside task 1's training, with its
-    teacher, its step constraint or its frozen extractors, resumes to the uninterrupted run's weights, memory and
+    teacher, its step constraint, its class means or its frozen extractors, resumes to the uninterrupted run's weights, memory and
     logs. DER: nothing says which extractors are frozen but the model's structure."""
     flags = [*BASELINE, *RIVALS[method], "--max-task", "2", "--base-epochs", "1", "--finetuning-epochs", "1",
              "--train-per-class", "16"]
