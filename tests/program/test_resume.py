@@ -204,8 +204,8 @@ RIVALS = {  # each method's own flags, on the baseline's network (options/model/
 @pytest.mark.parametrize("method", sorted(RIVALS))
 def test_a_rival_killed_inside_a_task_and_resumed_equals_uninterrupted(tmp_path: Path, method: str) -> None:
     """Each rival of the paper killed (SIGKILL, nothing saved at that moment) inside task 1's training, with its
-    teacher, its step constraint, its class means or its frozen extractors, resumes to the uninterrupted run's weights, memory and
-    logs. DER: nothing says which extractors are frozen but the model's structure."""
+    teacher, its step constraint, its class means or its frozen extractors, resumes to the uninterrupted run's
+    weights, memory and logs. DER: nothing says which extractors are frozen but the model's structure."""
     flags = [*BASELINE, *RIVALS[method], "--max-task", "2", "--base-epochs", "1", "--finetuning-epochs", "1",
              "--train-per-class", "16"]
     straight = ["--output-basedir", str(tmp_path / "straight"), "--log-dir", str(tmp_path / "logs"), *flags]
