@@ -52,6 +52,7 @@ from pathlib import Path
 from lib.bench_common import REPO, mean_std, read_rows, run_main
 
 sys.path.insert(0, str(REPO))
+import matplotlib  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from continual.report.plots import save_figure  # noqa: E402
@@ -240,17 +241,21 @@ def comparison(args: argparse.Namespace) -> dict:
 
 
 def plot(report: dict) -> Figure:
-    """Top-1 after each task vs classes seen: the mean over seeds, the seeds' min-max as a band."""
-    figure = Figure(figsize=(7, 4.5))
+    """Top-1 after each task vs classes seen: the mean over seeds, the seeds' min-max as a band; one colour per
+    method, dashed under distributed memory; the legend beside the axes."""
+    protocols = len(report["memory"]) > 1
+    figure = Figure(figsize=(9.5 if protocols else 8.5, 4.5))
     axes = figure.add_subplot()
-    for method, result in report["methods"].items():
+    palette = matplotlib.colormaps["tab10"]
+    for name, result in report["methods"].items():
         classes, per_task = result["classes_seen"], result["acc1_per_task"]
+        colour = palette(list(METHODS).index(result["method"]))
         style = "--" if result["memory"] == "distributed" else "-"
-        line = axes.plot(classes, [task["mean"] for task in per_task], marker="o", linewidth=2, linestyle=style,
-                         label=f"{method} (Avg {result['avg_acc']['mean']:.2f})")[0]
+        axes.plot(classes, [task["mean"] for task in per_task], marker="o", linewidth=2, linestyle=style,
+                  color=colour, label=f"{name} (Avg {result['avg_acc']['mean']:.2f})")
         if len(report["seeds"]) > 1:
             axes.fill_between(classes, [task["min"] for task in per_task], [task["max"] for task in per_task],
-                              color=line.get_color(), alpha=0.2, linewidth=0)
+                              color=colour, alpha=0.12, linewidth=0)
     seeds = ", ".join(str(seed) for seed in report["seeds"])
     axes.set_title(f"{report['setting']}: {' + '.join(Path(o).stem for o in report['options'])} (seeds {seeds})")
     axes.set_xlabel("Number of classes")
@@ -258,7 +263,7 @@ def plot(report: dict) -> Figure:
     axes.set_xticks(next(iter(report["methods"].values()))["classes_seen"])
     axes.set_ylim(0, 100)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower left", fontsize="small", ncol=2 if len(report["methods"]) > 5 else 1)
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     figure.tight_layout()
     return figure
 
