@@ -101,10 +101,10 @@ class DynamicallyExpandableRepresentation(RehearsalLearner):
             return None
         return self.memory_dataset()
 
-    def begin_finetuning(self, model: ContinualModel) -> None:
+    def begin_finetuning(self, model: ContinualModel, resumed: bool = False) -> None:
         """Every extractor frozen (and in eval mode), the classifier alone trains (drawn again with
-        ``finetuning_resetclf``)."""
-        if self.settings.learner.finetuning_resetclf:
+        ``finetuning_resetclf`` when finetuning starts, not when it resumes)."""
+        if self.settings.learner.finetuning_resetclf and not resumed:
             model.reset_heads()
         model.set_phase(FINETUNE)
 

@@ -101,8 +101,8 @@ class DyToxLearner(RehearsalLearner):
         order = np.concatenate([np.repeat(old, self.learner.oversample_memory_ft), new])
         return memory_taskset(self.scenarios.train, x[order], y[order], t[order])
 
-    def begin_finetuning(self, model: ContinualModel) -> None:
-        if self.learner.finetuning_resetclf:
+    def begin_finetuning(self, model: ContinualModel, resumed: bool = False) -> None:
+        if self.learner.finetuning_resetclf and not resumed:  # drawn when finetuning starts, not again
             model.reset_heads()
         begin_finetuning(model, self.learner)
 

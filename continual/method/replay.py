@@ -147,7 +147,7 @@ class RehearsalLearner:
     def finetuning_set(self, task_id: int) -> Dataset | None:
         return None
 
-    def begin_finetuning(self, model: ContinualModel) -> None:
+    def begin_finetuning(self, model: ContinualModel, resumed: bool = False) -> None:
         """No finetuning phase by default (``finetuning_set`` is None)."""
 
     def end_finetuning(self, model: ContinualModel) -> None:

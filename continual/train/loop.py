@@ -191,7 +191,8 @@ class TaskLoop:
         dataset = self.learner.finetuning_set(task_id)
         if dataset is None:
             return
-        self.learner.begin_finetuning(self.model)
+        # Inside the phase (a run state saved mid-finetuning), the model already is as finetuning made it.
+        self.learner.begin_finetuning(self.model, resumed=resume is not None and resume.fit is not None)
         recipe = self.settings.recipe
         phase = Phase(task_id, FINETUNE, dataset, self.learner.objective(self.model, FINETUNE),
                       recipe.finetuning_lr_of(task_id, self.ctx.world_size), recipe.finetuning_epochs,

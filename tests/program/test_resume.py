@@ -17,6 +17,7 @@ from conftest import HELPERS, REPO_ROOT
 ARGS = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"), str(REPO_ROOT / "options/model/demo_tiny.yaml"),
         "--max-task", "3", "--base-epochs", "3", "--epochs", "2", "--finetuning-epochs", "2",
         "--save-every-epoch", "1", "--deterministic", "--num-workers", "0", "--train-per-class", "48",
+        "--finetuning-resetclf",  # the heads drawn again when finetuning starts: not when it resumes
         "--name", "resume"]
 TIMINGS = {"seconds", "data_seconds", "images_per_s", "data_wait_fraction"}
 TIMEOUT = 300
@@ -116,21 +117,23 @@ def test_killed_four_times_and_resumed_equals_uninterrupted(tmp_path: Path, unin
     assert_same_run(outputs(folder), uninterrupted)
 
 
-@pytest.mark.parametrize(("name", "code", "to_group", "workers"), [
-    ("SIGTERM", 143, False, "0"),  # pre-emption, to the main process
+@pytest.mark.parametrize(("name", "code", "to_group", "workers", "phase"), [
+    # pre-emption, to the main process, inside finetuning: a resumed finetuning does not draw the heads again
+    # (--finetuning-resetclf draws them when finetuning starts)
+    ("SIGTERM", 143, False, "0", "finetune"),
     # Ctrl-C reaches the whole process group, loader workers included; with two workers each image is
     # augmented from the same seed as without, so the run ends as the one without workers.
-    ("SIGINT", 130, True, "2"),
+    ("SIGINT", 130, True, "2", "train"),
 ])
 def test_a_signal_saves_inside_the_epoch_and_the_run_finishes_identically(
-        tmp_path: Path, uninterrupted: dict, name: str, code: int, to_group: bool, workers: str) -> None:
+        tmp_path: Path, uninterrupted: dict, name: str, code: int, to_group: bool, workers: str, phase: str) -> None:
     where = ["--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs"), "--num-workers", workers]
-    env = {"DYTOX_TEST_SIGTERM_AT": "task 1, train epoch 1, step 3", "DYTOX_TEST_SIGNAL": name,
+    env = {"DYTOX_TEST_SIGTERM_AT": f"task 1, {phase} epoch 1, step 3", "DYTOX_TEST_SIGNAL": name,
            **({"DYTOX_TEST_SIGNAL_GROUP": "1"} if to_group else {})}
     exit_code, output = run_until(where, None, script=HELPERS / "sigterm_at_step.py", env=env)
     assert exit_code == code, output[-3000:]
     folder = folder_of(tmp_path)
-    assert f"stopped by {name} in task 1, train epoch 1, step 4" in output  # inside the epoch
+    assert f"stopped by {name} in task 1, {phase} epoch 1, step 4" in output  # inside the epoch
     assert f"--resume {folder}" in output
     code, output = run_until(where + ["--resume", str(folder)], None)
     assert code == 0, output[-3000:]
