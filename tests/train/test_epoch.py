@@ -145,3 +145,28 @@ def test_pod_adds_its_weighted_distance_between_the_encoder_maps_to_the_first_pa
     second = batch_loss(model, teacher, images, targets, dataclasses.replace(settings(), pod=0.5), precision,
                         first_pass=False)
     assert second.pod is None
+
+
+def test_a_method_s_constraint_runs_after_each_optimiser_step_not_each_accumulated_batch() -> None:
+    """WA clips its classifier after every update: with --grad-accum-steps 2 over 5 batches the optimiser steps
+    3 times (2 + 2 + 1 batches), and the constraint sees each step's weights, never a half-accumulated state."""
+    model = DyTox(TINY, 3)
+    model.expand(2)
+    optimizer = build_optimizer(model, schedule_cfg(), 1e-3)
+    counts = {"step": 0, "constraint": 0}
+    original = optimizer.step
+
+    def counted_step(*args, **kwargs):  # type: ignore[no-untyped-def]
+        counts["step"] += 1
+        return original(*args, **kwargs)
+
+    optimizer.step = counted_step  # type: ignore[method-assign]
+    seen = []
+
+    def constraint() -> None:
+        counts["constraint"] += 1
+        seen.append(counts["step"])
+
+    train_one_epoch(model, None, tiny_batches(5), optimizer, settings(), Precision(torch.device("cpu"), False),
+                    StepOptions(accum_steps=2, after_step=constraint))
+    assert counts == {"step": 3, "constraint": 3} and seen == [1, 2, 3]
