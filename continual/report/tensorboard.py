@@ -1,7 +1,8 @@
 """TensorBoard scalars of a run, under ``<run folder>/tensorboard/`` (main process only).
 
 Per task (step = task index): the accuracies of the task row, Avg, forgetting,
-backward transfer and each entry of the accuracy-matrix row. Per epoch (step =
+backward transfer, each entry of the accuracy-matrix row, and the top-1 of a
+method's other classifiers (``accuracy/top1_head`` for iCaRL's head). Per epoch (step =
 epoch index over the whole run, as in ``epochs.jsonl``): the loss terms, the
 learning rate and the throughput, under ``train/`` or ``finetune/``.
 
@@ -72,6 +73,9 @@ class ScalarLog:
         for j, value in enumerate(result.acc_per_task):
             if _finite(value):
                 self.writer.add_scalar(f"accuracy_matrix/task_{j}", value, step)
+        for name, value in result.acc1_other.items():  # a method's other classifiers (iCaRL's head)
+            if _finite(value):
+                self.writer.add_scalar(f"accuracy/top1_{name}", value, step)
         self.writer.flush()  # a task is rare and valuable: on disk now, not at the next flush interval
 
     def close(self) -> None:
