@@ -31,6 +31,11 @@ on the same device.
     python scripts/bench_model.py --tokens 10 --modes plain fast fast-amp --runs 7
     python scripts/bench_model.py --tokens 10 --modes fast --kinds train --profile   # top operators
     python scripts/bench_model.py --device cuda --tokens 1 10 50 --modes plain fast plain-amp fast-amp
+    python scripts/bench_model.py --count-ops --tokens 1 10 50 --modes fast --batch 2   # operations, as JSON
+
+``--count-ops`` times nothing: for each configuration it prints, as JSON, the aten operations one step
+dispatches (views apart) and its host synchronisations (``.item()``, data-dependent shapes, copies to the
+host: ``scripts/lib/op_count.py``), counted on the step after a first one (the optimiser's state exists).
 """
 from __future__ import annotations
 
@@ -52,6 +57,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib.op_count import count_ops  # noqa: E402
+
 from continual.config import parse_config  # noqa: E402
 from continual.config.settings import LossSettings, model_config, settings_of  # noqa: E402
 from continual.method.dytox_objective import batch_loss_of  # noqa: E402
@@ -175,6 +182,9 @@ def measure(mode: str, tokens: int, kind: str, args: argparse.Namespace, device:
         torch.set_num_threads(args.threads)
     clock = Clock(device)
     step, model = make_step(parse_config(OPTIONS), mode, tokens, kind, args.batch, device)
+    if args.count_ops:
+        step()  # the first step creates the optimiser's state: count a later one
+        return dict(mode=mode, tokens=tokens, kind=kind, device=device.type, batch=args.batch, **count_ops(step))
     memory_before = clock.memory_mib()
     flops = count_flops(step, model, kind)
     for _ in range(args.warmup):
@@ -213,6 +223,8 @@ def run_isolated(args: argparse.Namespace, mode: str, tokens: int, kind: str) ->
                "--device", args.device]
     if args.profile:
         command.append("--profile")
+    if args.count_ops:
+        command.append("--count-ops")
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -248,6 +260,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads on the CPU (ignored with cuda)")
     parser.add_argument("--profile", action="store_true", help="print the top operators of each configuration")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="time nothing: print, as JSON, the operations and host synchronisations of one step")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--one", nargs=3, metavar=("MODE", "TOKENS", "KIND"), help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -280,14 +294,17 @@ def main() -> None:
         mode, tokens, kind = args.one
         print(json.dumps(measure(mode, int(tokens), kind, args, device)))
         return
-    print(machine_line(args, device))
+    print(machine_line(args, device), file=sys.stderr if args.count_ops else sys.stdout)  # stdout: JSON alone
     results = []
     for kind in args.kinds:
         for tokens in args.tokens:
             for mode in args.modes:
                 results.append(run_isolated(args, mode, tokens, kind))
                 print(f"  done {kind} {tokens} {mode}", file=sys.stderr, flush=True)
-    summarise(results)
+    if args.count_ops:
+        print(json.dumps([{k: v for k, v in r.items() if k != "ops_by_name"} for r in results], indent=1))
+    else:
+        summarise(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

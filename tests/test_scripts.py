@@ -1,6 +1,7 @@
 """Every script in scripts/ starts (its --help): a script nothing imports cannot break unseen."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -168,3 +169,45 @@ def test_compare_runs_compares_a_state_dict_s_extra_state_by_value() -> None:
     assert not compare_runs.same_entry({"frozen": ["sab"]}, {"frozen": []})
     assert compare_runs.same_entry(torch.ones(2), torch.ones(2)) and not compare_runs.same_entry(torch.ones(2),
                                                                                                   torch.zeros(2))
+
+
+def load_script_module(relative: str) -> object:
+    """A module of scripts/ imported as the script imports it (scripts/ on sys.path for its ``lib``)."""
+    if str(SCRIPTS_DIR) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS_DIR))
+    spec = importlib.util.spec_from_file_location(f"script_{Path(relative).stem}", SCRIPTS_DIR / relative)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_operation_counter_counts_views_apart_and_the_reads_that_wait_for_the_device() -> None:
+    """lib/op_count.py (bench_model.py --count-ops): forward, backward and the host synchronisations."""
+    op_count = load_script_module("lib/op_count.py")
+    x = torch.randn(4, 3, requires_grad=True)
+
+    def step() -> None:
+        total = x.view(12).sum()  # a view, then one kernel
+        total.backward()
+        total.item()  # a scalar read: the host waits
+        torch.nonzero(x > 0)  # a shape that depends on the data: the host waits
+
+    counts = op_count.count_ops(step)  # type: ignore[attr-defined]
+    assert counts["host_syncs"] == 2 and counts["syncs_by_op"] == {"_local_scalar_dense": 1, "nonzero": 1}
+    by_name = counts["ops_by_name"]
+    assert by_name["sum"] == 1 and by_name["gt"] == 1 and "view" not in by_name
+    assert counts["views"] >= 1 and counts["ops"] == sum(counts["ops_by_name"].values())
+
+
+def test_bench_model_counts_the_operations_of_dytox_s_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--count-ops on the CIFAR model at 2 task tokens, batch 2: an evaluation step reads nothing back from the
+    device; a training step dispatches more operations than it and its reads are named."""
+    bench = load_script_module("bench_model.py")
+    monkeypatch.chdir(REPO_ROOT)  # the option files are relative to the repository, as bench_model.main() sets
+    args = argparse.Namespace(count_ops=True, threads=2, batch=2)
+    evaluation = bench.measure("fast-model", 2, "eval", args, torch.device("cpu"))  # type: ignore[attr-defined]
+    training = bench.measure("fast-model", 2, "train", args, torch.device("cpu"))  # type: ignore[attr-defined]
+    assert evaluation["host_syncs"] == 0 and evaluation["ops"] > 0
+    assert training["ops"] > evaluation["ops"]
+    assert training["host_syncs"] == sum(training["syncs_by_op"].values())
