@@ -27,10 +27,9 @@ from continual.data.images import image_taskset
 from continual.method.learner import Predictor, TeacherOutput
 from continual.method.losses import LossTerms
 from continual.method.rehearsal import extract_features
-from continual.method.replay import RehearsalLearner, frozen_copy
+from continual.method.replay import RehearsalLearner
 from continual.model.base import ContinualModel, ModelOutput
 from continual.runtime.distributed import all_reduce_sum, gather_objects, shard
-from continual.vocabulary import TRAIN
 
 
 # ---------------------------------------------------------------- the loss
@@ -122,13 +121,7 @@ class ICaRL(RehearsalLearner):
 
     def begin_task(self, model: ContinualModel, task_id: int) -> ContinualModel | None:
         """The teacher (a frozen copy of the model before it grows), then the new classes' rows; all trains."""
-        teacher = None
-        if task_id > 0:
-            teacher = frozen_copy(model)
-            model.expand(self.scenarios.classes_per_task[task_id])
-        model.set_phase(TRAIN)
-        model.freeze([])
-        return teacher
+        return self.grow_after_teacher(model, task_id)
 
     def training_set(self, task_id: int) -> Dataset:
         """The task's images and every exemplar of the memory, once."""

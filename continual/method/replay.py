@@ -24,6 +24,7 @@ from continual.method.learner import FeatureLoader, LearnerParts, Predictor
 from continual.method.rehearsal import Memory, extract_features, feature_kind, per_class_quota, select_exemplars
 from continual.model.base import ContinualModel
 from continual.runtime.distributed import DistContext, all_reduce_sum, broadcast_object
+from continual.vocabulary import TRAIN
 
 
 def frozen_copy(model: ContinualModel) -> ContinualModel:
@@ -130,6 +131,17 @@ class RehearsalLearner:
     def memory_dataset(self) -> Dataset:
         """The memory with the training transform."""
         return memory_taskset(self.scenarios.train, *self.memory.get())
+
+    def grow_after_teacher(self, model: ContinualModel, task_id: int) -> ContinualModel | None:
+        """A distilling method's start of a task: the teacher, a frozen copy of the model before it grows (from
+        the second task on), then the new classes; the training phase, nothing frozen. Returns the teacher."""
+        teacher = None
+        if task_id > 0:
+            teacher = frozen_copy(model)
+            model.expand(self.scenarios.classes_per_task[task_id])
+        model.set_phase(TRAIN)
+        model.freeze([])
+        return teacher
 
     # ------------------------------------------------ defaults a method may replace
     def resume_task(self, model: ContinualModel, task_id: int) -> None:

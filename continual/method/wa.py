@@ -20,10 +20,9 @@ from torch.utils.data import Dataset
 
 from continual.method.learner import TeacherOutput
 from continual.method.losses import LossTerms
-from continual.method.replay import RehearsalLearner, frozen_copy
+from continual.method.replay import RehearsalLearner
 from continual.model.base import ContinualModel, ModelOutput
 from continual.model.baseline import IncrementalClassifier
-from continual.vocabulary import TRAIN
 
 
 def soft_distillation(logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
@@ -70,13 +69,7 @@ class WeightAligning(RehearsalLearner):
 
     def begin_task(self, model: ContinualModel, task_id: int) -> ContinualModel | None:
         """The teacher (a frozen copy of the model before it grows), then the new classes' rows."""
-        teacher = None
-        if task_id > 0:
-            teacher = frozen_copy(model)
-            model.expand(self.scenarios.classes_per_task[task_id])
-        model.set_phase(TRAIN)
-        model.freeze([])
-        return teacher
+        return self.grow_after_teacher(model, task_id)
 
     def training_set(self, task_id: int) -> Dataset:
         return self.with_memory(self.scenarios.training_set(task_id))
