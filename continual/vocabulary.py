@@ -24,6 +24,10 @@ BASELINE_FREEZE_NAMES = {"convit": ("all", "backbone", "sab", "tab", "heads"), "
                          "resnet18_cifar": ("all", "backbone", "heads"), "timm": ("all", "backbone", "heads")}
 FREEZE_NAMES = (*DYTOX_FREEZE_NAMES, "backbone")
 
+# How torch's optimisers step (``--opt-impl``), and the timm names of the optimisers that have the three.
+OPT_IMPLEMENTATIONS = ("foreach", "loop", "fused")
+TORCH_STEPPED_OPTIMISERS = ("adam", "adamw", "sgd", "momentum", "nesterov")
+
 # Exemplar selection (``--rehearsal``).
 REHEARSAL_METHODS = (
     "random", "closest_all", "closest_token", "furthest_all", "furthest_token", "icarl_all", "icarl_token",

@@ -19,6 +19,9 @@ memory is its own):
   the CPU, float16 with loss scaling (``torch.amp.GradScaler``) on CUDA.
 - ``fast-model``: the model's fast paths with glibc's default allocator behaviour,
   to tell the two sources of speed apart.
+- ``fast-compiled``, ``fast-amp-compiled``: ``fast`` (``fast-amp``) with ``--compile``: the model
+  compiled by inductor as a phase compiles it (``continual.train.compilation``); the warm-up steps
+  compile, the timed ones run the compiled code.
 
 For each: images/s (median and min-max of the timed runs), peak memory and the
 memory a step adds on top of the built model (peak minus the memory just before
@@ -50,23 +53,26 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lib.op_count import count_ops  # noqa: E402
+from lib.op_count import CountedBatches, OpCounter  # noqa: E402
 
 from continual.config import parse_config  # noqa: E402
-from continual.config.settings import LossSettings, model_config, settings_of  # noqa: E402
+from continual.config.settings import LossSettings, OptimizerSettings, model_config, settings_of  # noqa: E402
 from continual.method.dytox_objective import batch_loss_of  # noqa: E402
 from continual.model.build import grown_model  # noqa: E402
 from continual.model.dytox import DyTox  # noqa: E402
 from continual.runtime.device import attention_kernel_for, resolve_device  # noqa: E402
 from continual.runtime.host_memory import retain_freed_memory  # noqa: E402
+from continual.train.compilation import compiled_for_phase  # noqa: E402
 from continual.train.epoch import Precision, StepOptions, evaluate, train_one_epoch  # noqa: E402
+from continual.train.optim import build_optimizer  # noqa: E402
 
 OPTIONS = ["--options", "options/model/cifar_dytox.yaml"]
 MODES = {
@@ -75,6 +81,8 @@ MODES = {
     "fast": dict(fast=True, amp=False, retain=True),
     "fast-amp": dict(fast=True, amp=True, retain=True),
     "fast-model": dict(fast=True, amp=False, retain=False),  # the model's fast paths alone
+    "fast-compiled": dict(fast=True, amp=False, retain=True, compile=True),  # --compile (inductor)
+    "fast-amp-compiled": dict(fast=True, amp=True, retain=True, compile=True),
 }
 CLASSES_PER_TASK = 2  # 50 tokens = the 50-step CIFAR-100 setting
 
@@ -135,29 +143,61 @@ def build(cfg: argparse.Namespace, fast: bool, tokens: int, device: torch.device
     return student.to(device), teacher.to(device)
 
 
+class Bench(NamedTuple):
+    """What one configuration measures: ``step`` (an epoch of the one ``batch``), the ``epoch`` it runs (to count
+    one step inside an epoch of several), the model and the optimiser (built as the loop builds it)."""
+
+    step: Callable[[], None]
+    eager_step: Callable[[], None]  # the step without --compile (FLOPs are counted on it)
+    epoch: Callable[[Iterable], None]
+    model: DyTox
+    optimizer: torch.optim.Optimizer | None
+    batch: tuple[torch.Tensor, torch.Tensor]
+
+
 def make_step(cfg: argparse.Namespace, mode: str, tokens: int, kind: str, batch_size: int,
-              device: torch.device) -> tuple[Callable[[], None], DyTox]:
+              device: torch.device, amp_dtype: str = "auto") -> Bench:
     """One training step (``train_one_epoch`` on one batch, loss-scaled under float16 as ``fit`` does) or one
-    evaluation forward, on a fixed batch already on ``device``; and the model it runs."""
+    evaluation forward, on a fixed batch already on ``device``."""
     settings = MODES[mode]
     student, teacher = build(cfg, settings["fast"], tokens, device)
-    precision = Precision(device, settings["amp"])  # amp_dtype "auto": bfloat16 on the CPU, float16 on CUDA
+    precision = Precision(device, settings["amp"], amp_dtype)  # auto: bfloat16 on the CPU, float16 on CUDA
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch_size, 3, 32, 32, generator=generator)
     targets = torch.randint(student.nb_classes - CLASSES_PER_TASK, student.nb_classes, (batch_size,),
                             generator=generator)  # new-task labels, as in training
-    batch = [(images.to(device), targets.to(device))]
+    batch = (images.to(device), targets.to(device))
     if kind == "eval":
-        def forward() -> None:
-            evaluate(lambda model, images: model(images).logits, student, batch, precision, student.nb_classes_per_task)
-        return forward, student
+        def evaluation(batches: Iterable) -> None:
+            evaluate(lambda model, images: model(images).logits, student, batches, precision,
+                     student.nb_classes_per_task)
+        return Bench(lambda: evaluation([batch]), lambda: evaluation([batch]), evaluation, student, None, batch)
     training_loss = batch_loss_of(settings_of(LossSettings, cfg), mixup_on=False)
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = build_optimizer(student, settings_of(OptimizerSettings, cfg), lr=1e-4)
     options = StepOptions(scaler=precision.grad_scaler())  # one scaler for all steps, as in a phase
 
-    def step() -> None:
-        train_one_epoch(student, teacher, batch, optimizer, training_loss, precision, options)
-    return step, student
+    trained = compiled_for_phase(student, settings.get("compile", False))
+
+    def epoch(batches: Iterable, model: torch.nn.Module = trained) -> None:
+        train_one_epoch(model, teacher, batches, optimizer, training_loss, precision, options)
+    return Bench(lambda: epoch([batch]), lambda: epoch([batch], student), epoch, student, optimizer, batch)
+
+
+def host_counters(optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+    """The step counters a non-fused torch optimiser keeps in host memory (on CUDA too): reading them is no
+    synchronisation with the device."""
+    if optimizer is None or optimizer.defaults.get("fused") or optimizer.defaults.get("capturable"):
+        return []
+    return [state["step"] for state in optimizer.state.values() if isinstance(state.get("step"), torch.Tensor)]
+
+
+def count_step(bench: Bench) -> dict:
+    """The operations of the middle step of a three-step epoch, after a first epoch (the optimiser's state
+    exists): the per-step cost, without the reads that end an epoch."""
+    bench.step()
+    counter = OpCounter(host_counters(bench.optimizer))
+    bench.epoch(CountedBatches([bench.batch] * 3, 1, counter))
+    return counter.summary()
 
 
 def count_flops(step: Callable[[], None], model: DyTox, kind: str) -> int:
@@ -181,19 +221,25 @@ def measure(mode: str, tokens: int, kind: str, args: argparse.Namespace, device:
     if device.type == "cpu":  # on CUDA the work is the GPU's; torch keeps its own host threads
         torch.set_num_threads(args.threads)
     clock = Clock(device)
-    step, model = make_step(parse_config(OPTIONS), mode, tokens, kind, args.batch, device)
+    cfg = parse_config([*OPTIONS, "--opt-impl", args.opt_impl])
+    bench = make_step(cfg, mode, tokens, kind, args.batch, device, getattr(args, "amp_dtype", "auto"))
+    step, model = bench.step, bench.model
+    if args.count_ops and MODES[mode].get("compile"):
+        raise SystemExit("bench_model.py: --count-ops counts the aten operations of eager modes, not compiled code")
     if args.count_ops:
-        step()  # the first step creates the optimiser's state: count a later one
-        return dict(mode=mode, tokens=tokens, kind=kind, device=device.type, batch=args.batch, **count_ops(step))
+        return dict(mode=mode, tokens=tokens, kind=kind, device=device.type, batch=args.batch,
+                    opt_impl=args.opt_impl, **count_step(bench))
     memory_before = clock.memory_mib()
-    flops = count_flops(step, model, kind)
+    flops = count_flops(bench.eager_step, model, kind)
     for _ in range(args.warmup):
         clock.seconds(step)
     seconds = [clock.seconds(step) for _ in range(args.runs)]
     peak = clock.peak_mib()
     matmul_rate = matmul_gflops(clock)  # after the peak is read, so that its buffers do not count
-    result = dict(mode=mode, tokens=tokens, kind=kind, device=device.type,
-                  images_per_s=[args.batch / s for s in seconds], gflop_per_image=flops / args.batch / 1e9,
+    result = dict(mode=mode, tokens=tokens, kind=kind, device=device.type, batch=args.batch,
+                  amp_dtype=str(Precision(device, True, args.amp_dtype).dtype).removeprefix("torch.")
+                  if MODES[mode]["amp"] else "float32", opt_impl=args.opt_impl,
+                  step_ms=[s * 1e3 for s in seconds], images_per_s=[args.batch / s for s in seconds], gflop_per_image=flops / args.batch / 1e9,
                   gflops=flops / statistics.median(seconds) / 1e9, matmul_gflops=matmul_rate, peak_mib=peak,
                   step_memory_mib=peak - memory_before)
     if args.profile:
@@ -225,6 +271,7 @@ def run_isolated(args: argparse.Namespace, mode: str, tokens: int, kind: str) ->
         command.append("--profile")
     if args.count_ops:
         command.append("--count-ops")
+    command += ["--opt-impl", args.opt_impl, "--amp-dtype", args.amp_dtype]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -262,6 +309,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="print the top operators of each configuration")
     parser.add_argument("--count-ops", action="store_true",
                         help="time nothing: print, as JSON, the operations and host synchronisations of one step")
+    parser.add_argument("--opt-impl", choices=["foreach", "loop", "fused"], default="foreach",
+                        help="how the optimiser steps (main.py's --opt-impl; loop: as before the host-sync work)")
+    parser.add_argument("--amp-dtype", choices=["auto", "float16", "bfloat16"], default="auto",
+                        help="autocast type of the -amp modes (main.py's --amp-dtype; auto: float16 on CUDA)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--one", nargs=3, metavar=("MODE", "TOKENS", "KIND"), help=argparse.SUPPRESS)
     return parser.parse_args()

@@ -5,10 +5,14 @@
 #   2. a 2-task demo run with --device cuda --amp;
 #   3. a --deterministic run stopped by SIGTERM and resumed on CUDA, equal to an uninterrupted one
 #      (scripts/lib/gpu_resume_check.py);
-#   4. scripts/bench_model.py --device cuda: the published CIFAR model at 1, 10 and 50 tokens, plain and fast,
-#      float32 and AMP.
-# Without CUDA it prints why and exits 0. Outputs go to a temporary folder, deleted at the end; set
-# GPU_CHECK_OUT=DIR to keep them in DIR. The first failing step stops the script with a non-zero exit.
+#   4. scripts/bench_model.py --device cuda --count-ops: the operations and host synchronisations of a training
+#      step on CUDA (10 tokens, batch 128; float32 and float16 with loss scaling, fused AdamW for the latter);
+#   5. scripts/bench_model.py --device cuda: the published CIFAR model at 10 tokens, batch 128 and 256, float16
+#      and bfloat16, eager and compiled (--compile), images/s and GPU memory; plain and fast at 1 and 50 tokens.
+# All figures go into one JSON: GPU_CHECK_JSON (default gpu_check.json in the current folder). Without CUDA it
+# prints why and exits 0. Other outputs go to a temporary folder, deleted at the end; set GPU_CHECK_OUT=DIR to
+# keep them in DIR. The first failing step stops the script with a non-zero exit. Not yet timed on a GPU: the
+# compiled configurations (four inductor compilations) are the largest unknown of the 5-minute budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=python
@@ -53,7 +57,29 @@ step "demo run, 2 tasks, --device cuda --amp" \
     --no-progress --output-basedir "$work/demo/outputs" --log-dir "$work/demo/logs"
 step "--deterministic resume on CUDA (--amp)" \
     "$PYTHON" scripts/lib/gpu_resume_check.py --device cuda --amp --work-dir "$work/resume"
-step "bench_model.py --device cuda: 1, 10, 50 tokens; plain, fast; float32, AMP" \
-    "$PYTHON" scripts/bench_model.py --device cuda --tokens 1 10 50 --modes plain fast plain-amp fast-amp \
-    --kinds train eval --runs 3 --warmup 1 --json "$work/bench_model.json"
+step "bench_model.py --device cuda --count-ops: 10 tokens, batch 128" \
+    "$PYTHON" scripts/bench_model.py --device cuda --count-ops --tokens 10 --modes fast --kinds train eval \
+    --batch 128 --json "$work/count_ops_float32.json"
+step "bench_model.py --device cuda --count-ops: float16 with loss scaling, fused AdamW" \
+    "$PYTHON" scripts/bench_model.py --device cuda --count-ops --tokens 10 --modes fast-amp --kinds train \
+    --batch 128 --opt-impl fused --json "$work/count_ops_float16_fused.json"
+for dtype in float16 bfloat16; do
+    for batch in 128 256; do
+        step "bench_model.py --device cuda: 10 tokens, batch $batch, $dtype, eager and compiled" \
+            "$PYTHON" scripts/bench_model.py --device cuda --tokens 10 --modes fast-amp fast-amp-compiled \
+            --amp-dtype "$dtype" --kinds train --batch "$batch" --runs 3 --warmup 2 \
+            --json "$work/bench_${dtype}_${batch}.json"
+    done
+done
+step "bench_model.py --device cuda: 1, 50 tokens; plain, fast; float32" \
+    "$PYTHON" scripts/bench_model.py --device cuda --tokens 1 50 --modes plain fast --kinds train eval \
+    --runs 3 --warmup 1 --json "$work/bench_tokens.json"
+summary=${GPU_CHECK_JSON:-gpu_check.json}
+"$PYTHON" - "$work" "$summary" "$gpus" "$SECONDS" <<'PY'
+import json, pathlib, sys
+work, summary, gpus, seconds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+figures = {path.stem: json.loads(path.read_text()) for path in sorted(work.glob("*.json"))}
+summary.write_text(json.dumps({"device": gpus, "seconds": seconds, **figures}, indent=1))
+print(f"gpu_check: figures of {len(figures)} benchmarks in {summary}")
+PY
 echo "gpu_check: all passed in $SECONDS s (budget: 300 s on one H200)"

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import yaml
 
-from continual.vocabulary import FREEZE_NAMES, HEAD_MODES, PHASE_OPTIONS, REHEARSAL_METHODS
+from continual.vocabulary import FREEZE_NAMES, HEAD_MODES, OPT_IMPLEMENTATIONS, PHASE_OPTIONS, REHEARSAL_METHODS
 
 NEVER_READ = "no effect: the published code parses it and never reads it"
 
@@ -337,6 +337,10 @@ DYTOX_OPTIONS = (
 
 OPTIMISER_OPTIONS = (
     _value("opt", str, "adamw", "optimiser name (timm's create_optimizer_v2)"),
+    _value("opt_impl", str, "foreach", "how torch's adam, adamw, sgd, momentum and nesterov step: foreach (one "
+           "multi-tensor operation per update term, the same numbers as loop), loop (one parameter at a time, as "
+           "the published code), fused (one kernel, no host reads; rounding differs in the last bit)",
+           choices=OPT_IMPLEMENTATIONS),
     _value("opt_eps", float, 1e-8, "optimiser epsilon", bounds=NON_NEGATIVE),
     _list("opt_betas", float, None, "optimiser betas (unset: the optimiser's)"),
     _value("clip_grad", float, None, "gradient norm clipping (unset: none)", bounds=NON_NEGATIVE),
@@ -376,6 +380,11 @@ OPTIMISER_OPTIONS = (
           "in the published ImageNet files)", negatable=False, resets=("amp",)),
     _value("amp_dtype", str, "auto", "autocast type with mixed precision: auto (float16 on CUDA, bfloat16 on CPU), "
            "float16 (CUDA only) or bfloat16", choices=("auto", "float16", "bfloat16")),
+    _bool("compile", False, "torch.compile the model each phase trains, compiled again after each growth (random "
+          "draws as in eager mode: the same numbers, faster steps once compiled)", resume_safe=True),
+    _value("compile_backend", str, "inductor", "torch.compile backend with --compile (aot_eager traces without "
+           "generating code, to check a model compiles)", choices=("inductor", "aot_eager", "eager"),
+           resume_safe=True),
 )
 
 AUGMENTATION_OPTIONS = (

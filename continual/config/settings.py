@@ -118,6 +118,7 @@ class OptimizerSettings:
     """timm's optimiser (``create_optimizer_v2``) and gradient clipping."""
 
     opt: str
+    opt_impl: str
     opt_eps: float | None
     opt_betas: tuple[float, ...] | None
     momentum: float
@@ -261,6 +262,8 @@ class PrecisionSettings:
     amp: bool
     amp_dtype: str
     amp_overridden: bool  # amp and no_amp both true (in option files): the user should be told
+    compile: bool = False
+    compile_backend: str = "inductor"
 
 
 @dataclass(frozen=True)
@@ -371,7 +374,8 @@ def settings_from(cfg: argparse.Namespace) -> Settings:
         sam=settings_of(SamSettings, cfg),
         memory=settings_of(MemorySettings, cfg),
         learner=settings_of(LearnerSettings, cfg),
-        precision=PrecisionSettings(amp_enabled(cfg), cfg.amp_dtype, bool(cfg.amp and cfg.no_amp)),
+        precision=PrecisionSettings(amp_enabled(cfg), cfg.amp_dtype, bool(cfg.amp and cfg.no_amp), cfg.compile,
+                                     cfg.compile_backend),
         run=settings_of(RunSettings, cfg),
         options=config_to_dict(cfg),
     )

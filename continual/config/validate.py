@@ -11,7 +11,7 @@ import argparse
 from continual.config.errors import ConfigError
 from continual.config.options import record_violations
 from continual.model.encoders import encoder_problem
-from continual.vocabulary import BASELINE_FREEZE_NAMES, DYTOX_FREEZE_NAMES
+from continual.vocabulary import BASELINE_FREEZE_NAMES, DYTOX_FREEZE_NAMES, TORCH_STEPPED_OPTIMISERS
 
 
 def _check_records(cfg: argparse.Namespace) -> None:
@@ -62,6 +62,7 @@ def validate_config(cfg: argparse.Namespace) -> None:
         raise ConfigError("option 'validation_test_transform' needs validation > 0 (a held-out split)")
     _check_channels(cfg)
     _check_milestones(cfg)
+    _check_opt_impl(cfg)
 
 
 def _check_milestones(cfg: argparse.Namespace) -> None:
@@ -73,6 +74,13 @@ def _check_milestones(cfg: argparse.Namespace) -> None:
         raise ConfigError(f"option 'decay_milestones' is read by sched multistep only, not {cfg.sched!r}")
     if list(cfg.decay_milestones) != sorted(set(cfg.decay_milestones)):
         raise ConfigError(f"option 'decay_milestones' must increase: {list(cfg.decay_milestones)}")
+
+
+def _check_opt_impl(cfg: argparse.Namespace) -> None:
+    """Only torch's own optimisers have a loop, a foreach and a fused step; timm's keep theirs (the default)."""
+    if cfg.opt_impl != "foreach" and cfg.opt.lower() not in TORCH_STEPPED_OPTIMISERS:
+        raise ConfigError(f"option 'opt_impl' {cfg.opt_impl} is for torch's {', '.join(TORCH_STEPPED_OPTIMISERS)}; "
+                          f"opt {cfg.opt!r} steps its own way (leave opt_impl at foreach)")
 
 
 def _check_channels(cfg: argparse.Namespace) -> None:

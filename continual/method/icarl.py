@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from continual.data.images import image_taskset
 from continual.method.learner import Predictor, TeacherOutput
-from continual.method.losses import LossTerms
+from continual.method.losses import LossTerms, one_hot
 from continual.method.rehearsal import extract_features
 from continual.method.replay import RehearsalLearner
 from continual.model.base import ContinualModel, ModelOutput
@@ -36,7 +36,7 @@ from continual.runtime.distributed import all_reduce_sum, gather_objects, shard
 def icarl_targets(targets: Tensor, nb_classes: int, teacher_logits: Tensor | None) -> Tensor:
     """(B, C) targets of the binary cross-entropy: the labels (class indices (B,) made one-hot, or soft (B, C)),
     the old classes' columns replaced by the teacher's sigmoid outputs when there is a teacher."""
-    labels = targets.float() if targets.dim() == 2 else F.one_hot(targets, nb_classes).float()
+    labels = targets.float() if targets.dim() == 2 else one_hot(targets, nb_classes, torch.float32)
     if teacher_logits is None:
         return labels
     nb_old = teacher_logits.shape[1]

@@ -11,7 +11,6 @@ the formulas testable against the reference fixture without a network.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -27,13 +26,13 @@ __all__ = [
     "LossTerms",
     "bce_with_logits",
     "build_criterion",
-    "check_finite",
     "divergence_soft_targets",
     "divergence_targets",
     "dytox_loss",
     "hard_cross_entropy",
     "kd_loss",
     "label_smoothing_cross_entropy",
+    "one_hot",
     "soft_target_cross_entropy",
 ]
 
@@ -66,6 +65,14 @@ def _check_hard(logits: Tensor, targets: Tensor, name: str) -> None:
         raise ValueError(f"{name}: class-index targets must be integers, got {targets.dtype}")
 
 
+def one_hot(targets: Tensor, nb_classes: int, dtype: torch.dtype) -> Tensor:
+    """``F.one_hot(targets, nb_classes).to(dtype)`` without its range check, which reads the targets' minimum
+    and maximum on the host (a device synchronisation per step on CUDA). A class outside [0, nb_classes) would
+    give a row of zeros; the loop's labels are the scenario's classes seen so far, in range by construction."""
+    classes = torch.arange(nb_classes, device=targets.device)
+    return (targets.unsqueeze(1) == classes).to(dtype)  # (B, C)
+
+
 def bce_with_logits(logits: Tensor, targets: Tensor) -> Tensor:
     """Binary cross-entropy of every class logit against one-hot or soft targets.
 
@@ -79,7 +86,7 @@ def bce_with_logits(logits: Tensor, targets: Tensor) -> Tensor:
         dense = targets.to(logits.dtype)  # (B, C)
     else:
         _check_hard(logits, targets, "bce_with_logits")
-        dense = F.one_hot(targets, num_classes=logits.shape[1]).to(logits.dtype)  # (B, C)
+        dense = one_hot(targets, logits.shape[1], logits.dtype)  # (B, C)
     return F.binary_cross_entropy_with_logits(logits, dense, reduction="mean")
 
 
@@ -216,7 +223,7 @@ class LossTerms:
         return total
 
     def named(self) -> dict[str, Tensor]:
-        """The present terms by name, for logging and finiteness checks."""
+        """The present terms by name, for logging and finiteness checks (continual.train.loss_watch)."""
         terms = {"classification": self.classification, "kd": self.kd, "div": self.div, "pod": self.pod}
         return {name: value for name, value in terms.items() if value is not None}
 
@@ -287,19 +294,3 @@ def dytox_loss(
     if div_logits is not None:
         div = head_div * _divergence(logits, div_logits, targets, criterion)
     return LossTerms(classification=classification, kd=kd, div=div)
-
-
-def check_finite(terms: LossTerms, where: str) -> None:
-    """Stop with a clear error when a loss term is NaN or infinite.
-
-    A non-finite loss silently poisons the weights; failing fast with the term
-    and the place (e.g. "task 2, epoch 13, step 40") makes it debuggable.
-    """
-    named = terms.named()
-    stacked = torch.stack([value.detach().reshape(()).float() for value in named.values()])
-    if bool(torch.isfinite(stacked).all()):  # one device sync in the common case
-        return
-    for name, value in named.items():
-        scalar = float(value.detach())
-        if not math.isfinite(scalar):
-            raise FloatingPointError(f"non-finite {name} loss ({scalar}) at {where}")

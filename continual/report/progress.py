@@ -3,11 +3,14 @@
 Shown only on the main process and only when both stdout and stderr are
 terminals: a job whose output goes to a file or a pipe gets the plain
 per-epoch lines alone (``--no-progress`` turns the bars off anyway). The bar
-only reads the epoch's running sums, so it cannot change what is computed.
+only reads the epoch's running sums, so it cannot change what is computed; it
+reads them at most once a second, since each read waits for the device.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
@@ -18,6 +21,7 @@ from continual.report.records import EpochProgress
 
 # Loss-term name in EpochProgress.sums -> short label in the bar.
 BAR_TERMS = {"total": "loss", "kd": "kd", "div": "div"}
+LOSS_REFRESH_SECONDS = 1.0
 
 
 def bars_wanted(progress: bool, is_main: bool, streams: tuple[TextIO, ...] = (sys.stdout, sys.stderr)) -> bool:
@@ -36,15 +40,21 @@ def bar_postfix(progress: EpochProgress, lr: float) -> dict[str, str]:
 
 
 class EpochBar:
-    """One bar per epoch; ``update`` is called after each step with the epoch's progress."""
+    """One bar per epoch; ``update`` is called after each step with the epoch's progress and a function that
+    reads its loss sums."""
 
     def __init__(self, description: str, nb_batches: int, lr: float, file: TextIO | None = None) -> None:
         self.lr = lr
         self.bar = tqdm(total=nb_batches, desc=description, leave=False, dynamic_ncols=True,
                         file=file if file is not None else sys.stderr)
+        self._read_at: float | None = None
 
-    def update(self, progress: EpochProgress) -> None:
-        self.bar.set_postfix(bar_postfix(progress, self.lr), refresh=False)  # shown by update's refresh
+    def update(self, progress: EpochProgress, read_sums: Callable[[], dict[str, float]]) -> None:
+        now = time.monotonic()
+        if self._read_at is None or now - self._read_at >= LOSS_REFRESH_SECONDS or progress.steps == self.bar.total:
+            self._read_at = now
+            read = dataclasses.replace(progress, sums=read_sums())
+            self.bar.set_postfix(bar_postfix(read, self.lr), refresh=False)  # shown by update's refresh
         self.bar.update(progress.steps - self.bar.n)  # steps counts the steps done before a resume too
 
     def close(self) -> None:
@@ -53,7 +63,7 @@ class EpochBar:
 
 @contextmanager
 def epoch_bar(enabled: bool, description: str, nb_batches: int,
-              lr: float) -> Iterator[Callable[[EpochProgress], None] | None]:
+              lr: float) -> Iterator[Callable[[EpochProgress, Callable[[], dict[str, float]]], None] | None]:
     """The per-step callback of an epoch's bar (None when bars are off); the bar is closed on any exit."""
     if not enabled:
         yield None

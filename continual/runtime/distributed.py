@@ -59,6 +59,11 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def distributed_run() -> bool:
+    """Whether this process is one of several (a process group is up)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over processes (in place); identity in a single process."""
     if dist.is_available() and dist.is_initialized():

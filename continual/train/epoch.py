@@ -12,10 +12,11 @@ from torch import Tensor, nn
 
 from continual.config.errors import ConfigError
 from continual.method.learner import Objective, TeacherOutput
-from continual.method.losses import LossTerms, check_finite
+from continual.method.losses import LossTerms
 from continual.method.metrics import EvalCounts, task_of_class
 from continual.method.sam import SAM
 from continual.report.records import EpochProgress
+from continual.train.loss_watch import LossWatch
 
 Mixer = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 Predictor = Callable[[Any, Tensor], Tensor]  # (model, images) -> class scores: a method's ``predict``
@@ -168,16 +169,18 @@ def clip_and_step(
 def sam_step(
     plan: SamPlan, step: int, loss_of: LossOf, main: tuple[Tensor, Tensor],
     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, where: str,
+    watch: LossWatch | None = None,
 ) -> LossTerms:
     """Gradient at w, ascend to w + e, gradient there, back to w (look-SAM: one pass between full steps).
 
-    Returns the loss terms of the main batch, for logging.
+    Returns the loss terms of the main batch, for logging; each pass is checked for non-finite terms.
     """
     device = main[0].device
+    watch = watch or LossWatch(device)
     first_images, first_targets = (t.to(device) for t in plan.batch(plan.first_on_memory, main))
     optimizer.zero_grad(set_to_none=True)
     terms = loss_of(first_images, first_targets)
-    check_finite(terms, where)
+    watch.check(terms, where)
     _backward(terms.total, scaler)
     if not plan.sam.is_full_step(step):
         plan.sam.reuse_direction()
@@ -187,7 +190,7 @@ def sam_step(
     second_images, second_targets = (t.to(device) for t in plan.batch(plan.second_on_memory, main))
     optimizer.zero_grad(set_to_none=True)
     second_terms = loss_of(second_images, second_targets, first_pass=False)
-    check_finite(second_terms, where + " (SAM second pass)")
+    watch.check(second_terms, where + " (SAM second pass)")
     _backward(second_terms.total, scaler)
     plan.sam.restore()
     return second_terms if plan.first_on_memory else terms
@@ -216,6 +219,9 @@ class StepOptions:
     after_step: Callable[[], None] | None = None  # a method's constraint on the weights after each step
 
 
+StepObserver = Callable[[EpochProgress, Callable[[], dict[str, float]]], None]  # (progress, read the loss sums)
+
+
 @dataclass(frozen=True)
 class EpochCursor:
     """Where an epoch starts and when it stops early.
@@ -223,9 +229,10 @@ class EpochCursor:
     A resumed epoch passes the remaining batches with ``start_step``, its
     ``nb_batches`` and the saved ``progress``. ``should_stop`` is asked after
     each optimiser step; when it says yes the epoch ends early and the result
-    carries the step to resume from. ``after_step`` sees the running sums after
-    each step (progress bars). ``where`` names the epoch in errors. ``max_batches``
-    ends the epoch after that many batches (``--debug``).
+    carries the step to resume from. ``after_step`` sees the progress after each
+    step, and a function that reads the loss sums (progress bars; each read waits
+    for the device). ``where`` names the epoch in errors. ``max_batches`` ends the
+    epoch after that many batches (``--debug``).
     """
 
     where: str = ""
@@ -233,23 +240,24 @@ class EpochCursor:
     start_step: int = 0
     progress: EpochProgress | None = None
     should_stop: Callable[[], bool] | None = None
-    after_step: Callable[[EpochProgress], None] | None = None
+    after_step: StepObserver | None = None
     max_batches: int | None = None
 
 
 def _train_step(
     model: nn.Module, step: int, batch: tuple[Tensor, Tensor], loss_of: LossOf,
     optimizer: torch.optim.Optimizer, parameters: list[nn.Parameter], options: StepOptions, nb_batches: int,
-    where: str,
-) -> tuple[LossTerms, bool]:
-    """One batch: forward, backward and, at the end of an accumulation group, the optimiser step.
-    Returns the loss terms and whether the optimiser stepped."""
+    watch: LossWatch, where: str,
+) -> bool:
+    """One batch: forward, backward and, at the end of an accumulation group, the optimiser step; its loss
+    terms go to ``watch``. Returns whether the optimiser stepped."""
     if options.sam is not None:
-        terms = sam_step(options.sam, step, loss_of, batch, optimizer, options.scaler, where)
+        terms = sam_step(options.sam, step, loss_of, batch, optimizer, options.scaler, where, watch)
+        watch.add(terms, where)
         clip_and_step(optimizer, options.scaler, options.clip_grad, parameters)
         if options.after_step is not None:
             options.after_step()
-        return terms, True
+        return True
     group_start = step - step % options.accum_steps
     group_size = min(options.accum_steps, nb_batches - group_start)
     ends_group = step + 1 == group_start + group_size
@@ -257,13 +265,13 @@ def _train_step(
         optimizer.zero_grad(set_to_none=True)
     with _sync_unless(model, not ends_group):
         terms = loss_of(*batch)
-        check_finite(terms, where)
+        watch.add(terms, where)  # before the backward: on the CPU a bad step stops here, as published
         _backward(terms.total / group_size, options.scaler)
     if ends_group:
         clip_and_step(optimizer, options.scaler, options.clip_grad, parameters)
         if options.after_step is not None:
             options.after_step()
-    return terms, ends_group
+    return ends_group
 
 
 def train_one_epoch(
@@ -276,12 +284,17 @@ def train_one_epoch(
     options: StepOptions | None = None,
     cursor: EpochCursor | None = None,
 ) -> EpochStats:
-    """Train ``model`` on the batches of ``loader``; stop with an error on a non-finite loss."""
+    """Train ``model`` on the batches of ``loader``; stop with an error on a non-finite loss.
+
+    Nothing in a step makes the host wait for the device: the loss terms are summed on the device and read
+    at the end (``LossWatch``), or when a progress bar asks.
+    """
     options = options or StepOptions()
     cursor = cursor or EpochCursor()
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     progress = cursor.progress or EpochProgress()
+    watch = LossWatch(precision.device, progress.sums)
     nb_batches = len(loader) if cursor.nb_batches is None else cursor.nb_batches  # type: ignore[arg-type]
     if cursor.max_batches is not None:
         nb_batches = min(nb_batches, cursor.max_batches)
@@ -297,17 +310,20 @@ def train_one_epoch(
         targets = targets.to(precision.device, non_blocking=True).long()
         if options.mixer is not None and len(images) % 2 == 0:  # timm's MixUp needs an even batch
             images, targets = options.mixer(images, targets)
-        terms, stepped = _train_step(model, step, (images, targets), loss_of, optimizer, parameters, options,
-                                     nb_batches, f"{cursor.where}, step {step}")
-        progress.add(terms.to_floats(), len(images))
+        stepped = _train_step(model, step, (images, targets), loss_of, optimizer, parameters, options,
+                              nb_batches, watch, f"{cursor.where}, step {step}")
+        progress.steps += 1
+        progress.images += len(images)
         progress.seconds = elapsed_before + time.perf_counter() - start
         if cursor.after_step is not None:
-            cursor.after_step(progress)
+            cursor.after_step(progress, watch.read)
         if step + 1 == nb_batches:  # the last batch (a shorter epoch ends here, before the loader does)
             break
         if stepped and cursor.should_stop is not None and cursor.should_stop():
+            progress.sums = watch.read()
             return EpochStats.from_progress(progress, next_step=step + 1)
         fetch_start = time.perf_counter()
+    progress.sums = watch.read()
     progress.seconds = elapsed_before + time.perf_counter() - start
     return EpochStats.from_progress(progress)
 

@@ -28,7 +28,16 @@ from continual.runtime.distributed import DistContext, wrap_for_training
 from continual.runtime.seeding import capture_rng, restore_rng
 from continual.state.run_state import FitState
 from continual.state.saved_runs import Position
-from continual.train.epoch import EpochCursor, EpochStats, Precision, SamPlan, StepOptions, train_one_epoch
+from continual.train.compilation import compiled_for_phase
+from continual.train.epoch import (
+    EpochCursor,
+    EpochStats,
+    Precision,
+    SamPlan,
+    StepObserver,
+    StepOptions,
+    train_one_epoch,
+)
 from continual.train.loaders import Loaders, endless
 from continual.train.optim import build_optimizer, build_scheduler, current_lr, set_epoch_lr
 from continual.vocabulary import phase_option_name
@@ -67,7 +76,9 @@ class RunControl(Protocol):
 
     def save(self, position: Position, teacher: ContinualModel | None, fit: FitState | None = None) -> None: ...
 
-    def stop_requested(self) -> bool: ...
+    def stop_requested(self) -> bool: ...  # agreed now, between epochs
+
+    def stop_requested_after_step(self) -> bool: ...  # agreed without waiting for the device, inside an epoch
 
     def preempted(self, where: str) -> NoReturn: ...
 
@@ -126,7 +137,8 @@ class PhaseTrainer:
         options = StepOptions(precision.grad_scaler(), self.settings.optimizer.clip_grad, mixer,
                               self._sam_plan(phase, optimizer), self.settings.recipe.grad_accum_steps,
                               phase.after_step)
-        trained = wrap_for_training(model, self.ctx, find_unused=phase.find_unused)
+        trained = compiled_for_phase(wrap_for_training(model, self.ctx, find_unused=phase.find_unused),
+                                     self.settings.precision.compile, self.settings.precision.compile_backend)
         if resume is not None and resume.fit is not None:
             self._load(resume.fit, optimizer, scheduler, options)
 
@@ -166,14 +178,14 @@ class PhaseTrainer:
                 self.control.preempted(f"after task {phase.task_id}, {phase.name} epoch {epoch}")
 
     def _epoch_start(self, loader: DataLoader, phase: Phase, epoch: int, resume: Resume | None,
-                     after_step: Callable[[EpochProgress], None] | None) -> tuple[Any, EpochCursor, dict]:
+                     after_step: StepObserver | None) -> tuple[Any, EpochCursor, dict]:
         """The epoch's batches, its cursor (``after_step``: the progress bar's, or None) and the random state
         it starts with; a resumed epoch replays its batches up to the saved step (same sampler order and
         augmentation seeds), then takes the random state of that step boundary."""
         where = f"task {phase.task_id}, {phase.name} epoch {epoch}"
         limit = self.settings.recipe.batches_per_epoch
-        fresh = EpochCursor(where, len(loader), should_stop=self.control.stop_requested, after_step=after_step,
-                            max_batches=limit)
+        should_stop = self.control.stop_requested_after_step
+        fresh = EpochCursor(where, len(loader), should_stop=should_stop, after_step=after_step, max_batches=limit)
         if resume is None or epoch != resume.position.epoch or resume.position.step == 0 or resume.fit is None:
             return loader, fresh, capture_rng(self.rng)
         saved, step = resume.fit, resume.position.step
@@ -183,8 +195,7 @@ class PhaseTrainer:
         for _ in range(step):
             next(batches)
         restore_rng(resume.rng, self.rng)
-        cursor = EpochCursor(where, len(loader), step, saved.progress, self.control.stop_requested, after_step,
-                             max_batches=limit)
+        cursor = EpochCursor(where, len(loader), step, saved.progress, should_stop, after_step, max_batches=limit)
         return batches, cursor, saved.epoch_rng
 
     def _load(self, saved: FitState, optimizer: torch.optim.Optimizer, scheduler: Scheduler | None,

@@ -268,6 +268,9 @@ class TaskLoop:
     def stop_requested(self) -> bool:
         return self.stop.requested(self.ctx.device)
 
+    def stop_requested_after_step(self) -> bool:
+        return self.stop.requested_after_step(self.ctx.device)
+
     def preempted(self, where: str) -> NoReturn:
         raise Preempted(self.stop.signal_name or "SIGTERM", where)
 

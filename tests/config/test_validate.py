@@ -116,6 +116,7 @@ DEMO = ["--options", "options/data/digits_demo.yaml", "options/model/demo_tiny.y
     (["--sched", "multistep"], "option 'sched' multistep needs decay_milestones: the epochs where"),
     (["--decay-milestones", "10"], "option 'decay_milestones' is read by sched multistep only, not 'cosine'"),
     (["--sched", "multistep", "--decay-milestones", "63", "49"], r"'decay_milestones' must increase: \[63, 49\]"),
+    (["--opt", "lamb", "--opt-impl", "fused"], r"'opt_impl' fused is for torch's adam, adamw.*'lamb' steps its own"),
 ])
 def test_what_a_method_does_not_have_is_refused(flags: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -16,11 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import main  # noqa: E402
 from continual.train import epoch as engine  # noqa: E402
 
-checked = engine.check_finite
+checked = engine.LossWatch.add
 
 
-def check_finite_then_signal(terms: engine.LossTerms, where: str) -> None:
-    checked(terms, where)
+def add_then_signal(watch: engine.LossWatch, terms: engine.LossTerms, where: str) -> None:
+    checked(watch, terms, where)
     if where == os.environ["DYTOX_TEST_SIGTERM_AT"]:
         signum = signal.Signals[os.environ.get("DYTOX_TEST_SIGNAL", "SIGTERM")]
         if os.environ.get("DYTOX_TEST_SIGNAL_GROUP"):  # as Ctrl-C does: the loader workers get it too
@@ -29,7 +29,7 @@ def check_finite_then_signal(terms: engine.LossTerms, where: str) -> None:
             os.kill(os.getpid(), signum)
 
 
-engine.check_finite = check_finite_then_signal
+engine.LossWatch.add = add_then_signal  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(main.main(sys.argv[1:]))

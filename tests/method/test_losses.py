@@ -12,7 +12,6 @@ from continual.method.losses import (
     LossTerms,
     bce_with_logits,
     build_criterion,
-    check_finite,
     divergence_soft_targets,
     divergence_targets,
     dytox_loss,
@@ -182,27 +181,6 @@ def test_divergence_term_uses_criterion_and_head_div() -> None:
     )
     expected = 0.1 * bce_with_logits(div_logits, torch.tensor([0, 1, 2]))
     assert terms.div.item() == pytest.approx(expected.item(), abs=1e-8)
-
-
-# ------------------------------------------------------------ finiteness
-
-
-def test_check_finite_names_term_and_place() -> None:
-    terms = LossTerms(
-        classification=torch.tensor(0.5), kd=torch.tensor(float("nan")), div=torch.tensor(0.1)
-    )
-    with pytest.raises(FloatingPointError, match=r"kd.*task 1, epoch 2, step 3"):
-        check_finite(terms, "task 1, epoch 2, step 3")
-
-
-def test_check_finite_passes_on_finite_terms() -> None:
-    check_finite(LossTerms(classification=torch.tensor(0.5)), "anywhere")
-
-
-def test_check_finite_catches_inf_classification() -> None:
-    terms = LossTerms(classification=torch.tensor(float("inf")))
-    with pytest.raises(FloatingPointError, match="classification"):
-        check_finite(terms, "somewhere")
 
 
 # ------------------------------------------------------ reference fixture

@@ -34,9 +34,27 @@ def test_bar_shows_running_losses_lr_and_throughput() -> None:
                                                "lr": "3.13e-04", "img/s": "48"}
     stream = FakeStream(True)
     bar = EpochBar("task 1 train 2/5", 10, 3.125e-4, file=stream)
-    bar.update(progress)
+    bar.update(progress, lambda: progress.sums)
     bar.bar.refresh()
     shown = stream.getvalue()
     assert "task 1 train 2/5" in shown and "3/10" in shown
     assert "loss=0.8000" in shown and "div=0.2000" in shown and "img/s=48" in shown
+    bar.close()
+
+
+def test_bar_reads_the_losses_at_most_once_a_second_and_at_the_last_step(monkeypatch) -> None:
+    """Each read of the sums waits for the device: the bar reads them on its first update, then once a second."""
+    clock = [100.0]
+    monkeypatch.setattr("continual.report.progress.time.monotonic", lambda: clock[0])
+    reads = []
+
+    def read_sums() -> dict[str, float]:
+        reads.append(clock[0])
+        return {"total": 1.0}
+
+    bar = EpochBar("task 0 train 1/1", 4, 1e-3, file=FakeStream(True))
+    for step, now in enumerate((100.0, 100.5, 101.2, 101.3), start=1):
+        clock[0] = now
+        bar.update(EpochProgress(steps=step, images=8 * step, seconds=float(step)), read_sums)
+    assert reads == [100.0, 101.2, 101.3]  # first, a second later, the last step
     bar.close()

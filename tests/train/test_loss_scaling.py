@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import io
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -148,7 +149,7 @@ def recorded_epoch(model: nn.Module, loader: list, optimizer: torch.optim.Optimi
     assert scaler is not None
     snapshots = [Snapshot.of(scaler, model, optimizer)]
 
-    def after_step(progress: EpochProgress) -> None:
+    def after_step(progress: EpochProgress, read_sums: Callable[[], dict[str, float]]) -> None:
         snapshots.append(Snapshot.of(scaler, model, optimizer))
 
     stats = train_one_epoch(model, None, loader, optimizer, loss_settings(), precision, options,
@@ -359,6 +360,8 @@ class Control:
     def stop_requested(self) -> bool:
         self.asked += 1
         return self.asked == self.stop_at
+
+    stop_requested_after_step = stop_requested
 
     def preempted(self, where: str):
         raise Stopped(where)

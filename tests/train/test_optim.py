@@ -3,9 +3,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import schedule_cfg
+from support import TINY, schedule_cfg
 
-from continual.train.optim import build_optimizer, build_scheduler, current_lr, schedule_index, set_epoch_lr
+from continual.method.dytox_objective import BatchLoss
+from continual.method.losses import bce_with_logits
+from continual.model.dytox import DyTox
+from continual.train.epoch import Precision, StepOptions, train_one_epoch
+from continual.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    current_lr,
+    implementation,
+    schedule_index,
+    set_epoch_lr,
+)
 
 
 @pytest.mark.parametrize(("step_fix", "expected_index"), [(False, [0, 0, 1, 2, 3]), (True, [0, 1, 2, 3, 4])])
@@ -48,3 +59,53 @@ def test_multistep_milestones_count_epochs_as_pytorch_multisteplr_does(step_fix:
         expected = [expected[0], *expected[:-1]]
     assert lrs == pytest.approx(expected)
     assert lrs[3 if step_fix else 4] == pytest.approx(0.2)
+
+
+def trained_weights(opt_impl: str, opt: str = "adamw") -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer]:
+    """Three training steps of a grown DyTox (old parts frozen, divergence head on) with ``--opt-impl``."""
+    torch.manual_seed(0)
+    model = DyTox(TINY, 3)
+    model.expand(2)
+    model.freeze(["old_task_tokens", "old_heads"])
+    optimizer = build_optimizer(model, schedule_cfg(opt=opt, opt_impl=opt_impl, clip_grad=1.0), 1e-2)
+    objective = BatchLoss(criterion=bce_with_logits, auto_kd=True, kd_weight=0.0, tau=1.0, head_div=0.1)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 8, 8, generator=generator), torch.tensor([0, 1, 3, 4])) for _ in range(3)]
+    train_one_epoch(model, None, batches, optimizer, objective, Precision(torch.device("cpu"), False),
+                    StepOptions(clip_grad=1.0))
+    return {name: p.detach().clone() for name, p in model.named_parameters()}, optimizer
+
+
+@pytest.mark.parametrize("opt", ["adamw", "sgd"])
+def test_the_default_foreach_step_gives_the_published_loop_s_weights_bit_for_bit(opt: str) -> None:
+    loop, loop_optimizer = trained_weights("loop", opt)
+    foreach, foreach_optimizer = trained_weights("foreach", opt)
+    assert not loop_optimizer.defaults["foreach"] and foreach_optimizer.defaults["foreach"]
+    assert all(torch.equal(loop[name], foreach[name]) for name in loop)
+
+
+def test_a_fused_step_agrees_with_the_loop_s_to_rounding() -> None:
+    """From the same weights, moments and gradients, one fused AdamW step lands where the loop's does, to
+    float32 rounding (over many steps Adam amplifies such differences where gradients are near zero)."""
+    weights, _ = trained_weights("loop")
+    stepped = {}
+    for opt_impl in ("loop", "fused"):
+        torch.manual_seed(1)
+        model = DyTox(TINY, 3)
+        model.expand(2)
+        model.load_state_dict(weights, strict=False)
+        optimizer = build_optimizer(model, schedule_cfg(opt_impl=opt_impl), 1e-2)
+        for _ in range(2):  # moments built from the same gradients
+            for param in model.parameters():
+                param.grad = torch.linspace(-1, 1, param.numel()).reshape(param.shape)
+            optimizer.step()
+        assert bool(optimizer.defaults["fused"]) == (opt_impl == "fused")
+        stepped[opt_impl] = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for name, value in stepped["loop"].items():
+        torch.testing.assert_close(stepped["fused"][name], value, rtol=1e-6, atol=1e-7)
+
+
+def test_timm_s_own_optimisers_keep_their_implementation() -> None:
+    assert implementation("lamb", "foreach") == {}
+    assert implementation("AdamW", "fused") == {"fused": True}
+    assert implementation("sgd", "loop") == {"foreach": False}

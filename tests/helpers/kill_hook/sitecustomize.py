@@ -11,11 +11,11 @@ if os.environ.get("DYTOX_TEST_KILL_AT") and "RANK" in os.environ:  # the workers
 
     from continual.train import epoch as engine
 
-    checked = engine.check_finite
+    checked = engine.LossWatch.add
 
-    def check_finite_then_die(terms: engine.LossTerms, where: str) -> None:
-        checked(terms, where)
+    def add_then_die(watch: engine.LossWatch, terms: engine.LossTerms, where: str) -> None:
+        checked(watch, terms, where)
         if where == os.environ["DYTOX_TEST_KILL_AT"]:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    engine.check_finite = check_finite_then_die
+    engine.LossWatch.add = add_then_die  # type: ignore[method-assign]
