@@ -69,12 +69,17 @@ def rendezvous_of(args: Any) -> Rendezvous | None:
     """The static rendezvous that torchrun's parsed ``args`` describe; None for a single node's local one."""
     if args.standalone or args.rdzv_backend != "static" or args.rdzv_endpoint:
         return None
-    if args.nnodes == "1" and args.master_port is None:
+    if max_nodes(args.nnodes) == 1 and args.master_port is None:
         return None  # torchrun picks a free local port: nothing to wait for
     conf = dict(item.split("=", 1) for item in args.rdzv_conf.split(",") if "=" in item)
     return Rendezvous(nodes=args.nnodes, node_rank=args.node_rank, address=args.master_addr,
                       port=args.master_port if args.master_port is not None else 29500,
                       timeout_s=int(conf.get("timeout", STATIC_DEFAULT_TIMEOUT_S)))
+
+
+def max_nodes(nnodes: str) -> int:
+    """torchrun's ``--nnodes`` N or MIN:MAX: the most nodes the rendezvous waits for."""
+    return int(nnodes.split(":")[-1])
 
 
 def first_line(error: BaseException) -> str:
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rendezvous = rendezvous_of(args)
     if rendezvous is not None:
-        if rendezvous.nodes != "1":
+        if max_nodes(rendezvous.nodes) > 1:
             print(rendezvous.waiting_note(), file=sys.stderr, flush=True)
         # the handler's class is public, its creation is not: the watch wraps the one method that waits
         StaticTCPRendezvous.next_rendezvous = watched(  # type: ignore[method-assign, assignment]

@@ -84,7 +84,7 @@ def test_two_nodes_on_one_machine_train_the_run_of_two_processes(tmp_path: Path,
         torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-5, msg=name)
 
 
-RDZV_TIMEOUT = 2
+RDZV_TIMEOUT = 1
 
 
 @dataclass(frozen=True)
