@@ -66,6 +66,12 @@ if ! [[ $rdzv_timeout =~ ^[1-9][0-9]*$ ]]; then
     echo "train.sh: RDZV_TIMEOUT must be a whole number of seconds above 0, got '$rdzv_timeout'" >&2
     exit 2
 fi
+nnodes=${NNODES:-1} node_rank=${NODE_RANK:-0}
+if [[ $nnodes =~ ^[0-9]+$ ]] && ! { [[ $node_rank =~ ^[0-9]+$ ]] && (( 10#$node_rank < 10#$nnodes )); }; then
+    echo "train.sh: NODE_RANK must be one of 0 to NNODES-1 ($(( 10#$nnodes - 1 ))), a different one on each node," \
+         "got '$node_rank'" >&2
+    exit 2
+fi
 if [ "${NNODES:-1}" = "1" ] && [ -z "${MASTER_PORT:-}" ]; then
     rendezvous=(--standalone)  # a free port chosen by torchrun
 else

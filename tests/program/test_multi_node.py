@@ -135,8 +135,13 @@ def test_a_rendezvous_that_cannot_complete_ends_in_bounded_time_with_one_line(re
     assert not any(node.base.rglob("*"))  # no run folder, log or checkpoint
 
 
-def test_train_sh_refuses_a_rendezvous_timeout_that_is_not_a_number_of_seconds() -> None:
+@pytest.mark.parametrize(("variables", "error"), [
+    ({"NNODES": "2", "RDZV_TIMEOUT": "15m"}, "RDZV_TIMEOUT must be a whole number of seconds above 0, got '15m'"),
+    ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK must be one of 0 to NNODES-1 (1), a different one on each node, "
+                                        "got '2'"),
+])
+def test_train_sh_refuses_a_timeout_or_a_node_rank_it_cannot_use_in_one_line(variables: dict[str, str],
+                                                                             error: str) -> None:
     result = subprocess.run(["bash", str(REPO_ROOT / "train.sh"), "cpu", "1", "--options"], capture_output=True,
-                            text=True, env={**environment(), "NNODES": "2", "RDZV_TIMEOUT": "15m"})
-    assert result.returncode == 2
-    assert result.stderr == "train.sh: RDZV_TIMEOUT must be a whole number of seconds above 0, got '15m'\n"
+                            text=True, env={**environment(), **variables})
+    assert (result.returncode, result.stderr) == (2, f"train.sh: {error}\n")
