@@ -18,9 +18,18 @@
 # set to the list) or "cpu" followed by an optional process count. Everything after
 # it is passed to main.py. On one node the processes meet on a free local port (torchrun
 # --standalone), so that several runs on one machine never collide; MASTER_PORT (and
-# MASTER_ADDR) set in the environment are used instead. Multi-node runs: set NNODES,
-# NODE_RANK, MASTER_ADDR and MASTER_PORT (torchrun's rendezvous), e.g. NNODES=2 NODE_RANK=0
-# MASTER_ADDR=host0.
+# MASTER_ADDR) set in the environment are used instead.
+#
+# Several nodes (docs/running.md, "Several nodes"): the same command on every node, with NNODES
+# (the number of nodes), NODE_RANK (0 to NNODES-1, one per node), MASTER_ADDR (node 0's address)
+# and MASTER_PORT (a free port of node 0), e.g. on two nodes of 2 GPUs each:
+#
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 MASTER_PORT=29500 bash train.sh 0,1 --options ...  # on host0
+#   NNODES=2 NODE_RANK=1 MASTER_ADDR=host0 MASTER_PORT=29500 bash train.sh 0,1 --options ...  # on host1
+#
+# RDZV_TIMEOUT (seconds, default 900): how long a node waits for all the others to meet at
+# MASTER_ADDR:MASTER_PORT before it stops with one line saying what it waited for and what to
+# check (exit status 1); nothing is written before they meet.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -52,10 +61,23 @@ python=${PYTHON:-}
 if [ -z "$python" ]; then
     if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
 fi
+rdzv_timeout=${RDZV_TIMEOUT:-900}  # nodes of a cluster job may start minutes apart
+if ! [[ $rdzv_timeout =~ ^[1-9][0-9]*$ ]]; then
+    echo "train.sh: RDZV_TIMEOUT must be a whole number of seconds above 0, got '$rdzv_timeout'" >&2
+    exit 2
+fi
+nnodes=${NNODES:-1} node_rank=${NODE_RANK:-0}
+if [[ $nnodes =~ ^[0-9]+$ ]] && ! { [[ $node_rank =~ ^[0-9]+$ ]] && (( 10#$node_rank < 10#$nnodes )); }; then
+    echo "train.sh: NODE_RANK must be one of 0 to NNODES-1 ($(( 10#$nnodes - 1 ))), a different one on each node," \
+         "got '$node_rank'" >&2
+    exit 2
+fi
 if [ "${NNODES:-1}" = "1" ] && [ -z "${MASTER_PORT:-}" ]; then
     rendezvous=(--standalone)  # a free port chosen by torchrun
 else
     rendezvous=(--nnodes="${NNODES:-1}" --node-rank="${NODE_RANK:-0}"
-                --master-addr="${MASTER_ADDR:-127.0.0.1}" --master-port="${MASTER_PORT:-29500}")
+                --master-addr="${MASTER_ADDR:-127.0.0.1}" --master-port="${MASTER_PORT:-29500}"
+                --rdzv-conf="timeout=$rdzv_timeout")
 fi
-exec "$python" -m torch.distributed.run "${rendezvous[@]}" --nproc-per-node="$nproc" main.py "$@"
+# torchrun (python -m torch.distributed.run), with a rendezvous that fails told in one line
+exec "$python" -m continual.runtime.launch "${rendezvous[@]}" --nproc-per-node="$nproc" main.py "$@"

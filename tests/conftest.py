@@ -1,5 +1,5 @@
-"""Shared test helpers: locating ../shared, keeping tests fast and deterministic, and the dataset folders
-that several test files of tests/data use.
+"""Shared test helpers: locating ../shared, keeping tests fast and deterministic, the dataset folders
+that several test files of tests/data use, and the two-process run that several files of tests/program compare with.
 
 No other conftest.py: test files import these names with ``from conftest import ...``, and pytest
 imports every conftest.py outside a package under the same module name.
@@ -58,6 +58,19 @@ def _deterministic_torch():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def two_processes_published(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``bash train.sh cpu 2`` on the demo with support.KILLABLE (the published defaults, --deterministic): run
+    once for the tests that compare with it (a killed and resumed run, two nodes on one machine)."""
+    from support import KILLABLE, train_sh  # here: collecting the other tests needs no package import
+
+    base = tmp_path_factory.mktemp("published")
+    result = train_sh(KILLABLE, base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (base / "stderr.txt").write_text(result.stderr)
+    return base
 
 
 # ---------------------------------------------------------------------------

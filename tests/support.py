@@ -13,6 +13,7 @@ import pty
 import select
 import struct
 import subprocess
+import sys
 import termios
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from conftest import REPO_ROOT
 from continual.config import parse_config, settings_from
 from continual.data.scenarios import load_scenarios
 from continual.method.learner import Learner, LearnerParts
@@ -172,6 +174,28 @@ def corrupt(path: Path) -> Path:
 
 
 # ------------------------------------------------- whole programs (tests/program)
+
+# The offline digits demo, 2 tasks, in a few seconds per process
+DEMO = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"), str(REPO_ROOT / "options/model/demo_tiny.yaml"),
+        "--max-task", "2", "--base-epochs", "2", "--epochs", "1", "--finetuning-epochs", "1"]
+TIMEOUT = 300
+# With train_sh: two processes with the published defaults (repeated augmentation, the published memory),
+# resumable exactly (tests/conftest.py two_processes_published)
+KILLABLE = ["--repeated-aug", "--deterministic", "--save-every-epoch", "1", "--epochs", "2", "--name", "killed"]
+
+
+def environment() -> dict[str, str]:
+    """The environment of train.sh in the tests: one thread per process, this Python, a port of this session."""
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
+            "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+
+
+def train_sh(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """``bash train.sh cpu 2`` on DEMO with ``args``, writing under ``tmp_path`` (out/, logs/)."""
+    argv = ["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", *DEMO, *args, "--output-basedir", str(tmp_path / "out"),
+            "--log-dir", str(tmp_path / "logs")]
+    return subprocess.run(argv, capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
+
 
 def run_in_terminal(argv: list[str], env: dict[str, str], timeout: float, columns: int = 120) -> tuple[int, str]:
     """Run ``argv`` with stdin, stdout and stderr on a pseudo-terminal of ``columns`` columns, as a person at a

@@ -66,7 +66,7 @@ def commands(document: Path) -> list[list[str]]:
     found = []
     for block in shell_blocks(document.read_text(encoding="utf-8")):
         for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" # ")[0].split("&&")[-1].strip()
+            line = line.split(" # ")[0].split("&&")[-1].strip().removesuffix("&").strip()  # a launch in the background
             if ("main.py" in line or "train.sh" in line) and not re.search(r"\.\.\.|\[|DIR|GPUS|\.yaml [A-Z]", line):
                 found.append(shlex.split(line))
     return found
@@ -77,6 +77,8 @@ def test_every_complete_command_parses_and_multi_gpu_runs_name_their_memory_prot
     for document in DOCUMENTS:
         for words in commands(document):
             start = words.index("main.py") + 1 if "main.py" in words else words.index("train.sh") + 2
+            if "main.py" not in words and words[start - 1] == "cpu" and words[start].isdigit():
+                start += 1  # train.sh cpu N: the process count
             cfg = parse_config(words[start:])  # option files exist, values are valid
             parsed += 1
             gpus = words[words.index("train.sh") + 1] if "train.sh" in words else "cpu"

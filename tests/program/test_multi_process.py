@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -12,28 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import run_in_terminal
+from support import DEMO, KILLABLE, TIMEOUT, environment, run_in_terminal, train_sh
 
 from conftest import HELPERS, REPO_ROOT
 from continual.config import parse_config, settings_from
 from continual.data.scenarios import build_scenarios
 from continual.runtime.distributed import setup
 from continual.train.session import run
-
-DEMO = ["--options", str(REPO_ROOT / "options/data/digits_demo.yaml"), str(REPO_ROOT / "options/model/demo_tiny.yaml"),
-        "--max-task", "2", "--base-epochs", "2", "--epochs", "1", "--finetuning-epochs", "1"]
-TIMEOUT = 300
-
-
-def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
-            "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-
-
-def train_sh(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    argv = ["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", *DEMO, *args, "--output-basedir", str(tmp_path / "out"),
-            "--log-dir", str(tmp_path / "logs")]
-    return subprocess.run(argv, capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
 
 
 def rows(tmp_path: Path) -> tuple[Path, list[dict]]:
@@ -87,19 +71,7 @@ def test_two_processes_with_distributed_memory_on_a_terminal(tmp_path: Path) -> 
     assert "note: published memory" not in shown
 
 
-# Two processes with the published defaults: repeated augmentation, the published memory; resumable exactly.
-KILLABLE = ["--repeated-aug", "--deterministic", "--save-every-epoch", "1", "--epochs", "2", "--name", "killed"]
-
-
-@pytest.fixture(scope="module")
-def two_processes_published(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("published")
-    result = train_sh(KILLABLE, base)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (base / "stderr.txt").write_text(result.stderr)
-    return base
-
-
+# two_processes_published (tests/conftest.py): train.sh cpu 2 with KILLABLE, shared with test_multi_node.py
 def test_two_processes_keep_the_published_memory_by_default_and_say_so(two_processes_published: Path) -> None:
     check_per_process_memory(two_processes_published, "published", 400)  # memory_size per process, as published
     notes = [line for line in (two_processes_published / "stderr.txt").read_text().splitlines()
