@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shlex
 import stat
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ import torch
 from program.test_methods import DEMO_FILES, SHORT
 from program.test_resume import assert_same_run, outputs
 from submitit.core.utils import DelayedSubmission
+from test_docs import shell_blocks
 
 import main
-from conftest import HELPERS
+from conftest import HELPERS, REPO_ROOT
 from continual.train.submitit_job import SubmititJob
 from run_with_submitit import cli
 
@@ -115,10 +117,19 @@ def test_a_bad_main_py_option_is_main_py_s_error_and_nothing_is_written(
     assert not (tmp_path / "job").exists()
 
 
-def test_a_slurm_job_asks_sbatch_for_one_task_per_gpu_and_the_time_limit_signal(
+def documented_command() -> list[str]:
+    """The submitit command of docs/running.md's SLURM section, as its words after the script."""
+    text = (REPO_ROOT / "docs" / "running.md").read_text(encoding="utf-8")
+    lines = [line for block in shell_blocks(text) for line in block.replace("\\\n", " ").splitlines()
+             if line.startswith("python run_with_submitit.py") and "--partition" in line]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0])[2:]
+
+
+def test_the_documented_slurm_job_asks_sbatch_for_one_task_per_gpu_and_the_time_limit_signal(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """sbatch replaced by a stub that answers as SLURM does (and srun, which submitit looks for): the sbatch file
-    submitit writes in the job folder."""
+    that submitit writes in the job folder for the command of docs/running.md."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     for name, text in (("sbatch", "echo 'Submitted batch job 4242'"), ("srun", "exit 1")):
@@ -126,13 +137,14 @@ def test_a_slurm_job_asks_sbatch_for_one_task_per_gpu_and_the_time_limit_signal(
         (stubs / name).chmod((stubs / name).stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{stubs}{os.pathsep}{os.environ['PATH']}")
     job_dir = tmp_path / "job"
-    assert cli(["--nodes", "2", "--ngpus", "4", "--timeout", "60", "--partition", "gpu", "--slurm-option",
-                "account=lab", "--job-dir", str(job_dir), *FLAGS]) == 0
-    assert "submitted job 4242 (slurm, 2 node(s) x 4 GPU process(es))" in capsys.readouterr().out
+    given = documented_command()
+    assert cli([*given, "--slurm-option", "account=lab", "--job-dir", str(job_dir)]) == 0
+    assert "submitted job 4242 (slurm, 1 node(s) x 2 GPU process(es))" in capsys.readouterr().out
     script = (job_dir / "submitit" / "4242_submission.sh").read_text()
-    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--time=60", "--partition=gpu",
-                 "--signal=USR2@120", "--open-mode=append", "--account=lab", "--job-name=job",
+    for line in ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2", "--time=1440", "--partition=gpu",
+                 "--signal=USR2@120", "--open-mode=append", "--account=lab", "--job-name=dytox",
                  f"--output={job_dir / 'submitit'}/%j_0_log.out"):
         assert f"#SBATCH {line}\n" in script, line
     job = DelayedSubmission.load(job_dir / "submitit" / "4242_submitted.pkl").function
-    assert job.command() == [*FLAGS, "--output-basedir", str(job_dir.resolve()), "--auto-resume"]
+    main_options = given[given.index("--options"):]
+    assert job.command() == [*main_options, "--output-basedir", str(job_dir.resolve()), "--auto-resume"]
