@@ -136,6 +136,7 @@ def test_the_documented_slurm_job_asks_sbatch_for_one_task_per_gpu_and_the_time_
         (stubs / name).write_text(f"#!/bin/sh\n{text}\n")
         (stubs / name).chmod((stubs / name).stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{stubs}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", "")  # the script sets it for the job's tasks: undone after the test
     job_dir = tmp_path / "job"
     given = documented_command()
     assert cli([*given, "--slurm-option", "account=lab", "--job-dir", str(job_dir)]) == 0
