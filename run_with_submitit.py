@@ -89,6 +89,8 @@ def refusal(args: argparse.Namespace, cfg: argparse.Namespace) -> str | None:
         return f"--device {cfg.device} needs GPUs: give --ngpus"
     if args.ngpus > 0 and cfg.device == "cpu":
         return "--device cpu with GPUs asked for: give --ngpus 0 for a CPU job"
+    if cfg.resume and not Path(cfg.resume).is_dir():
+        return f"--resume {cfg.resume}: no such run folder"
     if cfg.output_dir and not cfg.name:
         return "--output-dir: the run folder goes into the job folder; give --job-dir (and --name) instead"
     if cfg.class_order and isinstance(cfg.class_order[0], list) and len(cfg.class_order) > 1:
@@ -143,8 +145,9 @@ def waited(job: submitit.Job) -> int:
     except (FailedJobError, UncompletedJobError) as error:
         lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith("---")]
         reason = next((line for line in reversed(lines) if "JobFailed:" in line or "Error:" in line), lines[-1])
-        print(f"error: job {job.job_id} failed: {reason.strip()}\n  its logs: {job.paths.stdout} and "
-              f"{job.paths.stderr}", file=sys.stderr)
+        reason = reason.split("JobFailed: ", 1)[-1].strip()  # main.py's error line, without the exception's path
+        print(f"error: job {job.job_id} failed: {reason}\n  its logs: {job.paths.stdout} and {job.paths.stderr}",
+              file=sys.stderr)
         return 1
     print(f"job {job.job_id}: {outcome}", flush=True)
     return 0

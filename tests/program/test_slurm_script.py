@@ -23,7 +23,7 @@ STUBS = {
               'MASTER_PORT=$MASTER_PORT CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES" >> "$STUB_LOG"\n'
               'if [ -n "${STUB_RUN_UNTIL_TERM:-}" ]; then\n'
               '  trap \'echo "run state saved" >> "$STUB_LOG"; exit 143\' TERM\n'
-              '  echo $$ > "$STUB_DIR/run.pid.tmp"; mv "$STUB_DIR/run.pid.tmp" "$STUB_DIR/run.pid"\n'  # whole, when seen
+              '  echo $$ > "$STUB_DIR/run.pid.tmp"; mv "$STUB_DIR/run.pid.tmp" "$STUB_DIR/run.pid"\n'  # seen whole
               '  while true; do sleep 0.05; done\nfi',
 }
 

@@ -42,13 +42,14 @@ def run_folder(base: Path) -> Path:
     return folders[0]
 
 
-def submit(job_dir: Path, job_type: type = InterruptedOnce, environment: dict[str, str] | None = None) -> int:
+def submit(job_dir: Path, job_type: type = InterruptedOnce, environment: dict[str, str] | None = None,
+           extra: list[str] = ()) -> int:  # type: ignore[assignment]
     """run_with_submitit.py --cluster local --wait, the helpers importable in the job's tasks."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in {"PYTHONPATH": HELPERS_ON_PATH, "OMP_NUM_THREADS": THREADS,
                             **(environment or {})}.items():
             patch.setenv(name, value)
-        return cli([*LOCAL, "--job-dir", str(job_dir), *FLAGS, "--log-dir", str(job_dir / "logs")], job_type)
+        return cli([*LOCAL, "--job-dir", str(job_dir), *FLAGS, "--log-dir", str(job_dir / "logs"), *extra], job_type)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,17 @@ def test_a_job_stopped_by_the_time_limit_signal_is_requeued_and_ends_as_the_unin
     assert_same_run(outputs(folder, last_task=1), direct)
 
 
+def test_a_job_that_fails_ends_wait_with_status_1_and_main_py_s_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run refused once started (a run folder without any run state to continue): main.py's error line."""
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    assert submit(tmp_path / "job", job_type=SubmititJob, extra=["--resume", str(empty)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: job ") and "failed: main.py ended with status 2: error: --resume " \
+        f"{empty}: no saved run state" in error and "_0_log.err" in error
+
+
 @pytest.mark.filterwarnings("ignore:Unable to enable fault handler")  # main.main's torchrun wrapper, under capsys
 def test_a_bad_main_py_option_is_main_py_s_error_and_nothing_is_written(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,6 +122,9 @@ def test_a_bad_main_py_option_is_main_py_s_error_and_nothing_is_written(
         cli([*LOCAL, "--nodes", "2", "--job-dir", str(tmp_path / "job"), *FLAGS])
     assert "run_with_submitit.py: error: --cluster local runs on this machine, one node: --nodes 2" in \
         capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli([*LOCAL, "--job-dir", str(tmp_path / "job"), *FLAGS, "--resume", str(tmp_path / "gone")])
+    assert f"run_with_submitit.py: error: --resume {tmp_path / 'gone'}: no such run folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli(["--help"])
     shown = capsys.readouterr().out
