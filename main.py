@@ -5,10 +5,11 @@ directly for a single process. ``python main.py --help`` lists every option; doc
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 
-from continual.config import ConfigError, parse_config
+from continual.config import ConfigError, Settings, parse_config
 from continual.config.notes import context_notes, memory_note
 from continual.config.options import no_effect_notes
 from continual.data.errors import DatasetError, ImageReadError
@@ -19,11 +20,17 @@ from continual.train.orders import run_orders, settings_per_run
 from continual.train.session import run
 
 
+def configuration(argv: list[str] | None) -> tuple[argparse.Namespace, list[Settings]]:
+    """The parsed options and the settings of each run (one per class order), all checked before any work:
+    a ConfigError, or argparse's exit on an unknown flag. run_with_submitit.py checks a job's options with it."""
+    cfg = parse_config(argv)
+    return cfg, settings_per_run(cfg)
+
+
 @record_errors  # under torchrun, the failing rank's traceback becomes the run's reported root cause
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg = parse_config(argv)
-        runs = settings_per_run(cfg)  # one per class order, all checked before any work
+        cfg, runs = configuration(argv)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
