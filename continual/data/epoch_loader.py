@@ -49,12 +49,17 @@ class EpochLoader:
         """The batches of ``epoch``: the sampler's order and seeds of that epoch (set before the workers are
         handed their first indices). Breaking off early is fine: the next epoch discards what was prefetched."""
         set_sampler_epoch(self.loader, epoch)
+        return self._read()
+
+    def _read(self) -> Iterator[Any]:
+        """Started at the first batch asked for, as iterating a DataLoader is: the time the workers take to
+        start (every epoch without persistent workers) counts as time waiting for data."""
         if self._started is not None:
             draw_base_seed(self.loader)  # torch reuses the iterator and draws nothing: as a new one would
         batches = iter(self.loader)
         if self.persistent:
             self._started = batches
-        return batches
+        yield from batches
 
     def close(self) -> None:
         """End the persistent workers now; a later ``epoch`` would start new ones."""

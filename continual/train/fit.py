@@ -174,7 +174,7 @@ class PhaseTrainer:
     def _epoch_start(self, loader: EpochLoader, phase: Phase, epoch: int, resume: Resume | None,
                      after_step: Callable[[EpochProgress], None] | None) -> tuple[Any, EpochCursor, dict]:
         """The epoch's batches, its cursor (``after_step``: the progress bar's, or None) and the random state
-        it starts with (taken before the batches: starting them draws from it); a resumed epoch replays its
+        it starts with (taken before the first batch: starting the batches draws from it); a resumed epoch replays its
         batches up to the saved step (same sampler order and augmentation seeds), then takes the random state
         of that step boundary."""
         where = f"task {phase.task_id}, {phase.name} epoch {epoch}"
