@@ -232,7 +232,14 @@ RUN_OPTIONS = (
     _value("num_workers", int, 2, "data loader worker processes (the results do not depend on it)",
            aliases=("--num_workers",), bounds=NON_NEGATIVE, resume_safe=True),
     _bool("debug", False, "one epoch per task and one batch per epoch, finetuning included (the published --debug)"),
-    _bool("pin_mem", True, "pin host memory in data loaders", resume_safe=True),
+    _bool("pin_mem", True, "pin host memory in data loaders (on CUDA only; the batches are then copied to the "
+          "GPU without blocking)", resume_safe=True),
+    _bool("persistent_workers", True, "keep the training loader's workers from one epoch of a phase to the next "
+          "(ended when the phase ends); the results do not depend on it; unused with --num-workers 0",
+          resume_safe=True),
+    _value("prefetch_factor", int, 2, "batches each loader worker prepares ahead (torch's default 2); unused with "
+           "--num-workers 0, where the main process reads each batch when the step asks for it",
+           bounds=POSITIVE, resume_safe=True, metavar="N"),
     _bool("eval", False, "only evaluate the checkpoint of a run folder (with --resume DIR)", resume_safe=True),
     _value("eval_every", int, 50, "also evaluate every N epochs within a task", bounds=POSITIVE, resume_safe=True),
     _value("max_task", int, None, "stop after this many tasks (unset: all)", bounds=POSITIVE, resume_safe=True),

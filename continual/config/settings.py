@@ -148,12 +148,15 @@ class ScheduleSettings:
 
 @dataclass(frozen=True)
 class LoaderSettings:
-    """Data loaders: workers, pinned memory, the repeated-augmentation sampler and its seed."""
+    """Data loaders: workers (kept through a phase, prefetching), pinned memory, the repeated-augmentation
+    sampler and its seed."""
 
     num_workers: int
     pin_mem: bool
     repeated_aug: bool
     seed: int
+    persistent_workers: bool
+    prefetch_factor: int
 
 
 @dataclass(frozen=True)

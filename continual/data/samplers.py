@@ -170,8 +170,12 @@ def build_train_loader(
     seed: int,
     num_workers: int,
     pin_memory: bool,
+    persistent_workers: bool = False,
+    prefetch_factor: int = 2,
 ) -> DataLoader:
-    """Training loader with ``drop_last`` (as published), unless that would leave no batch."""
+    """Training loader with ``drop_last`` (as published), unless that would leave no batch.
+    ``persistent_workers``: the workers serve every epoch (read it through ``EpochLoader``); it and
+    ``prefetch_factor`` (batches each worker prepares ahead) apply only with workers."""
     if len(cast(Sized, dataset)) == 0:
         raise ValueError("cannot train on an empty dataset")
     sampler = build_sampler(
@@ -184,22 +188,31 @@ def build_train_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=len(cast(Sized, sampler)) >= batch_size,
-        persistent_workers=False,
+        persistent_workers=persistent_workers and num_workers > 0,
+        prefetch_factor=prefetch_of(num_workers, prefetch_factor),
     )
 
 
+def prefetch_of(num_workers: int, prefetch_factor: int) -> int | None:
+    """The DataLoader's ``prefetch_factor``: torch refuses one without workers (the main process reads each
+    batch when it is asked for)."""
+    return prefetch_factor if num_workers > 0 else None
+
+
 def build_feature_loader(dataset: Dataset, *, batch_size: int, num_workers: int, pin_memory: bool, seed: int,
-                         rank: int, task_id: int, pass_index: int) -> DataLoader:
+                         rank: int, task_id: int, pass_index: int, prefetch_factor: int = 2) -> DataLoader:
     """Herding's loader: dataset order, every sample once, augmented (herding reads the training transform,
     as published) from the seeds of (task, pass): the same with any number of workers, and on resume."""
     seeds = SampleSeeds(SequentialSampler(cast(Sized, dataset)), seed, rank, feature_stream(pass_index))
     seeds.set_epoch(task_id)
     return DataLoader(SeededSamples(dataset), batch_size=batch_size, sampler=seeds, num_workers=num_workers,
-                      pin_memory=pin_memory)
+                      pin_memory=pin_memory, prefetch_factor=prefetch_of(num_workers, prefetch_factor))
 
 
-def build_eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+def build_eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int, pin_memory: bool,
+                      prefetch_factor: int = 2) -> DataLoader:
     """Evaluation / feature-extraction loader: dataset order, every sample once."""
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
+        prefetch_factor=prefetch_of(num_workers, prefetch_factor),
     )

@@ -8,6 +8,7 @@ with that state, it continues at the same step with the same random numbers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
@@ -15,10 +16,10 @@ import numpy as np
 import torch
 from timm.data import Mixup
 from timm.scheduler.scheduler import Scheduler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from continual.config.settings import MixupSettings, PrecisionSettings, SamSettings, Settings
-from continual.data.samplers import set_sampler_epoch
+from continual.data.epoch_loader import EpochLoader
 from continual.method.learner import Objective
 from continual.method.sam import SAM, sam_rho_for_task
 from continual.model.base import ContinualModel
@@ -126,8 +127,14 @@ class PhaseTrainer:
     bars: bool = False
 
     def fit(self, model: ContinualModel, phase: Phase, resume: Resume | None = None) -> list[EpochStats]:
-        """Train ``phase``; ``resume`` continues it from a run state saved inside it."""
-        loader = self.loaders.train(phase.dataset, phase.task_id, phase.shuffle)
+        """Train ``phase``; ``resume`` continues it from a run state saved inside it. The phase's loaders keep
+        their workers from epoch to epoch and end them when the phase ends or stops."""
+        with ExitStack() as phase_loaders:
+            return self._fit(model, phase, resume, phase_loaders)
+
+    def _fit(self, model: ContinualModel, phase: Phase, resume: Resume | None,
+             phase_loaders: ExitStack) -> list[EpochStats]:
+        loader = phase_loaders.enter_context(self.loaders.train(phase.dataset, phase.task_id, phase.shuffle))
         optimizer = build_optimizer(model, self.settings.optimizer, phase.lr)
         scheduler = None
         if phase.schedule_length is not None:
@@ -135,7 +142,7 @@ class PhaseTrainer:
         mixer = build_mixer(self.settings.mixup, model.nb_classes)
         precision = precision_of(self.settings.precision, self.ctx.device)
         options = StepOptions(precision.grad_scaler(), self.settings.optimizer.clip_grad, mixer,
-                              self._sam_plan(phase, optimizer), self.settings.recipe.grad_accum_steps,
+                              self._sam_plan(phase, optimizer, phase_loaders), self.settings.recipe.grad_accum_steps,
                               phase.after_step)
         trained = compiled_for_phase(wrap_for_training(model, self.ctx, find_unused=phase.find_unused),
                                      self.settings.precision.compile, self.settings.precision.compile_backend)
@@ -149,7 +156,6 @@ class PhaseTrainer:
 
         history = []
         for epoch in range(resume.position.epoch if resume is not None else 0, phase.epochs):
-            set_sampler_epoch(loader, epoch)
             if scheduler is not None:
                 set_epoch_lr(scheduler, epoch, self.settings.schedule.sched_step_fix)
             with epoch_bar(self.bars, f"task {phase.task_id} {phase.name} {epoch + 1}/{phase.epochs}",
@@ -177,21 +183,23 @@ class PhaseTrainer:
             if stopping:
                 self.control.preempted(f"after task {phase.task_id}, {phase.name} epoch {epoch}")
 
-    def _epoch_start(self, loader: DataLoader, phase: Phase, epoch: int, resume: Resume | None,
+    def _epoch_start(self, loader: EpochLoader, phase: Phase, epoch: int, resume: Resume | None,
                      after_step: StepObserver | None) -> tuple[Any, EpochCursor, dict]:
         """The epoch's batches, its cursor (``after_step``: the progress bar's, or None) and the random state
-        it starts with; a resumed epoch replays its batches up to the saved step (same sampler order and
-        augmentation seeds), then takes the random state of that step boundary."""
+        it starts with (taken before the first batch: starting the batches draws from it); a resumed epoch replays its
+        batches up to the saved step (same sampler order and augmentation seeds), then takes the random state
+        of that step boundary."""
         where = f"task {phase.task_id}, {phase.name} epoch {epoch}"
         limit = self.settings.recipe.batches_per_epoch
         should_stop = self.control.stop_requested_after_step
         fresh = EpochCursor(where, len(loader), should_stop=should_stop, after_step=after_step, max_batches=limit)
         if resume is None or epoch != resume.position.epoch or resume.position.step == 0 or resume.fit is None:
-            return loader, fresh, capture_rng(self.rng)
+            epoch_rng = capture_rng(self.rng)
+            return loader.epoch(epoch), fresh, epoch_rng
         saved, step = resume.fit, resume.position.step
         assert saved.epoch_rng is not None, "a run state saved inside an epoch has the epoch's random state"
         restore_rng(saved.epoch_rng, self.rng)
-        batches = iter(loader)  # draws the workers' seeds from the restored state
+        batches = loader.epoch(epoch)  # draws the workers' seeds from the restored state
         for _ in range(step):
             next(batches)
         restore_rng(resume.rng, self.rng)
@@ -209,7 +217,7 @@ class PhaseTrainer:
         if options.sam is not None and saved.sam:
             options.sam.sam.load_state_dict(saved.sam)
 
-    def _sam_plan(self, phase: Phase, optimizer: torch.optim.Optimizer) -> SamPlan | None:
+    def _sam_plan(self, phase: Phase, optimizer: torch.optim.Optimizer, phase_loaders: ExitStack) -> SamPlan | None:
         sam_settings = self.settings.sam
         if not sam_wanted(sam_settings, phase.task_id, phase.name):
             return None
@@ -220,5 +228,6 @@ class PhaseTrainer:
         if "memory" in (sam_settings.sam_first, sam_settings.sam_second) and phase.task_id > 0 \
                 and phase.memory is not None:
             batch = memory_batch_size(self.settings, phase.task_id)
-            memory_batches = endless(self.loaders.train(phase.memory, phase.task_id, shuffle=True, batch_size=batch))
+            memory = self.loaders.train(phase.memory, phase.task_id, shuffle=True, batch_size=batch)
+            memory_batches = endless(phase_loaders.enter_context(memory))
         return SamPlan(sam, sam_settings.sam_first == "memory", sam_settings.sam_second == "memory", memory_batches)

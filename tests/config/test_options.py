@@ -90,6 +90,16 @@ def test_command_line_errors_exit_like_argparse() -> None:
     assert info.value.code == 2
 
 
+def test_the_loader_options_keep_workers_and_prefetch_two_batches_unless_told() -> None:
+    loader = settings_from(parse_config([])).loader
+    assert (loader.num_workers, loader.persistent_workers, loader.prefetch_factor) == (2, True, 2)
+    loader = settings_from(parse_config(["--no-persistent-workers", "--prefetch-factor", "4"])).loader
+    assert (loader.persistent_workers, loader.prefetch_factor) == (False, 4)
+    assert parse_config(["--num-workers", "0", "--prefetch-factor", "3"]).prefetch_factor == 3  # accepted, unused
+    with pytest.raises(ConfigError, match=r"^option 'prefetch_factor' must be >= 1, got 0$"):
+        parse_config(["--prefetch-factor", "0"])
+
+
 def test_flags_named_no_something() -> None:
     """argparse's BooleanOptionalAction would set False for --no-amp; there is no --no-no-* spelling."""
     assert parse_config(["--no-amp"]).no_amp is True
@@ -181,9 +191,10 @@ def test_the_bounds_read_as_written() -> None:
 
 def test_only_the_options_that_change_no_computation_may_change_on_a_resume() -> None:
     safe = {dest for dest, option in OPTIONS.items() if option.resume_safe}
-    assert safe == {"options", "name", "output_basedir", "log_dir", "device", "num_workers", "pin_mem", "eval",
-                    "eval_every", "max_task", "save_every_epoch", "resume", "start_task", "auto_resume", "progress",
-                    "retain_freed_memory", "plots", "tensorboard", "data_path"}
+    assert safe == {"options", "name", "output_basedir", "log_dir", "device", "num_workers", "pin_mem",
+                    "persistent_workers", "prefetch_factor", "eval", "eval_every", "max_task", "save_every_epoch",
+                    "resume", "start_task", "auto_resume", "progress", "retain_freed_memory", "plots", "tensorboard",
+                    "data_path"}
     saved = {dest: option.default for dest, option in OPTIONS.items()}
     now = {**saved, **{dest: "changed" for dest in safe | NO_EFFECT_OPTIONS}, "lr": 0.1}
     assert config_differences(saved, now) == ["lr (saved 0.0005, now 0.1)"]
