@@ -239,7 +239,8 @@ def measure(mode: str, tokens: int, kind: str, args: argparse.Namespace, device:
     result = dict(mode=mode, tokens=tokens, kind=kind, device=device.type, batch=args.batch,
                   amp_dtype=str(Precision(device, True, args.amp_dtype).dtype).removeprefix("torch.")
                   if MODES[mode]["amp"] else "float32", opt_impl=args.opt_impl,
-                  step_ms=[s * 1e3 for s in seconds], images_per_s=[args.batch / s for s in seconds], gflop_per_image=flops / args.batch / 1e9,
+                  step_ms=[s * 1e3 for s in seconds], images_per_s=[args.batch / s for s in seconds],
+                  gflop_per_image=flops / args.batch / 1e9,
                   gflops=flops / statistics.median(seconds) / 1e9, matmul_gflops=matmul_rate, peak_mib=peak,
                   step_memory_mib=peak - memory_before)
     if args.profile:
