@@ -177,7 +177,7 @@ def sam_step(
     """
     device = main[0].device
     watch = watch or LossWatch(device)
-    first_images, first_targets = (t.to(device) for t in plan.batch(plan.first_on_memory, main))
+    first_images, first_targets = (t.to(device, non_blocking=True) for t in plan.batch(plan.first_on_memory, main))
     optimizer.zero_grad(set_to_none=True)
     terms = loss_of(first_images, first_targets)
     watch.check(terms, where)
@@ -187,7 +187,7 @@ def sam_step(
         return terms
     if not plan.sam.ascend(grad_scale=1.0 if scaler is None else scaler.get_scale()):
         return terms  # an overflowing first pass: its gradients make the scaler skip the step
-    second_images, second_targets = (t.to(device) for t in plan.batch(plan.second_on_memory, main))
+    second_images, second_targets = (t.to(device, non_blocking=True) for t in plan.batch(plan.second_on_memory, main))
     optimizer.zero_grad(set_to_none=True)
     second_terms = loss_of(second_images, second_targets, first_pass=False)
     watch.check(second_terms, where + " (SAM second pass)")
@@ -339,6 +339,6 @@ def evaluate(predict: Predictor, model: nn.Module, loader: Iterable, precision: 
     for images, targets, *_ in loader:
         with precision.autocast():
             logits = predict(model, images.to(precision.device, non_blocking=True))
-        counts.add_batch(logits.float(), targets.to(precision.device).long(), class_tasks)
+        counts.add_batch(logits.float(), targets.to(precision.device, non_blocking=True).long(), class_tasks)
     model.train(was_training)
     return counts
