@@ -5,14 +5,15 @@
 #   2. a 2-task demo run with --device cuda --amp;
 #   3. a --deterministic run stopped by SIGTERM and resumed on CUDA, equal to an uninterrupted one
 #      (scripts/lib/gpu_resume_check.py);
-#   4. scripts/bench_model.py --device cuda --count-ops: the operations and host synchronisations of a training
+#   4. scripts/check_compile.py --device cuda: the compiled model's outputs and gradients against eager mode;
+#   5. scripts/bench_model.py --device cuda --count-ops: the operations and host synchronisations of a training
 #      step on CUDA (10 tokens, batch 128; float32 and float16 with loss scaling, fused AdamW for the latter);
-#   5. scripts/bench_model.py --device cuda: the published CIFAR model at 10 tokens, batch 128 and 256, float16
+#   6. scripts/bench_model.py --device cuda: the published CIFAR model at 10 tokens, batch 128 and 256, float16
 #      and bfloat16, eager and compiled (--compile), images/s and GPU memory; plain and fast at 1 and 50 tokens.
 # All figures go into one JSON: GPU_CHECK_JSON (default gpu_check.json in the current folder). Without CUDA it
 # prints why and exits 0. Other outputs go to a temporary folder, deleted at the end; set GPU_CHECK_OUT=DIR to
 # keep them in DIR. The first failing step stops the script with a non-zero exit. Not yet timed on a GPU: the
-# compiled configurations (four inductor compilations) are the largest unknown of the 5-minute budget.
+# compiled configurations (five inductor compilations) are the largest unknown of the 5-minute budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=python
@@ -57,6 +58,8 @@ step "demo run, 2 tasks, --device cuda --amp" \
     --no-progress --output-basedir "$work/demo/outputs" --log-dir "$work/demo/logs"
 step "--deterministic resume on CUDA (--amp)" \
     "$PYTHON" scripts/lib/gpu_resume_check.py --device cuda --amp --work-dir "$work/resume"
+step "check_compile.py --device cuda: --compile (inductor) against eager, training mode, stochastic depth" \
+    "$PYTHON" scripts/check_compile.py --device cuda
 step "bench_model.py --device cuda --count-ops: 10 tokens, batch 128" \
     "$PYTHON" scripts/bench_model.py --device cuda --count-ops --tokens 10 --modes fast --kinds train eval \
     --batch 128 --json "$work/count_ops_float32.json"
