@@ -25,7 +25,7 @@ BASELINE_FREEZE_NAMES = {"convit": ("all", "backbone", "sab", "tab", "heads"), "
 FREEZE_NAMES = (*DYTOX_FREEZE_NAMES, "backbone")
 
 # How torch's optimisers step (``--opt-impl``), and the timm names of the optimisers that have the three.
-OPT_IMPLEMENTATIONS = ("foreach", "loop", "fused")
+OPT_IMPLEMENTATIONS = ("auto", "foreach", "loop", "fused")
 TORCH_STEPPED_OPTIMISERS = ("adam", "adamw", "sgd", "momentum", "nesterov")
 
 # Exemplar selection (``--rehearsal``).

@@ -314,8 +314,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="print the top operators of each configuration")
     parser.add_argument("--count-ops", action="store_true",
                         help="time nothing: print, as JSON, the operations and host synchronisations of one step")
-    parser.add_argument("--opt-impl", choices=["foreach", "loop", "fused"], default="foreach",
-                        help="how the optimiser steps (main.py's --opt-impl; loop: as before the host-sync work)")
+    parser.add_argument("--opt-impl", choices=["auto", "foreach", "loop", "fused"], default="auto",
+                        help="how the optimiser steps (main.py's --opt-impl; auto: fused on CUDA, foreach on the "
+                        "CPU; loop: as before the host-sync work)")
     parser.add_argument("--amp-dtype", choices=["auto", "float16", "bfloat16"], default="auto",
                         help="autocast type of the -amp modes (main.py's --amp-dtype; auto: float16 on CUDA)")
     parser.add_argument("--embed-dim", type=int, help="token width instead of the model's 384: the same operations "

@@ -344,10 +344,10 @@ DYTOX_OPTIONS = (
 
 OPTIMISER_OPTIONS = (
     _value("opt", str, "adamw", "optimiser name (timm's create_optimizer_v2)"),
-    _value("opt_impl", str, "foreach", "how torch's adam, adamw, sgd, momentum and nesterov step: foreach (one "
+    _value("opt_impl", str, "auto", "how torch's adam, adamw, sgd, momentum and nesterov step: foreach (one "
            "multi-tensor operation per update term, the same numbers as loop), loop (one parameter at a time, as "
-           "the published code), fused (one kernel, no host reads; rounding differs in the last bit)",
-           choices=OPT_IMPLEMENTATIONS),
+           "the published code), fused (one kernel, no host reads; rounding differs in the last bit), auto "
+           "(fused on CUDA, foreach elsewhere)", choices=OPT_IMPLEMENTATIONS),
     _value("opt_eps", float, 1e-8, "optimiser epsilon", bounds=NON_NEGATIVE),
     _list("opt_betas", float, None, "optimiser betas (unset: the optimiser's)"),
     _value("clip_grad", float, None, "gradient norm clipping (unset: none)", bounds=NON_NEGATIVE),

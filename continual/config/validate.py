@@ -78,9 +78,9 @@ def _check_milestones(cfg: argparse.Namespace) -> None:
 
 def _check_opt_impl(cfg: argparse.Namespace) -> None:
     """Only torch's own optimisers have a loop, a foreach and a fused step; timm's keep theirs (the default)."""
-    if cfg.opt_impl != "foreach" and cfg.opt.lower() not in TORCH_STEPPED_OPTIMISERS:
+    if cfg.opt_impl not in ("auto", "foreach") and cfg.opt.lower() not in TORCH_STEPPED_OPTIMISERS:
         raise ConfigError(f"option 'opt_impl' {cfg.opt_impl} is for torch's {', '.join(TORCH_STEPPED_OPTIMISERS)}; "
-                          f"opt {cfg.opt!r} steps its own way (leave opt_impl at foreach)")
+                          f"opt {cfg.opt!r} steps its own way (leave opt_impl at auto)")
 
 
 def _check_channels(cfg: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ from continual.method.losses import LossTerms
 
 
 @dataclass
-class _Pending:
+class PendingCheck:
     """A step's terms on their way to the host."""
 
     where: str
@@ -60,7 +60,7 @@ class LossWatch:
         self._host_sums = dict(sums or {})  # sums of the steps before a resume, and of terms no longer present
         self._names: tuple[str, ...] = ()
         self._sums: Tensor | None = None  # float64 on the device, one per name of ``_names``
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[PendingCheck] = deque()
 
     def add(self, terms: LossTerms, where: str) -> None:
         """Add a step's terms to the sums and queue their check."""
@@ -94,7 +94,7 @@ class LossWatch:
             ready.record()  # type: ignore[union-attr]
         else:
             host, ready = values, None  # already in host memory
-        self._pending.append(_Pending(where, names, host, ready))
+        self._pending.append(PendingCheck(where, names, host, ready))
         self._settle(everything=False)
 
     def _settle(self, everything: bool) -> None:

@@ -26,7 +26,8 @@ from continual.vocabulary import TORCH_STEPPED_OPTIMISERS
 def build_optimizer(model: nn.Module, cfg: OptimizerSettings, lr: float) -> torch.optim.Optimizer:
     """timm optimiser over the trainable parameters; no weight decay on biases and norms (timm's rule)."""
     kwargs: dict[str, Any] = {"eps": cfg.opt_eps} if cfg.opt_eps is not None else {}
-    kwargs.update(implementation(cfg.opt, cfg.opt_impl))
+    on_cuda = any(p.is_cuda for p in model.parameters())
+    kwargs.update(implementation(cfg.opt, cfg.opt_impl, on_cuda))
     if cfg.opt_betas:
         kwargs["betas"] = tuple(cfg.opt_betas)
     return create_optimizer_v2(
@@ -34,17 +35,20 @@ def build_optimizer(model: nn.Module, cfg: OptimizerSettings, lr: float) -> torc
     )
 
 
-def implementation(opt: str, impl: str) -> dict[str, bool]:
+def implementation(opt: str, impl: str, on_cuda: bool = False) -> dict[str, bool]:
     """The keyword that picks how torch's optimiser steps (``--opt-impl``); nothing for timm's own optimisers.
 
-    ``foreach`` is the default: one multi-tensor operation per term of the update instead of one per parameter,
-    the same arithmetic in the same order as the published per-parameter loop (a test checks the weights are
-    equal bit for bit), which is also what torch picks on CUDA. ``fused`` is one kernel for all parameters with
-    the step counters on the device, so the host never reads them and float16 loss scaling skips its read of
-    the overflow flag; its rounding differs from the loop's in the last bit.
+    ``foreach``: one multi-tensor operation per term of the update instead of one per parameter, the same
+    arithmetic in the same order as the published per-parameter loop (a test checks the weights are equal bit
+    for bit). ``fused``: one kernel for all parameters with the step counters on the device, so the host never
+    reads them and float16 loss scaling skips its read of the overflow flag; its rounding differs from the
+    loop's in the last bit, as the fast paths' arithmetic does. ``auto`` (the default): fused on CUDA, where the
+    launches are the cost, foreach elsewhere.
     """
     if opt.lower() not in TORCH_STEPPED_OPTIMISERS:
         return {}
+    if impl == "auto":
+        impl = "fused" if on_cuda else "foreach"
     return {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
 
 

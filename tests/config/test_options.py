@@ -194,7 +194,7 @@ def test_only_the_options_that_change_no_computation_may_change_on_a_resume() ->
     assert safe == {"options", "name", "output_basedir", "log_dir", "device", "num_workers", "pin_mem",
                     "persistent_workers", "prefetch_factor", "eval", "eval_every", "max_task", "save_every_epoch",
                     "resume", "start_task", "auto_resume", "progress", "retain_freed_memory", "plots", "tensorboard",
-                    "data_path"}
+                    "data_path", "compile", "compile_backend"}
     saved = {dest: option.default for dest, option in OPTIONS.items()}
     now = {**saved, **{dest: "changed" for dest in safe | NO_EFFECT_OPTIONS}, "lr": 0.1}
     assert config_differences(saved, now) == ["lr (saved 0.0005, now 0.1)"]

@@ -50,8 +50,9 @@ def test_each_node_starts_train_sh_with_the_job_s_rendezvous_and_its_run_folder(
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "log").read_text().splitlines() == [
-        "python -m torch.distributed.run --nnodes=2 --node-rank=1 --master-addr=node07 --master-port=14242 "
-        "--nproc-per-node=2 main.py --options a.yaml --name x --output-basedir outputs/slurm/4242 --auto-resume "
+        "python -m continual.runtime.launch --nnodes=2 --node-rank=1 --master-addr=node07 --master-port=14242 "
+        "--rdzv-conf=timeout=900 --nproc-per-node=2 main.py --options a.yaml --name x "
+        "--output-basedir outputs/slurm/4242 --auto-resume "
         "| NNODES=2 NODE_RANK=1 MASTER_ADDR=node07 MASTER_PORT=14242 CUDA_VISIBLE_DEVICES=0,1"]
 
 

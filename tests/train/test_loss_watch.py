@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from continual.method.losses import LossTerms
-from continual.train.loss_watch import LossWatch, _Pending
+from continual.train.loss_watch import LossWatch, PendingCheck
 
 
 def terms(classification: float, kd: float | None = None) -> LossTerms:
@@ -60,7 +60,7 @@ def test_with_copies_in_flight_a_bad_step_stops_the_run_at_most_lag_steps_later(
 
     def queue_in_flight(self: LossWatch, names: tuple[str, ...], values: torch.Tensor, where: str) -> None:
         events.append(NotLanded())
-        self._pending.append(_Pending(where, names, values, events[-1]))  # type: ignore[arg-type]
+        self._pending.append(PendingCheck(where, names, values, events[-1]))  # type: ignore[arg-type]
         self._settle(everything=False)
 
     monkeypatch.setattr(LossWatch, "_queue", queue_in_flight)

@@ -105,7 +105,10 @@ def test_a_fused_step_agrees_with_the_loop_s_to_rounding() -> None:
         torch.testing.assert_close(stepped["fused"][name], value, rtol=1e-6, atol=1e-7)
 
 
-def test_timm_s_own_optimisers_keep_their_implementation() -> None:
-    assert implementation("lamb", "foreach") == {}
+def test_auto_is_fused_on_cuda_and_foreach_elsewhere_and_timm_s_own_optimisers_keep_theirs() -> None:
+    assert implementation("adamw", "auto", on_cuda=True) == {"fused": True}
+    assert implementation("adamw", "auto", on_cuda=False) == {"foreach": True}
+    assert build_optimizer(DyTox(TINY, 2), schedule_cfg(), 1e-3).defaults["foreach"]  # auto, on the CPU
+    assert implementation("lamb", "auto", on_cuda=True) == {}
     assert implementation("AdamW", "fused") == {"fused": True}
     assert implementation("sgd", "loop") == {"foreach": False}

@@ -61,6 +61,8 @@ class Control:
         self.asked += 1
         return self.asked == self.stop_at
 
+    stop_requested_after_step = stop_requested
+
     def preempted(self, where: str) -> None:
         raise Stopped(where)
 
