@@ -35,7 +35,7 @@ on the same device.
     python scripts/bench_model.py --tokens 10 --modes fast --kinds train --profile   # top operators
     python scripts/bench_model.py --device cuda --tokens 1 10 50 --modes plain fast plain-amp fast-amp
     python scripts/bench_model.py --count-ops --tokens 1 10 50 --modes fast --batch 2   # operations, as JSON
-    python scripts/bench_model.py --tokens 1 10 50 --modes fast --kinds train --batch 2 --embed-dim 24  # host time
+    python scripts/bench_model.py --tokens 10 --modes fast --kinds train --batch 2 --embed-dim 8 --num-heads 1  # host
 
 ``--count-ops`` times nothing: for each configuration it prints, as JSON, the aten operations one step
 dispatches (views apart) and its host synchronisations (``.item()``, data-dependent shapes, copies to the
@@ -222,7 +222,8 @@ def measure(mode: str, tokens: int, kind: str, args: argparse.Namespace, device:
     if device.type == "cpu":  # on CUDA the work is the GPU's; torch keeps its own host threads
         torch.set_num_threads(args.threads)
     clock = Clock(device)
-    width = [] if getattr(args, "embed_dim", None) is None else ["--embed-dim", str(args.embed_dim)]
+    width = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in ("embed_dim", "num_heads")
+             if getattr(args, name, None) is not None]
     cfg = parse_config([*OPTIONS, "--opt-impl", args.opt_impl, *width])
     bench = make_step(cfg, mode, tokens, kind, args.batch, device, getattr(args, "amp_dtype", "auto"))
     step, model = bench.step, bench.model
@@ -275,8 +276,8 @@ def run_isolated(args: argparse.Namespace, mode: str, tokens: int, kind: str) ->
     if args.count_ops:
         command.append("--count-ops")
     command += ["--opt-impl", args.opt_impl, "--amp-dtype", args.amp_dtype]
-    if args.embed_dim is not None:
-        command += ["--embed-dim", str(args.embed_dim)]
+    command += [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in ("embed_dim", "num_heads")
+                if getattr(args, name) is not None]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -320,7 +321,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--amp-dtype", choices=["auto", "float16", "bfloat16"], default="auto",
                         help="autocast type of the -amp modes (main.py's --amp-dtype; auto: float16 on CUDA)")
     parser.add_argument("--embed-dim", type=int, help="token width instead of the model's 384: the same operations "
-                        "with less arithmetic (24, 2 per head: the host's share of a step, as on a fast GPU)")
+                        "with less arithmetic (with --num-heads 1 and 8: the host's share of a step, as on a fast GPU)")
+    parser.add_argument("--num-heads", type=int, help="attention heads instead of the model's 12 (the same operations)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--one", nargs=3, metavar=("MODE", "TOKENS", "KIND"), help=argparse.SUPPRESS)
     return parser.parse_args()
