@@ -13,6 +13,7 @@ import pytest
 import torch
 from support import DEMO, KILLABLE, TIMEOUT, environment, run_in_terminal, train_sh
 
+import main
 from conftest import HELPERS, REPO_ROOT
 from continual.config import parse_config, settings_from
 from continual.data.scenarios import build_scenarios
@@ -144,10 +145,8 @@ def test_two_runs_on_one_machine_get_their_own_port_and_an_explicit_master_port_
 
 
 def test_a_one_process_run_resumed_with_two_says_that_the_number_of_processes_differs(tmp_path: Path) -> None:
-    single = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), *QUICK, "--name", "one",
-                             "--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")],
-                            capture_output=True, text=True, env=environment(), timeout=TIMEOUT)
-    assert single.returncode == 0, single.stderr[-2000:]
+    assert main.main([*QUICK, "--name", "one", "--output-basedir", str(tmp_path),  # in this process: no start-up
+                      "--log-dir", str(tmp_path / "logs")]) == 0
     folder = next(tmp_path.glob("digits/demo/*_one"))
     files = {path: path.stat().st_mtime_ns for path in folder.rglob("*")}
     output = subprocess.run(["bash", str(REPO_ROOT / "train.sh"), "cpu", "2", *QUICK, "--name", "one", "--resume",

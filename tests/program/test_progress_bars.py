@@ -32,7 +32,8 @@ def test_a_terminal_shows_a_bar_per_epoch_with_the_running_loss(tmp_path: Path) 
 
 
 def test_no_bar_with_no_progress_or_when_the_output_goes_to_a_file(tmp_path: Path) -> None:
-    quick = [*DEMO, "--debug", "--output-basedir", str(tmp_path), "--log-dir", str(tmp_path / "logs")]
+    quick = [*DEMO, "--debug", "--max-task", "1", "--output-basedir", str(tmp_path),
+             "--log-dir", str(tmp_path / "logs")]
     status, shown = run_in_terminal([*quick, "--no-progress"], environment(), timeout=300)
     assert status == 0, shown[-2000:]
     assert "task 0 train epoch 1/1:" in shown and "%|" not in shown
