@@ -7,7 +7,9 @@ that several test files use are in tests/conftest.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
+import io
 import os
 import pty
 import select
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from conftest import REPO_ROOT
 from continual.config import parse_config, settings_from
@@ -34,6 +37,10 @@ from continual.model.build import new_model
 from continual.model.config import ModelConfig
 from continual.report.records import TaskResult
 from continual.runtime.distributed import DistContext
+from continual.runtime.seeding import capture_rng
+from continual.state.run_state import FitState
+from continual.state.saved_runs import Position
+from continual.train.fit import Phase
 from continual.train.loaders import Loaders
 
 # ---------------------------------------------- methods (tests/method)
@@ -223,3 +230,43 @@ def run_in_terminal(argv: list[str], env: dict[str, str], timeout: float, column
         return process.wait(timeout=30), b"".join(chunks).decode(errors="replace")
     finally:
         os.close(leader)
+
+
+# --------------------- a phase's run control (tests/train: fit.PhaseTrainer stopped and resumed)
+
+class Stopped(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class PhaseControl:
+    """The task loop's side of a phase (``fit.RunControl``): a stop asked at the ``stop_at``-th question (never
+    when None), and what is saved, through bytes as a run state is written (tensors and plain data only)."""
+
+    model: nn.Module
+    rng: np.random.Generator
+    stop_at: int | None
+    asked: int = 0
+    saved: dict | None = None
+
+    def save(self, position: Position, teacher: object, fit_state: FitState | None = None) -> None:
+        assert fit_state is not None
+        buffer = io.BytesIO()  # through bytes, as a run state is written (tensors and plain data only)
+        torch.save({"model": self.model.state_dict(), "fit": fit_state.state_dict(), "rng": capture_rng(self.rng)},
+                   buffer)
+        buffer.seek(0)
+        state = torch.load(buffer, weights_only=True)
+        self.saved = {"position": position, "model": state["model"], "fit": FitState.from_state_dict(state["fit"]),
+                      "rng": state["rng"]}
+
+    def stop_requested(self) -> bool:
+        self.asked += 1
+        return self.asked == self.stop_at
+
+    stop_requested_after_step = stop_requested
+
+    def preempted(self, where: str) -> None:
+        raise Stopped(where)
+
+    def epoch_done(self, phase: Phase, epoch: int, stats: object, lr: float) -> None:
+        pass

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import itertools
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
-from support import TINY, schedule_cfg
+from support import TINY, PhaseControl, Stopped, schedule_cfg
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -32,8 +31,6 @@ from continual.method.sam import SAM
 from continual.model.dytox import DyTox
 from continual.report.records import EpochProgress
 from continual.runtime.distributed import DistContext
-from continual.runtime.seeding import capture_rng
-from continual.state.run_state import FitState
 from continual.state.saved_runs import Position
 from continual.train import fit
 from continual.train.epoch import (
@@ -333,43 +330,6 @@ def test_a_look_sam_epoch_under_float16_skips_overflows_and_never_stops_on_a_non
 
 # -------------------------------------------------------------- the scaler across a resume (fit.py)
 
-class Stopped(Exception):
-    pass
-
-
-@dataclasses.dataclass
-class Control:
-    """The task loop's side of a phase: a stop asked at the ``stop_at``-th question, and what is saved."""
-
-    model: nn.Module
-    rng: np.random.Generator
-    stop_at: int
-    asked: int = 0
-    saved: dict | None = None
-
-    def save(self, position: Position, teacher: object, fit_state: FitState | None = None) -> None:
-        assert fit_state is not None
-        buffer = io.BytesIO()  # through bytes, as a run state is written (tensors and plain data only)
-        torch.save({"model": self.model.state_dict(), "fit": fit_state.state_dict(), "rng": capture_rng(self.rng)},
-                   buffer)
-        buffer.seek(0)
-        state = torch.load(buffer, weights_only=True)
-        self.saved = {"position": position, "model": state["model"], "fit": FitState.from_state_dict(state["fit"]),
-                      "rng": state["rng"]}
-
-    def stop_requested(self) -> bool:
-        self.asked += 1
-        return self.asked == self.stop_at
-
-    stop_requested_after_step = stop_requested
-
-    def preempted(self, where: str):
-        raise Stopped(where)
-
-    def epoch_done(self, phase: Phase, epoch: int, stats: object, lr: float) -> None:
-        pass
-
-
 def phase_settings() -> Settings:
     """float16 AMP, AdamW, clipping, a cosine schedule, batches of 4, no augmentation."""
     return settings_from(parse_config(["--amp", "--amp-dtype", "float16", "--batch-size", "4", "--num-workers", "0",
@@ -388,7 +348,7 @@ def phase_run(device: torch.device, stop_at: int, resume: dict | None = None) ->
         resume = copy.deepcopy(resume)  # AdamW counts its steps in the tensors it loaded: keep the saved ones
         model.load_state_dict(resume["model"])
     rng = np.random.default_rng(0)
-    control = Control(model, rng, stop_at)
+    control = PhaseControl(model, rng, stop_at)
     trainer = PhaseTrainer(settings, ctx, Loaders(settings.loader, settings.recipe, ctx), rng, 1, control)
     generator = torch.Generator().manual_seed(1)
     dataset = TensorDataset(torch.randn(24, 3, 8, 8, generator=generator), torch.randint(0, 5, (24,),

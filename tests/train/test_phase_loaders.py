@@ -2,23 +2,19 @@
 resumed, ends with the weights of the phase trained without workers, and leaves no worker behind."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import multiprocessing
 import random
 
 import numpy as np
 import torch
-from support import TINY
-from torch import nn
+from support import TINY, PhaseControl, Stopped
 from torch.utils.data import Dataset
 
 from continual.config import parse_config, settings_from
 from continual.method.dytox_objective import batch_loss_of
 from continual.model.dytox import DyTox
 from continual.runtime.distributed import DistContext
-from continual.runtime.seeding import capture_rng
-from continual.state.run_state import FitState
 from continual.state.saved_runs import Position
 from continual.train.fit import Phase, PhaseTrainer, Resume
 from continual.train.loaders import Loaders
@@ -39,37 +35,6 @@ class AugmentedImages(Dataset):
         return self.images[index] + noise, index % 5, 0
 
 
-class Stopped(Exception):
-    pass
-
-
-@dataclasses.dataclass
-class Control:
-    """The loop's side of the phase: a stop asked at the ``stop_at``-th question (never when None), kept state."""
-
-    model: nn.Module
-    rng: np.random.Generator
-    stop_at: int | None
-    asked: int = 0
-    saved: dict | None = None
-
-    def save(self, position: Position, teacher: object, fit_state: FitState | None = None) -> None:
-        self.saved = copy.deepcopy({"position": position, "model": self.model.state_dict(), "fit": fit_state,
-                                    "rng": capture_rng(self.rng)})
-
-    def stop_requested(self) -> bool:
-        self.asked += 1
-        return self.asked == self.stop_at
-
-    stop_requested_after_step = stop_requested
-
-    def preempted(self, where: str) -> None:
-        raise Stopped(where)
-
-    def epoch_done(self, phase: Phase, epoch: int, stats: object, lr: float) -> None:
-        pass
-
-
 def train_phase(workers: int, stop_at: int | None = None, resume: dict | None = None) -> dict:
     """Two epochs of 6 batches (repeated augmentation, batches of 4); when stopped, the saved state and the
     live child processes, else the final weights."""
@@ -82,7 +47,7 @@ def train_phase(workers: int, stop_at: int | None = None, resume: dict | None = 
     if resume is not None:
         model.load_state_dict(resume["model"])
     rng = np.random.default_rng(0)
-    control = Control(model, rng, stop_at)
+    control = PhaseControl(model, rng, stop_at)
     trainer = PhaseTrainer(settings, ctx, Loaders(settings.loader, settings.recipe, ctx), rng, 1, control)
     phase = Phase(0, "train", AugmentedImages(), batch_loss_of(settings.loss, False, model.nb_classes_per_task),
                   1e-3, 2, True, None, 2)
